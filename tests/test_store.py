@@ -1,0 +1,89 @@
+import json
+import os
+import threading
+
+import pytest
+
+from hessbatch.store import Store, config_key
+
+
+def test_key_is_stable_and_order_independent():
+    a = config_key("train", {"lr": 0.1, "batch_size": 64, "milestones": (1, 2)})
+    b = config_key("train", {"milestones": [1, 2], "batch_size": 64, "lr": 0.1})
+    assert a == b and len(a) == 16
+    assert a != config_key("train", {"lr": 0.1, "batch_size": 65, "milestones": [1, 2]})
+    assert a != config_key("spectrum", {"lr": 0.1, "batch_size": 64, "milestones": [1, 2]})
+    # pinned: a change of hashing silently orphans every stored result
+    assert config_key("train", {"x": 1}) == "5a297c23d9fb3202"
+
+
+def _put(store, cfg, text="hello"):
+    with store.writer("demo", cfg) as tmp:
+        (tmp / "out.txt").write_text(text)
+    return store.get("demo", cfg)
+
+
+def test_roundtrip_and_listing(tmp_path):
+    store = Store(tmp_path)
+    e = _put(store, {"a": 1})
+    assert (e.path / "out.txt").read_text() == "hello"
+    assert e.config["config"] == {"a": 1}
+    assert e.files() == ["config.json", "out.txt"]
+    assert [x.key for x in store.entries()] == [e.key]
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    store = Store(tmp_path)
+    with pytest.raises(RuntimeError):
+        with store.writer("demo", {"a": 1}) as tmp:
+            (tmp / "half.txt").write_text("half")
+            raise RuntimeError("killed")
+    assert store.get("demo", {"a": 1}) is None
+    assert list((tmp_path / "demo").iterdir()) == []
+
+
+def test_leftover_temp_folder_is_not_an_entry(tmp_path):
+    store = Store(tmp_path)
+    (tmp_path / "demo" / ".abc.tmp").mkdir(parents=True)
+    (tmp_path / "demo" / "0123456789abcdef").mkdir()  # a folder without manifest
+    assert store.entries() == [] and store.get("demo", key="0123456789abcdef") is None
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "manifest", "delete"])
+def test_corrupt_entry_is_detected_and_replaced(tmp_path, damage):
+    store = Store(tmp_path)
+    e = _put(store, {"a": 1})
+    f = e.path / "out.txt"
+    if damage == "truncate":
+        f.write_text("hel")
+    elif damage == "flip":
+        f.write_text("jello")
+    elif damage == "manifest":
+        (e.path / "MANIFEST.json").write_text("{not json")
+    else:
+        os.remove(f)
+    assert store.get("demo", {"a": 1}) is None
+    e2 = _put(store, {"a": 1}, text="again")
+    assert (e2.path / "out.txt").read_text() == "again"
+
+
+def test_concurrent_writers_publish_one_entry(tmp_path):
+    store = Store(tmp_path)
+    barrier = threading.Barrier(4)
+
+    def work(i):
+        with store.writer("demo", {"a": 1}) as tmp:
+            (tmp / "out.txt").write_text("same")
+            barrier.wait()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    folders = [p.name for p in (tmp_path / "demo").iterdir()]
+    assert folders == [config_key("demo", {"a": 1})]
+    assert json.loads((tmp_path / "demo" / folders[0] / "MANIFEST.json").read_text())["files"]
+
+
+def test_results_root_from_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("HESSBATCH_RESULTS", str(tmp_path / "r"))
+    assert Store().root == tmp_path / "r"

@@ -1,0 +1,119 @@
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from hessbatch import HessbatchError
+from hessbatch.store import Store
+from hessbatch.train import TrainConfig, lr_at, prepare, train
+
+
+def _same_weights(a, b):
+    sa, sb = a.entry.torch(), b.entry.torch()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_seed_fixes_the_result(tmp_path, tiny_cfg):
+    a = train(tiny_cfg, Store(tmp_path / "a"), progress=False)
+    b = train(tiny_cfg, Store(tmp_path / "b"), progress=False)
+    c = train({**tiny_cfg, "seed": 1}, Store(tmp_path / "c"), progress=False)
+    assert _same_weights(a, b) and not _same_weights(a, c)
+    assert a.history["train_loss"].tolist() == b.history["train_loss"].tolist()
+    assert a.status == "capped" and a.result["epochs"] == 3 and len(a.history) == 3
+
+
+def test_second_call_comes_from_the_store(tmp_path, tiny_cfg, monkeypatch):
+    store = Store(tmp_path)
+    first = train(tiny_cfg, store, progress=False)
+
+    def no_compute(*a, **k):
+        raise AssertionError("a cached run must not load data or build a model")
+
+    monkeypatch.setattr("hessbatch.train.prepare", no_compute)
+    monkeypatch.setattr("hessbatch.models.build_model", no_compute)
+    again = train(tiny_cfg, store, progress=False)
+    assert again.cached and not first.cached and again.key == first.key
+    assert _same_weights(first, again)
+
+
+def test_reaches_target_loss_and_stops(tmp_path, tiny_cfg):
+    run = train({**tiny_cfg, "max_epochs": 200, "target_loss": 0.05, "lr": 0.1}, Store(tmp_path), progress=False)
+    h = run.history
+    assert run.status == "converged" and h["train_loss"].iloc[-1] <= 0.05
+    assert (h["train_loss"].iloc[:-1] > 0.05).all() and len(h) < 200
+    model = run.model()
+    x, y = prepare(run.config)[1].split("train")
+    loss = torch.nn.functional.cross_entropy(model(x), y).item()
+    assert loss == pytest.approx(h["train_loss"].iloc[-1], rel=1e-5)
+
+
+def test_divergence_is_recorded_not_saved(tmp_path, tiny_cfg):
+    run = train({**tiny_cfg, "lr": 1e6, "momentum": 0.9}, Store(tmp_path), progress=False)
+    assert run.status == "diverged" and "weights.pt" not in run.entry.files()
+    assert not math.isfinite(run.history["train_loss"].iloc[-1])
+    with pytest.raises(HessbatchError, match="diverged"):
+        run.model()
+
+
+def test_grad_norm_and_snapshots(tmp_path, tiny_cfg):
+    run = train({**tiny_cfg, "grad_norm": True, "save_every": 1}, Store(tmp_path), progress=False)
+    assert (run.history["grad_norm"] > 0).all()
+    assert run.snapshot_epochs() == [1, 2, 3]
+    final, last = run.model(), run.model(epoch=3)
+    assert all(torch.equal(a, b) for a, b in zip(final.state_dict().values(), last.state_dict().values()))
+
+
+def test_lr_schedule():
+    cfg = TrainConfig(lr=0.1, lr_milestones=(2, 4), lr_gamma=0.5)
+    assert [lr_at(cfg, e) for e in (0, 1.9, 2, 3.5, 4)] == [0.1, 0.1, 0.05, 0.05, 0.025]
+    goyal = TrainConfig(lr=0.1, batch_size=1024, lr_scaling="linear", lr_base_batch=256, warmup_epochs=5)
+    assert lr_at(goyal, 0) == pytest.approx(0.1) and lr_at(goyal, 2.5) == pytest.approx(0.25)
+    assert lr_at(goyal, 5) == pytest.approx(0.4) and lr_at(goyal, 50) == pytest.approx(0.4)
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path, tiny_cfg):
+    """SIGKILL a real training process after its first checkpoint, then resume."""
+    cfg = {**tiny_cfg, "max_epochs": 6, "model": "M1", "subset": 40}
+    args = [sys.executable, "-m", "hessbatch.cli", "train", "--model", "M1", "--dataset", "mnist5k",
+            "--subset", "40", "--test-subset", "10", "--batch-size", "50", "--lr", "0.05", "--max-epochs", "6",
+            "--target-loss", "none", "--results", str(tmp_path / "killed"), "--no-progress"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    store = Store(tmp_path / "killed")
+    key = store.key("train", TrainConfig.from_dict(cfg).resolved().to_dict())
+    ckpt = store.work_dir("train", key) / "checkpoint.pt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists(), "the run should have written a checkpoint before it was killed"
+    assert store.get("train", key=key) is None, "a killed run must not leave a complete entry"
+    done_epochs = torch.load(ckpt, weights_only=True)["epoch"]
+    assert 1 <= done_epochs < 6
+
+    resumed = train(cfg, store, progress=False)
+    fresh = train(cfg, Store(tmp_path / "fresh"), progress=False)
+    assert resumed.key == key and _same_weights(resumed, fresh)
+    assert resumed.history["train_loss"].tolist() == fresh.history["train_loss"].tolist()
+    assert not store.work_dir("train", key).exists()
+
+
+@pytest.mark.parametrize("change,msg", [
+    (dict(model="VGG"), "unknown model"),
+    (dict(dataset="svhn"), "unknown dataset"),
+    (dict(batch_size=0), "batch_size must be an integer >= 1"),
+    (dict(batch_size=201), "larger than the training set of mnist5k"),
+    (dict(lr=0.0), "lr must be > 0"),
+    (dict(momentum=1.5), "momentum must be in"),
+    (dict(target_loss=-1), "target_loss must be"),
+    (dict(colour="red"), "unknown training option"),
+])
+def test_bad_configuration_fails_before_compute(tmp_path, tiny_cfg, change, msg):
+    with pytest.raises(HessbatchError, match=msg):
+        train({**tiny_cfg, **change}, Store(tmp_path), progress=False)
+    assert not (tmp_path / "train").exists()

@@ -81,6 +81,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("params", metavar="PARAMS.yaml")
     _common(s)
 
+    sp = sub.add_parser("spectrum", help="top-k Hessian eigenvalues of a trained run (cached)",
+                        description="Top-k eigenvalues of the Hessian of a trained run's loss w.r.t. its weights, "
+                        "on the whole train or test set or a seeded subsample (the paper's Fig. 1, 6).")
+    sp.add_argument("--run", required=True, metavar="KEY", help="training run key or unique prefix (`hessbatch ls`)")
+    sp.add_argument("--split", choices=("train", "test"), default="train", help="(default: train)")
+    sp.add_argument("--k", type=int, default=20, help="number of eigenvalues (default: 20, the paper's)")
+    sp.add_argument("--tol", type=float, default=1e-4, help="relative tolerance per eigenvalue (default: 1e-4)")
+    sp.add_argument("--method", choices=("lanczos", "power"), default="lanczos",
+                    help="lanczos (default) or the paper's power iteration with deflation")
+    sp.add_argument("--which", choices=("largest", "smallest", "magnitude", "both"), default="largest",
+                    help="which end of the spectrum (default: largest)")
+    sp.add_argument("--subsample", type=int, default=None, help="Hessian of a random subset of this size (|B_H|)")
+    sp.add_argument("--epoch", type=int, default=None, help="a weight snapshot saved during training")
+    sp.add_argument("--seed", type=int, default=0)
+    _common(sp)
+
+    la = sub.add_parser("landscape", help="loss along Hessian eigenvectors of a trained run (cached)",
+                        description="Loss and accuracy on the train and test sets along the dominant Hessian "
+                        "eigenvector (1d, the paper's Fig. 2/7) or on the plane of the top two (2d, Fig. 3).")
+    la.add_argument("--run", required=True, metavar="KEY", help="training run key or unique prefix")
+    la.add_argument("--mode", choices=("1d", "2d"), default="1d", help="(default: 1d)")
+    la.add_argument("--radius", type=float, default=0.5, help="perturbations in [-r, r] (default: 0.5)")
+    la.add_argument("--points", type=int, default=None, help="points per axis (default: 21 in 1d, 11 in 2d)")
+    _common(la)
+
     ls = sub.add_parser("ls", help="list what the result store holds")
     ls.add_argument("--kind", default=None, help="only entries of this kind (e.g. train)")
     _common(ls, data=False)
@@ -126,6 +151,36 @@ def _cmd_sweep(a) -> int:
     return 1 if counts.get("failed", 0) else 0
 
 
+def _cmd_spectrum(a) -> int:
+    from .analysis import spectrum
+    from .store import Store
+
+    entry = spectrum(a.run, a.split, a.k, a.tol, a.method, a.which, a.subsample, a.seed, a.epoch,
+                     store=Store(a.results), device=a.device, data_root=a.data_root)
+    r = entry.json()
+    print(entry.csv("eigenvalues.csv").to_string(index=False))
+    print(f"{r['n_hvp']} Hessian-vector products, gradient norm {r['grad_norm']:.4g}; stored at {entry.path}")
+    return 0
+
+
+def _cmd_landscape(a) -> int:
+    from .analysis import landscape_1d, landscape_2d
+    from .store import Store
+
+    store = Store(a.results)
+    if a.mode == "1d":
+        entry = landscape_1d(a.run, a.radius, a.points or 21, store=store, device=a.device, data_root=a.data_root)
+        table = entry.csv("curve.csv").pivot(index="alpha", columns="split", values="loss")
+        print(table.to_string())
+    else:
+        entry = landscape_2d(a.run, a.radius, a.points or 11, store=store, device=a.device, data_root=a.data_root)
+        surface = entry.csv("surface.csv")
+        print(surface[surface["split"] == "train"].pivot(index="alpha", columns="beta", values="loss").round(4)
+              .to_string())
+    print(f"stored at {entry.path}")
+    return 0
+
+
 def _cmd_ls(a) -> int:
     from .store import Store
 
@@ -150,7 +205,8 @@ def _cmd_ls(a) -> int:
     return 0
 
 
-COMMANDS = {"train": _cmd_train, "sweep": _cmd_sweep, "ls": _cmd_ls}
+COMMANDS = {"train": _cmd_train, "sweep": _cmd_sweep, "spectrum": _cmd_spectrum, "landscape": _cmd_landscape,
+            "ls": _cmd_ls}
 
 
 def main(argv: list[str] | None = None) -> int:

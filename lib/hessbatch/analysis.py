@@ -1,0 +1,168 @@
+"""Measurements of trained runs, each cached in the store under (parent run key + settings).
+
+Settings that change only speed (device, chunk size, HVP implementation) are not part
+of the key.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import hessian, landscape
+from .errors import HessbatchError, check
+from .store import Entry, Store
+from .train import Run, TrainConfig, prepare, resolve_device
+
+
+def resolve_run(run: Run | str, store: Store) -> Run:
+    """A ``Run`` from a run object, a full key or a unique key prefix."""
+    if isinstance(run, Run):
+        return run
+    matches = [e for e in store.entries("train") if e.key.startswith(str(run))]
+    if len(matches) != 1:
+        raise HessbatchError(f"{'no' if not matches else 'more than one'} training run in {store.root} "
+                             f"matches {run!r}; `hessbatch ls` lists them")
+    return Run(matches[0])
+
+
+def run_data(run: Run, data_root=None, download=False):
+    """The dataset a run was trained on."""
+    return prepare(run.config, data_root, download)[1]
+
+
+def _cached(store: Store, kind: str, config: dict, compute) -> Entry:
+    if (entry := store.get(kind, config)) is not None:
+        return entry
+    t0 = time.perf_counter()
+    files, meta = compute()
+    meta["time_s"] = time.perf_counter() - t0
+    with store.writer(kind, config) as tmp:
+        for name, obj in files.items():
+            if isinstance(obj, pd.DataFrame):
+                obj.to_csv(tmp / name, index=False)
+            else:
+                torch.save(obj, tmp / name)
+        (tmp / "result.json").write_text(json.dumps(meta, indent=2, default=float))
+    return store.get(kind, config)
+
+
+def spectrum(run: Run | str, split: str = "train", k: int = 20, tol: float = 1e-4, method: str = "lanczos",
+             which: str = "largest", subsample: int | None = None, seed: int = 0, epoch: int | None = None,
+             keep_vectors: int = 2, store: Store | None = None, device="cpu", data_root=None,
+             chunk: int = 1024, hvp: str = "backward") -> Entry:
+    """Top-k Hessian eigenvalues of a run's loss on its train or test set (or a subsample).
+
+    Stores ``eigenvalues.csv`` (rank, eigenvalue, residual), the first ``keep_vectors``
+    eigenvectors in ``vectors.pt`` and the gradient norm at that point.
+    """
+    store = store or Store()
+    run = resolve_run(run, store)
+    check(split in ("train", "test"), f"unknown split {split!r}; choose train or test")
+    check(keep_vectors >= 0, "keep_vectors must be >= 0")
+    config = {"run": run.key, "epoch": epoch, "split": split, "k": k, "tol": tol, "method": method,
+              "which": which, "subsample": subsample, "seed": seed, "keep_vectors": keep_vectors}
+
+    def compute():
+        dev = resolve_device(device)
+        model = run.model(dev, epoch)
+        data = tuple(t.to(dev) for t in run_data(run, data_root).split(split))
+        if subsample:
+            data = hessian.subsample(data, subsample, seed)
+        e = hessian.top_eigen(model, data, k=k, tol=tol, method=method, which=which, chunk=chunk, hvp=hvp, seed=seed)
+        grad_norm = hessian.HessianOperator(model, data, chunk=chunk).gradient().norm().item()
+        table = pd.DataFrame({"rank": np.arange(1, len(e) + 1), "eigenvalue": e.eigenvalues, "residual": e.residuals})
+        files = {"eigenvalues.csv": table}
+        if keep_vectors:
+            files["vectors.pt"] = e.eigenvectors[:keep_vectors].detach().float().cpu().contiguous()
+        return files, {"n_hvp": e.n_hvp, "converged": e.converged, "grad_norm": grad_norm,
+                       "lambda_max": float(e.eigenvalues[0]), "n_samples": len(data[1]), "device": str(dev)}
+
+    return _cached(store, "spectrum", config, compute)
+
+
+def input_curvature(run: Run | str, split: str = "train", method: str = "power", tol: float = 1e-4,
+                    max_iter: int = 100, limit: int | None = None, store: Store | None = None, device="cpu",
+                    data_root=None, chunk: int = 512) -> Entry:
+    """Per-sample ‖∇ₓℓ‖ and input-Hessian λ_max over a run's train or test set (``samples.csv``)."""
+    store = store or Store()
+    run = resolve_run(run, store)
+    config = {"run": run.key, "split": split, "method": method, "tol": tol, "max_iter": max_iter, "limit": limit}
+
+    def compute():
+        dev = resolve_device(device)
+        x, y = run_data(run, data_root).split(split)
+        if limit:
+            x, y = x[:limit], y[:limit]
+        ic = hessian.input_curvature(run.model(dev), x.to(dev), y.to(dev), method, tol, max_iter, chunk)
+        table = pd.DataFrame({"grad_norm": ic.grad_norm, "lambda_max": ic.lambda_max})
+        return {"samples.csv": table}, {**ic.summary(), "iterations": ic.iterations, "n_samples": len(y)}
+
+    return _cached(store, "input-curvature", config, compute)
+
+
+def landscape_1d(run: Run | str, radius: float = 0.5, points: int = 21, rank: int = 1, spectrum_split: str = "train",
+                 store: Store | None = None, device="cpu", data_root=None) -> Entry:
+    """Loss and accuracy on train and test along the rank-th Hessian eigenvector (Fig. 2/7)."""
+    store = store or Store()
+    run = resolve_run(run, store)
+    check(radius > 0 and points >= 3, "landscape needs radius > 0 and at least 3 points")
+    spec = spectrum(run, spectrum_split, k=max(rank, 2), keep_vectors=max(rank, 2), store=store, device=device,
+                    data_root=data_root)
+    config = {"run": run.key, "spectrum": spec.key, "rank": rank, "radius": radius, "points": points}
+
+    def compute():
+        dev = resolve_device(device)
+        ds = run_data(run, data_root).to(dev)
+        d = spec.torch("vectors.pt")[rank - 1]
+        table = landscape.along_direction(run.model(dev), d, np.linspace(-radius, radius, points),
+                                          {"train": ds.split("train"), "test": ds.split("test")})
+        return {"curve.csv": table}, {"lambda": float(spec.csv("eigenvalues.csv")["eigenvalue"][rank - 1])}
+
+    return _cached(store, "landscape-1d", config, compute)
+
+
+def landscape_2d(run: Run | str, radius: float = 0.5, points: int = 11, spectrum_split: str = "train",
+                 store: Store | None = None, device="cpu", data_root=None) -> Entry:
+    """Loss on the plane of the top-2 Hessian eigenvectors (Fig. 3)."""
+    store = store or Store()
+    run = resolve_run(run, store)
+    check(radius > 0 and points >= 3, "landscape needs radius > 0 and at least 3 points")
+    spec = spectrum(run, spectrum_split, k=2, keep_vectors=2, store=store, device=device, data_root=data_root)
+    config = {"run": run.key, "spectrum": spec.key, "radius": radius, "points": points}
+
+    def compute():
+        dev = resolve_device(device)
+        ds = run_data(run, data_root).to(dev)
+        v = spec.torch("vectors.pt")
+        grid = np.linspace(-radius, radius, points)
+        table = landscape.plane(run.model(dev), v[0], v[1], grid, grid,
+                                {"train": ds.split("train"), "test": ds.split("test")})
+        return {"surface.csv": table}, {}
+
+    return _cached(store, "landscape-2d", config, compute)
+
+
+def interpolation(run_a: Run | str, run_b: Run | str, points: int = 21, store: Store | None = None,
+                  device="cpu", data_root=None) -> Entry:
+    """Loss along (1 − α) θ_a + α θ_b, α in [0, 1] (Fig. 5/10/11)."""
+    store = store or Store()
+    a, b = resolve_run(run_a, store), resolve_run(run_b, store)
+    config = {"run_a": a.key, "run_b": b.key, "points": points}
+
+    def compute():
+        dev = resolve_device(device)
+        ds = run_data(a, data_root).to(dev)
+        table = landscape.interpolate(a.model(dev), b.model(dev), np.linspace(0, 1, points),
+                                      {"train": ds.split("train"), "test": ds.split("test")})
+        return {"curve.csv": table}, {}
+
+    return _cached(store, "interpolation", config, compute)
+
+
+__all__ = ["resolve_run", "run_data", "spectrum", "input_curvature", "landscape_1d", "landscape_2d",
+           "interpolation", "TrainConfig"]

@@ -1,0 +1,87 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from hessbatch import HessbatchError, analysis
+from hessbatch.landscape import along_direction, interpolate, plane, second_difference
+from hessbatch.store import Store
+from hessbatch.train import evaluate, train
+
+
+def _model(seed):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.BatchNorm1d(6), nn.Linear(6, 3)).eval()
+
+
+@pytest.fixture
+def data():
+    g = torch.Generator().manual_seed(0)
+    return {"train": (torch.randn(40, 4, generator=g), torch.randint(0, 3, (40,), generator=g)),
+            "test": (torch.randn(20, 4, generator=g), torch.randint(0, 3, (20,), generator=g))}
+
+
+def test_direction_origin_is_the_model_and_weights_are_restored(data):
+    m = _model(0)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    n = sum(p.numel() for p in m.parameters())
+    d = torch.randn(n)
+    curve = along_direction(m, d / d.norm(), [-1, 0, 1], data)
+    assert set(curve["split"]) == {"train", "test"} and len(curve) == 6
+    at0 = curve[(curve.alpha == 0) & (curve.split == "test")].iloc[0]
+    assert at0["loss"] == pytest.approx(evaluate(m, *data["test"])[0])
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+    with pytest.raises(HessbatchError, match="direction has 3 entries"):
+        along_direction(m, torch.ones(3), [0], data)
+
+
+def test_plane_matches_direction_on_its_axis(data):
+    m = _model(1)
+    n = sum(p.numel() for p in m.parameters())
+    d1, d2 = torch.randn(n), torch.randn(n)
+    surf = plane(m, d1, d2, [0.0, 0.5], [0.0], data)
+    line = along_direction(m, d1, [0.0, 0.5], data)
+    assert np.allclose(surf.sort_values(["alpha", "split"])["loss"], line.sort_values(["alpha", "split"])["loss"])
+
+
+def test_interpolation_endpoints_are_the_two_models(data):
+    a, b = _model(2), _model(3)
+    with torch.no_grad():
+        b[2].running_mean.fill_(0.3)
+    curve = interpolate(a, b, [0.0, 0.5, 1.0], data)
+    tr = curve[curve.split == "train"].set_index("alpha")["loss"]
+    assert tr[0.0] == pytest.approx(evaluate(a, *data["train"])[0])
+    assert tr[1.0] == pytest.approx(evaluate(b, *data["train"])[0])
+
+
+def test_second_difference_of_a_parabola():
+    a = np.linspace(0, 1, 11)
+    curve = pd.DataFrame({"alpha": a, "split": "train", "loss": 3 * a ** 2 + a})
+    assert second_difference(curve, 0.0) == pytest.approx(6.0)
+    assert second_difference(curve, 1.0) == pytest.approx(6.0)
+
+
+def test_stored_spectrum_and_landscapes(tmp_path, tiny_cfg):
+    store = Store(tmp_path)
+    run = train(tiny_cfg, store, progress=False)
+    spec = analysis.spectrum(run.key[:6], k=3, store=store)
+    ev = spec.csv("eigenvalues.csv")
+    assert list(ev["rank"]) == [1, 2, 3] and ev["eigenvalue"].is_monotonic_decreasing
+    assert spec.torch("vectors.pt").shape == (2, 101_770)
+    again = analysis.spectrum(run, k=3, store=store, chunk=17)  # speed-only settings share the entry
+    assert again.key == spec.key
+    curve = analysis.landscape_1d(run, radius=0.2, points=5, store=store).csv("curve.csv")
+    assert len(curve) == 10 and curve["loss"].notna().all()
+    # the loss rises both ways along the top eigenvector of a positive curvature
+    tr = curve[curve.split == "train"].set_index("alpha")["loss"]
+    assert tr[-0.2] > tr[0.0] and tr[0.2] > tr[0.0]
+    surf = analysis.landscape_2d(run, radius=0.2, points=3, store=store).csv("surface.csv")
+    assert len(surf) == 18
+    ic = analysis.input_curvature(run, split="test", limit=20, store=store)
+    assert ic.csv("samples.csv").shape == (20, 2) and ic.json()["lambda_max"] > 0
+
+
+def test_unknown_run_key(tmp_path):
+    with pytest.raises(HessbatchError, match="no training run"):
+        analysis.spectrum("feedbeef", store=Store(tmp_path))

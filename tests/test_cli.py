@@ -66,3 +66,32 @@ def test_help_documents_every_option():
     res = subprocess.run([sys.executable, "-m", "hessbatch.cli", "train", "--help"], capture_output=True, text=True)
     for opt in ("--model", "--dataset", "--batch-size", "--lr", "--epochs", "--target-loss", "--seed", "--results"):
         assert opt in res.stdout
+
+
+def test_robust_train_and_attack_commands(tmp_path, capsys):
+    r = ["--results", str(tmp_path)]
+    assert main(["train", *TINY, *r]) == 0
+    key = next((tmp_path / "train").iterdir()).name
+    assert main(["robust-train", "--from", key[:8], "--attack", "grad", "--eps", "1.0", "--max-epochs", "1",
+                 "--no-progress", *r]) == 0
+    assert "capped after 1 epochs" in capsys.readouterr().out
+    assert main(["attack", "--run", key[:8], "--attack", "fgsm,grad", "--eps", "0,0.1", *r]) == 0
+    out = capsys.readouterr().out
+    assert out.count("fgsm") == 2 and out.count("grad") == 2
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["attack", "--attack", "pgd", "--eps", "0.1"], "unknown attack 'pgd'"),
+    (["attack", "--attack", "fgsm", "--eps=-0.1"], "epsilon must be >= 0"),
+    (["attack", "--attack", "fgsm", "--eps", "0.1", "--steps", "3"], "attack fgsm takes no option --steps"),
+    (["robust-train", "--attack", "fgsm", "--eps=-1"], "epsilon must be >= 0"),
+])
+def test_bad_attack_input(tmp_path, capsys, argv, msg):
+    assert main(["train", *TINY, "--results", str(tmp_path)]) == 0
+    key = next((tmp_path / "train").iterdir()).name
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    run = ["--run", key] if argv[0] == "attack" else ["--from", key]
+    assert main([argv[0], *run, *argv[1:], "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and msg in err[0]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before

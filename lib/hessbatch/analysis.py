@@ -164,5 +164,38 @@ def interpolation(run_a: Run | str, run_b: Run | str, points: int = 21, store: S
     return _cached(store, "interpolation", config, compute)
 
 
-__all__ = ["resolve_run", "run_data", "spectrum", "input_curvature", "landscape_1d", "landscape_2d",
+def adversarial_accuracy(run: Run | str, attack: str, eps: float, split: str = "test", source: Run | str | None = None,
+                         limit: int | None = None, store: Store | None = None, device="cpu", data_root=None,
+                         chunk: int = 1000, **attack_options) -> Entry:
+    """Accuracy of a run on adversarial inputs crafted against ``source`` (default: the run itself).
+
+    With ``source`` the original model M_ORI and ``run`` a robust model, this is one cell
+    of the paper's Tables 3/4. ``eps = 0`` gives the clean accuracy.
+    """
+    from . import attacks
+
+    store = store or Store()
+    run = resolve_run(run, store)
+    src = resolve_run(source, store) if source is not None else run
+    name = attacks.canonical(attack)
+    check(isinstance(eps, (int, float)) and eps >= 0, f"epsilon must be >= 0, got {eps!r}")
+    check(split in ("train", "test"), f"unknown split {split!r}; choose train or test")
+    config = {"run": run.key, "source": src.key, "attack": name, "eps": float(eps), "split": split, "limit": limit,
+              "options": attack_options}
+
+    def compute():
+        dev = resolve_device(device)
+        x, y = run_data(run, data_root).split(split)
+        if limit:
+            x, y = x[:limit], y[:limit]
+        x, y = x.to(dev), y.to(dev)
+        model = run.model(dev)
+        source_model = model if src.key == run.key else src.model(dev)
+        acc = attacks.adversarial_accuracy(model, x, y, name, eps, source=source_model, chunk=chunk, **attack_options)
+        return {}, {"accuracy": acc, "clean_accuracy": attacks.accuracy(model, x, y), "n_samples": len(y)}
+
+    return _cached(store, "attack", config, compute)
+
+
+__all__ = ["adversarial_accuracy", "resolve_run", "run_data", "spectrum", "input_curvature", "landscape_1d", "landscape_2d",
            "interpolation", "TrainConfig"]

@@ -31,8 +31,75 @@ def _common(p: argparse.ArgumentParser, data: bool = True) -> None:
         p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _train_flags(p: argparse.ArgumentParser, d, suppress: bool = False) -> None:
+    """The training options; with ``suppress`` only flags given on the command line are set."""
     from .models import MODELS
+
+    def add(*names, default=None, **kw):
+        p.add_argument(*names, default=argparse.SUPPRESS if suppress else default, **kw)
+
+    add("--model", default=d.model, help=f"one of {', '.join(MODELS)} (default: {d.model})")
+    add("--dataset", default=d.dataset, help="mnist5k (embedded), mnist, fashion-mnist, cifar10, cifar100 or "
+        f"imagefolder:PATH (default: {d.dataset})")
+    add("--batch-size", type=int, default=d.batch_size, help=f"(default: {d.batch_size})")
+    add("--lr", type=float, default=d.lr, help=f"learning rate (default: {d.lr})")
+    add("--momentum", type=float, default=d.momentum, help=f"(default: {d.momentum})")
+    add("--weight-decay", type=float, default=d.weight_decay, help=f"(default: {d.weight_decay})")
+    add("--max-epochs", "--epochs", type=int, default=d.max_epochs, dest="max_epochs",
+        help=f"epoch cap (default: {d.max_epochs})")
+    add("--target-loss", type=_float_or_none, default=d.target_loss,
+        help=f"stop once the full training loss is at most this; 'none' to disable (default: {d.target_loss})")
+    add("--lr-milestones", type=_int_list, default=d.lr_milestones, metavar="E1,E2",
+        help="epochs after which the lr is multiplied by --lr-gamma (default: none)")
+    add("--lr-gamma", type=float, default=d.lr_gamma, help=f"(default: {d.lr_gamma})")
+    add("--lr-scaling", choices=("none", "linear"), default=d.lr_scaling,
+        help="linear: lr x batch/--lr-base-batch (Goyal et al.) (default: none)")
+    add("--lr-base-batch", type=int, default=d.lr_base_batch, help=f"(default: {d.lr_base_batch})")
+    add("--warmup-epochs", type=int, default=d.warmup_epochs, help="linear warm-up from --lr to the scaled lr (default: 0)")
+    add("--seed", type=int, default=d.seed, help=f"(default: {d.seed})")
+    add("--reading", help="which reading of an ambiguous architecture (see `hessbatch.models`); default per model")
+    add("--subset", type=int, help="keep N training samples per class")
+    add("--test-subset", type=int, help="keep N test samples per class")
+    add("--keep-last", action="store_true", default=False, help="also train on the last, incomplete batch")
+    add("--grad-norm", action="store_true", default=False, help="record the full-batch gradient norm every epoch")
+    add("--save-every", type=int, default=0, help="keep a weight snapshot every N epochs (default: 0)")
+
+
+_TRAIN_FIELDS = ("model", "dataset", "batch_size", "lr", "momentum", "weight_decay", "max_epochs", "target_loss",
+                 "lr_milestones", "lr_gamma", "lr_scaling", "lr_base_batch", "warmup_epochs", "seed", "reading",
+                 "subset", "test_subset", "grad_norm", "save_every")
+
+
+def _config_from_args(a, base: dict) -> dict:
+    cfg = dict(base)
+    cfg.update({f: getattr(a, f) for f in _TRAIN_FIELDS if hasattr(a, f)})
+    if hasattr(a, "keep_last"):
+        cfg["drop_last"] = not a.keep_last
+    return cfg
+
+
+def _attack_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, default=None, help="fgsm10: number of steps (default: 10)")
+    p.add_argument("--alpha", type=float, default=None, help="fgsm10: step size (default: eps/steps)")
+    p.add_argument("--cg-iters", type=int, default=None, help="fhsm/hess: CG iterations (default: 20)")
+    p.add_argument("--cg-tol", type=float, default=None, help="fhsm/hess: CG forcing term (default: 1e-3)")
+    p.add_argument("--damping", type=float, default=None, help="fhsm/hess: Hessian damping (default: 0)")
+
+
+def _attack_options(a, name: str) -> dict:
+    from .attacks import canonical
+
+    name = canonical(name)
+    allowed = {"fgsm10": ("steps", "alpha"), "fhsm": ("cg_iters", "cg_tol", "damping"),
+               "hess": ("cg_iters", "cg_tol", "damping")}.get(name, ())
+    given = {k: getattr(a, k) for k in ("steps", "alpha", "cg_iters", "cg_tol", "damping") if getattr(a, k) is not None}
+    bad = sorted(set(given) - set(allowed))
+    if bad:
+        raise HessbatchError(f"attack {name} takes no option --{bad[0].replace('_', '-')}")
+    return given
+
+
+def build_parser() -> argparse.ArgumentParser:
     from .train import TrainConfig
 
     d = TrainConfig()
@@ -45,35 +112,20 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train one model to a target loss (cached in the result store)",
                        description="Train one model with SGD until the training loss reaches --target-loss "
                        "or --max-epochs; the result is stored under a hash of the full configuration.")
-    t.add_argument("--model", default=d.model, help=f"one of {', '.join(MODELS)} (default: {d.model})")
-    t.add_argument("--dataset", default=d.dataset,
-                   help="mnist5k (embedded), mnist, fashion-mnist, cifar10, cifar100 or imagefolder:PATH "
-                   f"(default: {d.dataset})")
-    t.add_argument("--batch-size", type=int, default=d.batch_size, help=f"(default: {d.batch_size})")
-    t.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default: {d.lr})")
-    t.add_argument("--momentum", type=float, default=d.momentum, help=f"(default: {d.momentum})")
-    t.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"(default: {d.weight_decay})")
-    t.add_argument("--max-epochs", "--epochs", type=int, default=d.max_epochs, dest="max_epochs",
-                   help=f"epoch cap (default: {d.max_epochs})")
-    t.add_argument("--target-loss", type=_float_or_none, default=d.target_loss,
-                   help=f"stop once the full training loss is at most this; 'none' to disable (default: {d.target_loss})")
-    t.add_argument("--lr-milestones", type=_int_list, default=d.lr_milestones, metavar="E1,E2",
-                   help="epochs after which the lr is multiplied by --lr-gamma (default: none)")
-    t.add_argument("--lr-gamma", type=float, default=d.lr_gamma, help=f"(default: {d.lr_gamma})")
-    t.add_argument("--lr-scaling", choices=("none", "linear"), default=d.lr_scaling,
-                   help="linear: lr x batch/--lr-base-batch (Goyal et al.) (default: none)")
-    t.add_argument("--lr-base-batch", type=int, default=d.lr_base_batch, help=f"(default: {d.lr_base_batch})")
-    t.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs,
-                   help="linear warm-up from --lr to the scaled lr (default: 0)")
-    t.add_argument("--seed", type=int, default=d.seed, help=f"(default: {d.seed})")
-    t.add_argument("--reading", default=None,
-                   help="which reading of an ambiguous architecture (see `hessbatch.models`); default per model")
-    t.add_argument("--subset", type=int, default=None, help="keep N training samples per class")
-    t.add_argument("--test-subset", type=int, default=None, help="keep N test samples per class")
-    t.add_argument("--keep-last", action="store_true", help="also train on the last, incomplete batch")
-    t.add_argument("--grad-norm", action="store_true", help="record the full-batch gradient norm every epoch")
-    t.add_argument("--save-every", type=int, default=0, help="keep a weight snapshot every N epochs (default: 0)")
+    _train_flags(t, d)
     _common(t)
+
+    r = sub.add_parser("robust-train", help="adversarial training, from scratch or continuing a trained run",
+                       description="Train on adversarial examples generated on the fly (the paper's §3.4). "
+                       "With --from KEY, continue that run's weights for --max-epochs more epochs (default 5) "
+                       "without a target loss; its model, data and optimizer settings are kept unless given.")
+    r.add_argument("--from", dest="parent", metavar="KEY", help="training run to continue (key or unique prefix)")
+    r.add_argument("--attack", required=True, help="fgsm, fgsm10, grad, fhsm or hess")
+    r.add_argument("--eps", type=float, required=True, help="attack radius in pixel units ([0, 1] inputs)")
+    r.add_argument("--clean-fraction", type=float, default=0.0, help="share of each batch left clean (default: 0)")
+    _attack_flags(r)
+    _train_flags(r, d, suppress=True)
+    _common(r)
 
     s = sub.add_parser("sweep", help="train every configuration of a parameter file's grid",
                        description="Train the grid of a parameter file (see `hessbatch.params`); "
@@ -106,6 +158,19 @@ def build_parser() -> argparse.ArgumentParser:
     la.add_argument("--points", type=int, default=None, help="points per axis (default: 21 in 1d, 11 in 2d)")
     _common(la)
 
+    at = sub.add_parser("attack", help="accuracy of a trained run under attack (cached)",
+                        description="Accuracy of a trained run on adversarial versions of its train or test set, "
+                        "for one or more attacks and radii (the paper's Tables 1, 3, 4, 7).")
+    at.add_argument("--run", required=True, metavar="KEY", help="training run key or unique prefix")
+    at.add_argument("--attack", default="fgsm", help="comma-separated: fgsm, fgsm10, grad, fhsm, hess (default: fgsm)")
+    at.add_argument("--eps", required=True, help="comma-separated radii in pixel units, e.g. 0.01,0.02")
+    at.add_argument("--split", choices=("train", "test"), default="test", help="(default: test)")
+    at.add_argument("--source", metavar="KEY", default=None,
+                    help="craft the examples against this run instead (transfer, as Tables 3/4)")
+    at.add_argument("--limit", type=int, default=None, help="only the first N samples")
+    _attack_flags(at)
+    _common(at)
+
     ls = sub.add_parser("ls", help="list what the result store holds")
     ls.add_argument("--kind", default=None, help="only entries of this kind (e.g. train)")
     _common(ls, data=False)
@@ -116,21 +181,65 @@ def _cmd_train(a) -> int:
     from .store import Store
     from .train import TrainConfig, resolve_device, train
 
-    cfg = TrainConfig(model=a.model, dataset=a.dataset, batch_size=a.batch_size, lr=a.lr, momentum=a.momentum,
-                      weight_decay=a.weight_decay, max_epochs=a.max_epochs, target_loss=a.target_loss,
-                      lr_milestones=a.lr_milestones, lr_gamma=a.lr_gamma, lr_scaling=a.lr_scaling,
-                      lr_base_batch=a.lr_base_batch, warmup_epochs=a.warmup_epochs, seed=a.seed,
-                      reading=a.reading, subset=a.subset, test_subset=a.test_subset, drop_last=not a.keep_last,
-                      grad_norm=a.grad_norm, save_every=a.save_every)
     resolve_device(a.device)
+    cfg = TrainConfig.from_dict(_config_from_args(a, {}))
     run = train(cfg, Store(a.results), device=a.device, data_root=a.data_root, download=a.download,
                 progress=not a.no_progress)
-    r = run.result
+    _report(run)
+    return 0
+
+
+def _report(run) -> None:
+    r, cfg = run.result, run.config
     how = "found in the store" if run.cached else f"{r['status']} after {r['epochs']} epochs"
     loss = "n/a" if r["train_loss"] is None else f"{r['train_loss']:.4g}"
     acc = "n/a" if r["test_acc"] is None else f"{100 * r['test_acc']:.2f}%"
     print(f"{cfg.model} on {cfg.dataset}, batch {cfg.batch_size}: {how}; train loss {loss}, test accuracy {acc}")
     print(f"stored at {run.entry.path}")
+
+
+def _cmd_robust_train(a) -> int:
+    from .analysis import resolve_run
+    from .store import Store
+    from .train import TrainConfig, resolve_device, train
+
+    resolve_device(a.device)
+    store = Store(a.results)
+    base = {}
+    if a.parent:
+        parent = resolve_run(a.parent, store)
+        base = {**parent.config.to_dict(), "init_from": parent.key, "max_epochs": 5, "target_loss": None,
+                "lr_milestones": (), "warmup_epochs": 0, "lr_scaling": "none", "save_every": 0, "grad_norm": False}
+    adversarial = {"attack": a.attack, "eps": a.eps, "clean_fraction": a.clean_fraction,
+                   **_attack_options(a, a.attack)}
+    cfg = TrainConfig.from_dict({**_config_from_args(a, base), "adversarial": adversarial})
+    run = train(cfg, store, device=a.device, data_root=a.data_root, download=a.download, progress=not a.no_progress)
+    _report(run)
+    return 0
+
+
+def _cmd_attack(a) -> int:
+    import pandas as pd
+
+    from .analysis import adversarial_accuracy
+    from .store import Store
+
+    store = Store(a.results)
+    names = [n for n in a.attack.split(",") if n]
+    eps = [float(e) for e in a.eps.split(",") if e]
+    for e in eps:
+        if e < 0:
+            raise HessbatchError(f"epsilon must be >= 0, got {e}")
+    opts = {n: _attack_options(a, n) for n in names}
+    rows = []
+    for n in names:
+        for e in eps:
+            entry = adversarial_accuracy(a.run, n, e, a.split, a.source, a.limit, store=store, device=a.device,
+                                         data_root=a.data_root, **opts[n])
+            r = entry.json()
+            rows.append({"attack": n, "eps": e, "split": a.split, "clean_acc": r["clean_accuracy"],
+                         "adv_acc": r["accuracy"], "n": r["n_samples"]})
+    print(pd.DataFrame(rows).to_string(index=False))
     return 0
 
 
@@ -205,7 +314,7 @@ def _cmd_ls(a) -> int:
     return 0
 
 
-COMMANDS = {"train": _cmd_train, "sweep": _cmd_sweep, "spectrum": _cmd_spectrum, "landscape": _cmd_landscape,
+COMMANDS = {"train": _cmd_train, "robust-train": _cmd_robust_train, "attack": _cmd_attack, "sweep": _cmd_sweep, "spectrum": _cmd_spectrum, "landscape": _cmd_landscape,
             "ls": _cmd_ls}
 
 

@@ -82,7 +82,10 @@ class TrainConfig:
         check(isinstance(self.save_every, int) and self.save_every >= 0, "save_every must be an integer >= 0")
         reading = self.reading or models.default_reading(name)
         models.choose(f"reading of {name}", reading, models.READINGS[name])
-        return dataclasses.replace(self, model=name, reading=reading, lr_milestones=tuple(self.lr_milestones))
+        from .robust import check_adversarial
+
+        return dataclasses.replace(self, model=name, reading=reading, lr_milestones=tuple(self.lr_milestones),
+                                   adversarial=check_adversarial(self.adversarial))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -205,7 +208,9 @@ def train(config: TrainConfig | dict, store: Store | None = None, device="cpu", 
 
     An interrupted run resumes from its last finished epoch. A non-finite loss stops
     the run and records it as ``diverged`` (with its history, without weights).
-    ``step_hook(model, x, y)`` may replace a batch before the step (used by robust training).
+    With ``config.adversarial`` set, each batch is replaced by adversarial examples
+    (robust training, see ``hessbatch.robust``); ``step_hook(model, x, y)`` may replace a
+    batch in any other way.
     """
     cfg = (TrainConfig.from_dict(config) if isinstance(config, dict) else config).resolved()
     store = store or Store()
@@ -220,7 +225,15 @@ def train(config: TrainConfig | dict, store: Store | None = None, device="cpu", 
     torch.manual_seed(cfg.seed)
     model = models.build_model(cfg.model, ds.input_shape, ds.num_classes, ds.mean, ds.std, cfg.reading).to(dev)
     if cfg.init_from:
-        model.load_state_dict(Run(_parent(store, cfg.init_from)).entry.torch())
+        try:
+            model.load_state_dict(Run(_parent(store, cfg.init_from)).entry.torch())
+        except RuntimeError as e:
+            raise HessbatchError(f"init_from run {cfg.init_from} does not fit {cfg.model} on {cfg.dataset}: "
+                                 f"{str(e).splitlines()[0]}") from None
+    if cfg.adversarial and step_hook is None:
+        from .robust import adversarial_hook
+
+        step_hook = adversarial_hook(cfg.adversarial)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     work = store.work_dir("train", key)
     ckpt = work / "checkpoint.pt"

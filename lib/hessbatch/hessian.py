@@ -49,11 +49,14 @@ class HessianOperator:
 
     ``data`` is an ``(inputs, targets)`` pair (split into chunks of ``chunk`` samples) or
     an iterable of such batches. ``hvp="backward"`` differentiates twice with autograd;
-    ``hvp="func"`` uses ``torch.func`` forward-over-reverse. Vectors are flat tensors.
+    ``hvp="func"`` uses ``torch.func`` forward-over-reverse. With ``cache_graph`` the
+    gradient's graph is built once and every product is a single backward pass (about
+    3x faster, at the memory of one graph per chunk); by default it is cached when the
+    data is one chunk. Vectors are flat tensors.
     """
 
     def __init__(self, model: nn.Module, data, loss: Callable = F.cross_entropy, chunk: int = 1024,
-                 hvp: str = "backward"):
+                 hvp: str = "backward", cache_graph: bool | None = None):
         check(hvp in ("backward", "func"), f"unknown hvp method {hvp!r}; choose backward or func")
         self.model = model.eval()
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -65,6 +68,8 @@ class HessianOperator:
         check(self.n > 0, "the Hessian needs at least one sample")
         self.loss = loss
         self.hvp_method = hvp
+        self.cache_graph = (len(self.batches) == 1) if cache_graph is None else cache_graph
+        self._graphs = None
         self.n_hvp = 0
 
     def _split(self, v: torch.Tensor) -> list[torch.Tensor]:
@@ -78,6 +83,12 @@ class HessianOperator:
         self.n_hvp += 1
         vs = self._split(v.to(self.device, self.dtype))
         total = [torch.zeros_like(p) for p in self.params]
+        if self.cache_graph and self.hvp_method == "backward":
+            for g in self._cached_gradients():
+                dot = sum((gi * vi).sum() for gi, vi in zip(g, vs))
+                for t, h in zip(total, torch.autograd.grad(dot, self.params, retain_graph=True)):
+                    t += h
+            return torch.cat([t.reshape(-1) for t in total])
         for xb, yb in self.batches:
             xb, yb = xb.to(self.device), yb.to(self.device)
             hv = self._hvp_func(xb, yb, vs) if self.hvp_method == "func" else self._hvp_backward(xb, yb, vs)
@@ -86,6 +97,14 @@ class HessianOperator:
         return torch.cat([t.reshape(-1) for t in total])
 
     __matmul__ = matvec
+
+    def _cached_gradients(self):
+        if self._graphs is None:
+            self._graphs = []
+            for xb, yb in self.batches:
+                loss = self._batch_loss(self.model(xb.to(self.device)), yb.to(self.device))
+                self._graphs.append(torch.autograd.grad(loss, self.params, create_graph=True))
+        return self._graphs
 
     def _hvp_backward(self, xb, yb, vs):
         loss = self._batch_loss(self.model(xb), yb)
@@ -250,7 +269,7 @@ def power_iteration(op, k: int = 20, tol: float = 1e-4, max_iter: int = 100, see
 
 def top_eigen(model: nn.Module, data, k: int = 20, tol: float = 1e-4, method: str = "lanczos",
               which: str = "largest", chunk: int = 1024, hvp: str = "backward", seed: int = 0,
-              max_iter: int | None = None) -> Eigen:
+              max_iter: int | None = None, cache_graph: bool | None = None) -> Eigen:
     """Top-``k`` eigenpairs of the weight Hessian of the mean loss over ``data``.
 
     ``data``: an ``(inputs, targets)`` pair or an iterable of batches. ``method``:
@@ -258,7 +277,7 @@ def top_eigen(model: nn.Module, data, k: int = 20, tol: float = 1e-4, method: st
     """
     check(method in ("lanczos", "power"), f"unknown eigen-solver {method!r}; choose lanczos or power")
     check(tol > 0, f"tol must be > 0, got {tol}")
-    op = HessianOperator(model, data, chunk=chunk, hvp=hvp)
+    op = HessianOperator(model, data, chunk=chunk, hvp=hvp, cache_graph=cache_graph)
     if method == "power":
         check(which in ("largest", "magnitude"), "power iteration finds eigenvalues of largest magnitude only")
         return power_iteration(op, k, tol, max_iter or 100, seed)

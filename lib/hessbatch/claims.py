@@ -1,0 +1,48 @@
+"""The paper's qualitative claims as automatic checks: each returns one row, passed or not.
+
+A check never forces a result: a claim that does not reproduce is reported with ✗ and
+its statistic, so the book can say so.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from scipy.stats import spearmanr
+
+
+def spearman(x, y) -> float:
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.sum() < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
+        return float("nan")
+    return float(spearmanr(x[ok], y[ok]).statistic)
+
+
+def claim(text: str, source: str, statistic: str, value: float, passed: bool) -> dict:
+    return {"claim": text, "paper": source, "statistic": statistic,
+            "value": value, "holds": "✓" if passed else "✗"}
+
+
+def trend(text: str, source: str, x, y, sign: int) -> dict:
+    """Claim that y rises (sign=+1) or falls (sign=-1) with x: Spearman ρ of the right sign,
+    and the value at the largest x beyond the value at the smallest."""
+    rho = spearman(x, y)
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    ends = sign * (y[np.argmax(x)] - y[np.argmin(x)]) > 0
+    passed = (not math.isnan(rho)) and sign * rho > 0 and bool(ends)
+    return claim(text, source, "Spearman ρ", rho, passed)
+
+
+def table(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["claim", "paper", "statistic", "value", "holds"])
+
+
+def sentence(row) -> str:
+    """A claim's verdict for the prose: 'holds (Spearman ρ = 0.95)' or 'does not hold (...)'."""
+    verdict = "holds" if row["holds"] == "✓" else "does **not** hold"
+    value = row["value"]
+    shown = "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3g}"
+    return f"{verdict} ({row['statistic']} = {shown})"

@@ -1,0 +1,401 @@
+"""One function per chapter of the book: runs (or loads from the store) everything a
+chapter shows and returns tidy ``pandas`` tables. Notebooks only call these and plot.
+
+Every training run, spectrum and attack goes through the result store, so chapters that
+share runs (the batch-size sweep feeds the landscape chapter, say) compute them once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from . import analysis, attacks, claims, hessian
+from .errors import check
+from .robust import table8_configs
+from .store import Store
+from .train import Run, train
+
+
+def _bar(items, desc, progress):
+    if not progress:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, unit="run", leave=False)
+
+
+def _subsample(run: Run, size: int | None, split: str) -> int | None:
+    n = run.result["n_train"] if split == "train" else run.result["n_test"]
+    return size if size and size < n else None
+
+
+def sweep_runs(model, dataset, batch_sizes, train_options=None, seed=0, store=None, device="cpu", data_root=None,
+               progress=True) -> dict[int, Run]:
+    """One training run per batch size, same conditions otherwise."""
+    store = store or Store()
+    return {b: train({**(train_options or {}), "model": model, "dataset": dataset, "batch_size": b, "seed": seed},
+                     store, device=device, data_root=data_root, progress=progress)
+            for b in batch_sizes}
+
+
+# ------------------------------------------------------------------ chapter: batch size
+def batch_size_study(model, dataset, batch_sizes, train_options=None, seed=0, k=20, tol=1e-4, eps=(0.02, 0.01),
+                     attack="fgsm", hessian_samples=None, curvature_samples=None, store=None, device="cpu",
+                     data_root=None, progress=True) -> dict:
+    """Tables 1/2/7 and Fig. 1: accuracy, weight and input curvature, adversarial accuracy per batch size."""
+    store = store or Store()
+    runs = sweep_runs(model, dataset, batch_sizes, train_options, seed, store, device, data_root, progress)
+    rows, spectra = [], []
+    for b, run in _bar(list(runs.items()), "curvature", progress):
+        r = run.result
+        row = {"batch_size": b, "status": r["status"], "epochs": r["epochs"], "final_train_loss": r["train_loss"],
+               "train_acc": r["train_acc"], "test_acc": r["test_acc"], "run": run.key}
+        if r["status"] == "diverged":
+            rows.append(row)
+            continue
+        for split in ("train", "test"):
+            spec = analysis.spectrum(run, split, k=k, tol=tol, subsample=_subsample(run, hessian_samples, split),
+                                     store=store, device=device, data_root=data_root)
+            ev = spec.csv("eigenvalues.csv")
+            spectra += [{"batch_size": b, "split": split, "rank": int(i), "eigenvalue": float(v)}
+                        for i, v in zip(ev["rank"], ev["eigenvalue"])]
+            row[f"lambda_theta_{split}"] = float(ev["eigenvalue"].iloc[0])
+            row[f"n_hvp_{split}"] = spec.json()["n_hvp"]
+            ic = analysis.input_curvature(run, split, limit=curvature_samples, store=store, device=device,
+                                          data_root=data_root).json()
+            row[f"lambda_x_{split}"], row[f"grad_x_{split}"] = ic["lambda_max"], ic["grad_norm"]
+            for tag, e in zip(("a", "b"), eps):
+                acc = analysis.adversarial_accuracy(run, attack, e, split, limit=curvature_samples, store=store,
+                                                    device=device, data_root=data_root).json()
+                row[f"adv_{tag}_{split}"] = acc["accuracy"]
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    return {"table": table, "spectra": pd.DataFrame(spectra), "claims": batch_size_claims(table, pd.DataFrame(spectra)),
+            "used": list(runs.values())}
+
+
+def batch_size_claims(table: pd.DataFrame, spectra: pd.DataFrame) -> pd.DataFrame:
+    ok = table[table["status"] != "diverged"]
+    rows = []
+    for split in ("train", "test"):
+        if f"lambda_theta_{split}" in ok:
+            rows.append(claims.trend(f"λ_max of the weight Hessian ({split}) rises with batch size", "§2, Tables 1/7",
+                                     ok["batch_size"], ok[f"lambda_theta_{split}"], +1))
+    for split in ("train", "test"):
+        for tag in ("a", "b"):
+            if f"adv_{tag}_{split}" in ok:
+                rows.append(claims.trend(f"adversarial accuracy at ε_{tag} ({split}) falls with batch size",
+                                         "§3.3, Tables 1/7", ok["batch_size"], ok[f"adv_{tag}_{split}"], -1))
+    if len(spectra):
+        s = spectra[spectra["split"] == "train"]
+        bmin, bmax = s["batch_size"].min(), s["batch_size"].max()
+        lo = s[s["batch_size"] == bmin].set_index("rank")["eigenvalue"]
+        hi = s[s["batch_size"] == bmax].set_index("rank")["eigenvalue"]
+        frac = float((hi > lo.reindex(hi.index)).mean())
+        rows.append(claims.claim("the whole top spectrum shifts up (largest vs smallest batch, train)", "Fig. 1",
+                                 "share of ranks larger", frac, frac > 0.5))
+        top = spectra.groupby(["batch_size", "split"])["eigenvalue"].min()
+        rows.append(claims.claim("no saddle at convergence: all computed top eigenvalues are positive", "§2, Fig. 4",
+                                 "smallest computed eigenvalue", float(top.min()), bool((top > 0).all())))
+    if "test_acc" in ok and len(ok) >= 2:
+        best = ok["test_acc"].max()
+        last = ok.loc[ok["batch_size"].idxmax(), "test_acc"]
+        rows.append(claims.claim("test accuracy eventually degrades with batch size", "§2, Tables 1/7",
+                                 "acc(B_max) − max acc", float(last - best), bool(last < best)))
+    return claims.table(rows)
+
+
+def published_comparison(table: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
+    """Published and reproduced values side by side, matched on batch size where they share one."""
+    cols = [c for c in published.columns if c in table.columns and c not in ("batch_size",)]
+    pub = published.set_index("batch_size")[cols].add_suffix(" (paper)")
+    ours = table.set_index("batch_size")[cols].add_suffix(" (ours)")
+    merged = pub.join(ours, how="outer")
+    order = [c for col in cols for c in (f"{col} (paper)", f"{col} (ours)")]
+    return merged[order].reset_index()
+
+
+# ------------------------------------------------------------------ chapter: landscapes
+def landscape_study(runs: dict[int, Run], radius=0.5, points=21, plane_batch_sizes=None, plane_points=11,
+                    store=None, device="cpu", data_root=None, progress=True) -> dict:
+    """Fig. 2/7 (1-D along the dominant eigenvector, every batch size) and Fig. 3 (2-D, chosen batch sizes)."""
+    store = store or Store()
+    curves, surfaces = [], []
+    for b, run in _bar(list(runs.items()), "landscape", progress):
+        if run.status == "diverged":
+            continue
+        c = analysis.landscape_1d(run, radius, points, store=store, device=device, data_root=data_root)
+        curves.append(c.csv("curve.csv").assign(batch_size=b, lambda_max=c.json()["lambda"]))
+    for b in plane_batch_sizes or []:
+        s = analysis.landscape_2d(runs[b], radius, plane_points, store=store, device=device, data_root=data_root)
+        surfaces.append(s.csv("surface.csv").assign(batch_size=b))
+    curves = pd.concat(curves, ignore_index=True)
+    rows = []
+    for split in ("train", "test"):
+        sharp = curves[curves["split"] == split].groupby("batch_size").apply(
+            lambda c: _rise(c), include_groups=False)
+        rows.append(claims.trend(f"the {split} loss rises faster along v₁ for larger batches", "Fig. 2/7",
+                                 sharp.index, sharp.values, +1))
+    return {"curves": curves, "surfaces": pd.concat(surfaces, ignore_index=True) if surfaces else pd.DataFrame(),
+            "claims": claims.table(rows), "used": list(runs.values())}
+
+
+def _rise(curve: pd.DataFrame) -> float:
+    """Mean loss increase at the ends of a 1-D curve over its value at 0."""
+    c = curve.sort_values("alpha")
+    at0 = c.loc[(c["alpha"]).abs().idxmin(), "loss"]
+    return float((c["loss"].iloc[0] + c["loss"].iloc[-1]) / 2 - at0)
+
+
+# ------------------------------------------------------------------ chapter: dynamics
+def dynamics_study(model, dataset, batch_sizes, train_options=None, adversarial=None, save_every=1, k=1,
+                   tol=1e-3, hessian_samples=None, seed=0, store=None, device="cpu", data_root=None,
+                   progress=True) -> dict:
+    """Fig. 4: λ_max of the weight Hessian and the full gradient norm after each saved epoch,
+    for each batch size, plain and (if ``adversarial``) robust training."""
+    store = store or Store()
+    methods = [("plain", None)] + ([("robust", adversarial)] if adversarial else [])
+    rows, used = [], []
+    for method, adv in methods:
+        opts = {**(train_options or {}), "save_every": save_every, "grad_norm": True, "adversarial": adv}
+        runs = sweep_runs(model, dataset, batch_sizes, opts, seed, store, device, data_root, progress)
+        used += list(runs.values())
+        for b, run in runs.items():
+            if run.status == "diverged":
+                continue
+            hist = run.history.set_index("epoch")
+            for ep in _bar(run.snapshot_epochs(), f"λ_max B={b} {method}", progress):
+                spec = analysis.spectrum(run, "train", k=k, tol=tol, epoch=ep, keep_vectors=0,
+                                         subsample=_subsample(run, hessian_samples, "train"), store=store,
+                                         device=device, data_root=data_root)
+                rows.append({"batch_size": b, "method": method, "epoch": ep,
+                             "lambda_max": float(spec.csv("eigenvalues.csv")["eigenvalue"].iloc[0]),
+                             "grad_norm": float(hist.loc[ep, "grad_norm"]), "train_loss": float(hist.loc[ep, "train_loss"])})
+    df = pd.DataFrame(rows)
+    checks = []
+    if len(df):
+        last = df.sort_values("epoch").groupby(["method", "batch_size"]).tail(1)
+        plain = last[last["method"] == "plain"]
+        checks.append(claims.trend("final λ_max is larger for the larger batch", "Fig. 4",
+                                   plain["batch_size"], plain["lambda_max"], +1) if len(plain) >= 3 else
+                      claims.claim("final λ_max is larger for the larger batch", "Fig. 4", "λ(B_max) / λ(B_min)",
+                                   float(plain.sort_values("batch_size")["lambda_max"].iloc[-1]
+                                         / plain.sort_values("batch_size")["lambda_max"].iloc[0]),
+                                   bool(plain.sort_values("batch_size")["lambda_max"].iloc[-1]
+                                        > plain.sort_values("batch_size")["lambda_max"].iloc[0])))
+        gmin = float(df[df["method"] == "plain"]["grad_norm"].min())
+        checks.append(claims.claim("the gradient does not vanish while λ_max grows (no saddle point)", "Fig. 4",
+                                   "smallest gradient norm", gmin, gmin > 0))
+        if adversarial:
+            m = last.pivot(index="batch_size", columns="method", values="lambda_max")
+            frac = float((m["robust"] < m["plain"]).mean())
+            checks.append(claims.claim("robust training ends at a smaller λ_max than plain training", "§3.4, Fig. 4",
+                                       "share of batch sizes", frac, frac == 1.0))
+    return {"trajectory": df, "claims": claims.table(checks), "used": used}
+
+
+# ------------------------------------------------------------------ chapter: saddle-free inner problem
+def _random_net(kind: str, d: int, classes: int, width: int, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    if kind == "relu-cnn-bn":
+        side = int(round(d ** 0.5))
+        m = nn.Sequential(nn.Unflatten(1, (1, side, side)), nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(),
+                          nn.BatchNorm2d(4), nn.MaxPool2d(2), nn.Flatten(),
+                          nn.Linear(4 * (side // 2) ** 2, width), nn.ReLU(), nn.Linear(width, classes))
+        with torch.no_grad():
+            m[3].running_mean.uniform_(-0.5, 0.5)
+            m[3].running_var.uniform_(0.5, 2.0)
+    else:
+        act = {"relu-mlp": nn.ReLU, "tanh-mlp": nn.Tanh, "softplus-mlp": nn.Softplus}[kind]
+        m = nn.Sequential(nn.Linear(d, width), act(), nn.Linear(width, width), act(), nn.Linear(width, classes))
+    return m.double().eval()
+
+
+def saddle_free_study(run: Run | None = None, n_samples=10, random_nets=("relu-mlp", "relu-cnn-bn", "tanh-mlp"),
+                      d=64, classes=10, width=64, n_random=20, rank_tol=1e-7, store=None, data_root=None,
+                      seed=0) -> dict:
+    """Theorem 1 and Prop. 2: explicit input-Hessian spectra of a trained model and of random nets.
+
+    Returns per sample the smallest and largest eigenvalue, their ratio and the numerical
+    rank (eigenvalues above ``rank_tol``·λ_max), with the number of classes for reference.
+    """
+    rows = []
+
+    def add(label, model, x, y, c):
+        ev = torch.linalg.eigvalsh(hessian.input_hessian(model, x, y))
+        lmax = ev[:, -1]
+        for i in range(len(y)):
+            rank = int((ev[i].abs() > rank_tol * lmax[i].abs().clamp_min(1e-300)).sum())
+            rows.append({"model": label, "sample": i, "lambda_min": float(ev[i, 0]), "lambda_max": float(lmax[i]),
+                         "ratio": float(ev[i, 0] / lmax[i]) if lmax[i] > 0 else 0.0, "rank": rank, "classes": c,
+                         "spectrum": ev[i].tolist()})
+
+    if run is not None:
+        model = run.model().double()
+        x, y = analysis.run_data(run, data_root).split("test")
+        add(f"trained {run.config.model} (ReLU)", model, x[:n_samples].double(), y[:n_samples],
+            run.result["model_spec"]["num_classes"])
+    g = torch.Generator().manual_seed(seed)
+    for kind in random_nets:
+        model = _random_net(kind, d, classes, width, seed)
+        x = torch.rand(n_random, d, generator=g, dtype=torch.float64) * 2 - 0.5
+        y = torch.randint(0, classes, (n_random,), generator=g)
+        add(f"random {kind}", model, x, y, classes)
+    df = pd.DataFrame(rows)
+    checks = []
+    for label, grp in df.groupby("model", sort=False):
+        relu = "relu" in label.lower()
+        psd = bool((grp["ratio"] >= -1e-6).all())
+        low = bool((grp["rank"] <= grp["classes"]).all())
+        if relu:
+            checks.append(claims.claim(f"{label}: input Hessian is PSD", "Theorem 1", "min λ_min/λ_max",
+                                       float(grp["ratio"].min()), psd))
+            checks.append(claims.claim(f"{label}: rank ≤ number of classes", "Proposition 2", "max rank",
+                                       float(grp["rank"].max()), low))
+        else:
+            checks.append(claims.claim(f"{label}: counter-example, the PSD property fails without ReLU",
+                                       "Assumption 1", "min λ_min/λ_max", float(grp["ratio"].min()), not psd))
+    return {"samples": df, "claims": claims.table(checks)}
+
+
+# ------------------------------------------------------------------ chapter: adversarial training
+EPS_KEYS = {"fgsm": "linf", "fgsm10": "linf", "fhsm": "linf", "grad": "l2", "hess": "l2"}
+
+
+def adversarial_training_study(model, dataset, base_train, eps_linf, eps_l2, robust_epochs=5, robust_lr=None,
+                               attack_names=attacks.ATTACKS, test_limit=None, k=20, tol=1e-4, hessian_samples=None,
+                               subsample_sizes=(), interpolation_points=21, seed=0, store=None, device="cpu",
+                               data_root=None, progress=True) -> dict:
+    """Tables 3/4, Fig. 5/10/11 (interpolation) and Fig. 6/12 (full vs subsampled spectra)."""
+    store = store or Store()
+    eps = {"linf": eps_linf, "l2": eps_l2}
+    base = {**base_train, "model": model, "dataset": dataset, "seed": seed}
+    ori = train(base, store, device=device, data_root=data_root, progress=progress)
+    models = {"ORI": ori}
+    for name in _bar(list(attack_names), "robust training", progress):
+        cfg = {**base, "init_from": ori.key, "max_epochs": robust_epochs, "target_loss": None,
+               "lr": robust_lr or base.get("lr", 0.01), "save_every": 0, "grad_norm": False,
+               "adversarial": {"attack": name, "eps": eps[EPS_KEYS[name]]}}
+        models[attacks.LABELS[name]] = train(cfg, store, device=device, data_root=data_root, progress=progress)
+    rows = []
+    for label, run in _bar(list(models.items()), "transfer attacks", progress):
+        row = {"model": label, "clean": analysis.adversarial_accuracy(run, "fgsm", 0.0, limit=test_limit, store=store,
+                                                                      device=device, data_root=data_root).json()["accuracy"]}
+        for name in attack_names:
+            row[attacks.LABELS[name]] = analysis.adversarial_accuracy(
+                run, name, eps[EPS_KEYS[name]], "test", source=ori, limit=test_limit, store=store, device=device,
+                data_root=data_root).json()["accuracy"]
+        row["mean"] = float(np.mean([row[attacks.LABELS[n]] for n in attack_names]))
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    curves, spectra = [], []
+    for label, run in models.items():
+        if label != "ORI":
+            c = analysis.interpolation(ori, run, interpolation_points, store=store, device=device, data_root=data_root)
+            curves.append(c.csv("curve.csv").assign(robust=label))
+        for size in [None, *subsample_sizes]:
+            n = _subsample(run, size if size else hessian_samples, "train")
+            spec = analysis.spectrum(run, "train", k=k, tol=tol, which="magnitude" if size else "largest",
+                                     subsample=n, keep_vectors=0, store=store, device=device, data_root=data_root)
+            ev = spec.csv("eigenvalues.csv")
+            spectra += [{"model": label, "hessian": f"|B_H| = {size}" if size else "full", "subsample": size or 0,
+                         "rank": int(r), "eigenvalue": float(v)} for r, v in zip(ev["rank"], ev["eigenvalue"])]
+    curves, spectra = pd.concat(curves, ignore_index=True), pd.DataFrame(spectra)
+    return {"table": table, "curves": curves, "spectra": spectra,
+            "claims": adversarial_claims(table, curves, spectra, attack_names), "used": list(models.values())}
+
+
+def adversarial_claims(table, curves, spectra, attack_names) -> pd.DataFrame:
+    from .landscape import second_difference
+
+    labels = [attacks.LABELS[n] for n in attack_names]
+    ori = table[table["model"] == "ORI"].iloc[0]
+    rob = table[table["model"] != "ORI"]
+    better = float((rob[labels].values > ori[labels].values).mean())
+    rows = [claims.claim("every robust model beats M_ORI on every adversarial test set", "§3.4, Tables 3/4",
+                         "share of cells", better, better == 1.0)]
+    full = spectra[spectra["hessian"] == "full"]
+    top = full[full["rank"] == 1].set_index("model")["eigenvalue"]
+    smaller = float((top.drop("ORI") < top["ORI"]).mean())
+    rows.append(claims.claim("robust models have a smaller top Hessian eigenvalue", "§3.4, Fig. 6/12",
+                             "share of robust models", smaller, smaller == 1.0))
+    flat = []
+    for label, c in curves.groupby("robust"):
+        flat.append(second_difference(c, 1.0) < second_difference(c, 0.0))
+    rows.append(claims.claim("the loss is flatter at the robust end of the interpolation", "Fig. 5/10/11",
+                             "share of robust models", float(np.mean(flat)), all(flat)))
+    sub = spectra[spectra["subsample"] > 0]
+    if len(sub):
+        smallest = sub["subsample"].min()
+        neg = float((sub[sub["subsample"] == smallest].groupby("model")["eigenvalue"].min() < 0).mean())
+        pos = bool((full["eigenvalue"] > 0).all())
+        rows.append(claims.claim(f"subsampled Hessians (|B_H| = {smallest}) show negative curvature, the full "
+                                 "Hessian's top eigenvalues are positive", "§3.4, Fig. 6/12",
+                                 "share of models with a negative eigenvalue", neg, neg > 0 and pos))
+    return claims.table(rows)
+
+
+# ------------------------------------------------------------------ chapter: large-batch robust training
+def large_batch_robust_study(model, dataset, base_train, batch_sizes, adversarial, warmup_epochs=5, base_batch=128,
+                             seed=0, store=None, device="cpu", data_root=None, progress=True) -> dict:
+    """Table 8: test accuracy of baseline, FB (linear scaling + warm-up) and robust large-batch training."""
+    store = store or Store()
+    check(len(batch_sizes) > 0, "batch_sizes must not be empty")
+    rows, used = [], []
+    recipes = table8_configs({**base_train, "model": model, "dataset": dataset, "seed": seed}, batch_sizes,
+                             adversarial, warmup_epochs, base_batch)
+    for method, cfg in _bar(recipes, "Table 8", progress):
+        run = train(cfg, store, device=device, data_root=data_root, progress=progress)
+        used.append(run)
+        r = run.result
+        rows.append({"batch_size": cfg["batch_size"], "method": method, "status": r["status"],
+                     "test_acc": r["test_acc"] if r["status"] != "diverged" else float("nan"), "epochs": r["epochs"]})
+    df = pd.DataFrame(rows)
+    wide = df.pivot(index="batch_size", columns="method", values="test_acc")[["baseline", "FB", "robust"]]
+    gain = (wide["robust"] - wide["baseline"])
+    checks = [claims.claim("robust training beats the baseline at every batch size", "Table 8",
+                           "min accuracy gain", float(gain.min()), bool((gain > 0).all())),
+              claims.trend("the robust gain grows with batch size", "Table 8", wide.index, gain.values, +1)]
+    return {"runs": df, "table": wide.reset_index(), "claims": claims.table(checks), "used": used}
+
+
+# ------------------------------------------------------------------ presentation helpers
+def paper_style(table: pd.DataFrame) -> pd.DataFrame:
+    """Our batch-size table in the paper's layout: 'train (test)' cells, accuracies in %."""
+    out = pd.DataFrame({"B": table["batch_size"], "status": table["status"], "epochs": table["epochs"]})
+
+    def pair(col, fmt, scale=1.0):
+        tr, te = table.get(f"{col}_train"), table.get(f"{col}_test")
+        if tr is None or te is None:
+            return None
+        return [f"{fmt.format(a * scale)} ({fmt.format(b * scale)})" if pd.notna(a) else "—" for a, b in zip(tr, te)]
+
+    out["Acc. %"] = [f"{100 * a:.2f} ({100 * b:.2f})" if pd.notna(a) else "—"
+                     for a, b in zip(table["train_acc"], table["test_acc"])]
+    for col, label, fmt, scale in (("lambda_theta", "λθ_max", "{:.3g}", 1), ("lambda_x", "λx_max", "{:.3g}", 1),
+                                   ("grad_x", "‖∇x J‖", "{:.3g}", 1), ("adv_a", "Acc ε_a %", "{:.2f}", 100),
+                                   ("adv_b", "Acc ε_b %", "{:.2f}", 100)):
+        cells = pair(col, fmt, scale)
+        if cells is not None:
+            out[label] = cells
+    return out
+
+
+def provenance(params: dict, runs: list[Run] | None = None) -> str:
+    """One Markdown line: profile, data, model, device, compute time of the runs, commit, configuration."""
+    from . import figures
+
+    runs = [r for r in (runs or []) if r is not None]
+    label = params.get("dataset")
+    if runs:
+        r = runs[0].result
+        sizes = sorted({(x.result["n_train"], x.result["n_test"]) for x in runs})
+        label = f"{r.get('dataset_label', label)}; used: " + ", ".join(f"{a:,} train / {b:,} test" for a, b in sizes)
+    dev = sorted({r.result.get("device", "?") for r in runs}) or [params.get("device", "cpu")]
+    t = sum(r.result.get("time_s", 0.0) for r in runs)
+    return (f"*Profile* `{params.get('profile')}` · *data* {label} · *model* `{params.get('model')}` · "
+            f"*device* {', '.join(dev)} · *training time* {t / 60:.1f} min · *torch* {torch.__version__} · "
+            f"*commit* `{figures.commit()}` · *configuration* `{figures.config_hash(params)}`")

@@ -1,0 +1,63 @@
+"""Citable figures: PNG + PDF + tidy CSV under a stable ID, with a provenance caption and BibTeX."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+
+from . import __version__
+from .store import atomic_write_bytes, config_key
+
+
+def commit() -> str:
+    """The source commit: ``$HESSBATCH_COMMIT``, else ``git rev-parse``, else the package version."""
+    if os.environ.get("HESSBATCH_COMMIT"):
+        return os.environ["HESSBATCH_COMMIT"]
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return f"v{__version__}"
+
+
+def config_hash(params: dict) -> str:
+    return config_key("chapter", params)[:10]
+
+
+def save(fig, fig_id: str, data: pd.DataFrame, title: str, params: dict, outdir: str | Path = "figures") -> str:
+    """Write ``<fig_id>.png``, ``.pdf`` and ``.csv`` to ``outdir``; return a Markdown caption
+    naming the profile, dataset, model, commit and configuration hash, with download links
+    and a BibTeX entry to cite the figure."""
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    for ext in ("png", "pdf"):
+        tmp = outdir / f".{fig_id}.tmp.{ext}"
+        fig.savefig(tmp, dpi=150 if ext == "png" else None, bbox_inches="tight")
+        os.replace(tmp, outdir / f"{fig_id}.{ext}")
+    atomic_write_bytes(outdir / f"{fig_id}.csv", data.to_csv(index=False).encode())
+    h, c = config_hash(params), commit()
+    meta = (f"profile `{params.get('profile', 'custom')}`, dataset `{params.get('dataset', '-')}`, "
+            f"model `{params.get('model', '-')}`, commit `{c}`, configuration `{h}`")
+    rel = os.path.relpath(outdir, Path.cwd()) if outdir.is_absolute() else str(outdir)
+    links = " · ".join(f"[{e.upper()}]({rel}/{fig_id}.{e})" for e in ("png", "pdf", "csv"))
+    import html
+
+    return (f"**Figure `{fig_id}`.** {title} ({meta}.) Download: {links}.\n\n"
+            f"<details><summary>Cite this figure (BibTeX)</summary>\n\n"
+            f"<pre>{html.escape(bibtex(fig_id, title, c, h))}</pre>\n\n</details>")
+
+
+def bibtex(fig_id: str, title: str, commit_id: str, cfg_hash: str) -> str:
+    year = _dt.date.today().year
+    key = f"hessbatch-{fig_id}-{cfg_hash[:6]}"
+    return (f"@misc{{{key},\n  title = {{{{hessbatch}} figure {fig_id}: {title}}},\n"
+            f"  author = {{{{hessbatch contributors}}}},\n  year = {{{year}}},\n"
+            f"  note = {{Reproduction of Yao et al., NeurIPS 2018; commit {commit_id}, configuration {cfg_hash}}},\n"
+            f"  howpublished = {{hessbatch {__version__}}}\n}}")

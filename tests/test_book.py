@@ -106,6 +106,20 @@ def smoke_book(tmp_path_factory):
     return index
 
 
+def test_profile_runs_are_exactly_what_the_book_trains(smoke_book):
+    """The Dask stage of `hessbatch book` trains the profile's runs first: they must be the notebooks' runs."""
+    from hessbatch.experiments import profile_train_configs
+    from hessbatch.store import Store
+    from hessbatch.train import TrainConfig
+
+    results = smoke_book.parents[3] / "results"
+    prof = load_profile("smoke")
+    waves = profile_train_configs({n: chapter_parameters(prof, n) for n in prof["chapters"]})
+    store = Store(results)
+    planned = {store.key("train", TrainConfig.from_dict(c).resolved().to_dict()) for w in waves for c in w}
+    assert planned == {e.key for e in store.entries("train")}
+
+
 def test_smoke_book_builds(smoke_book):
     html = smoke_book.parent
     assert smoke_book.is_file()

@@ -109,11 +109,16 @@ def _stage(root: Path, out: Path) -> Path:
 
 
 def build(profile: str = "quick", results: str | None = None, device: str = "cpu", data_root: str | None = None,
-          out: str | None = None, chapters: list[str] | None = None, html: bool = True) -> Path:
-    """Execute the chapters with papermill and build the HTML; return the path of ``index.html``."""
+          out: str | None = None, chapters: list[str] | None = None, html: bool = True, executor: str = "local",
+          scheduler: str | None = None, workers: int | None = None) -> Path:
+    """Execute the chapters with papermill and build the HTML; return the path of ``index.html``.
+
+    With ``executor="dask"`` the profile's training runs are first computed as a sweep on a
+    Dask cluster (see ``hessbatch.sweep``); the notebooks then find them in the store.
+    """
     import papermill as pm
 
-    from .store import results_root
+    from .store import Store, results_root
 
     prof = load_profile(profile)
     root = repo_root()
@@ -125,6 +130,15 @@ def build(profile: str = "quick", results: str | None = None, device: str = "cpu
     out_dir = Path(out or root / "_build" / prof["profile"]).resolve()
     src = _stage(root, out_dir)
     res = str(Path(results).resolve()) if results else str(results_root(None).resolve())
+    if executor != "local":
+        from .experiments import profile_train_configs
+        from .sweep import run_sweep
+
+        for wave in profile_train_configs({n: chapter_parameters(prof, n) for n in names}):
+            table = run_sweep(wave, Store(res), device=device, data_root=data_root, executor=executor,
+                              scheduler=scheduler, workers=workers)
+            failed = table[table["state"] == "failed"]
+            check(failed.empty, f"{len(failed)} training run(s) failed on {executor}: {failed['error'].iloc[0] if len(failed) else ''}")
     timings = []
     for i, name in enumerate(names, 1):
         params = {**chapter_parameters(prof, name), "results": res, "device": device, "data_root": data_root}

@@ -131,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train the grid of a parameter file (see `hessbatch.params`); "
                        "runs already in the store are skipped.")
     s.add_argument("params", metavar="PARAMS.yaml")
+    s.add_argument("--executor", choices=("local", "dask"), default="local",
+                   help="local: one run after another here (default); dask: one task per run on a Dask cluster")
+    s.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="Dask scheduler, e.g. tcp://host:8786 (default: start a LocalCluster)")
+    s.add_argument("--workers", type=int, default=None, help="LocalCluster worker processes (default: one per core)")
+    s.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores / workers)")
     _common(s)
 
     sp = sub.add_parser("spectrum", help="top-k Hessian eigenvalues of a trained run (cached)",
@@ -178,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     bk.add_argument("--profile", default="quick", help="smoke, quick (default), paper, or a path to a profile YAML")
     bk.add_argument("--chapters", default=None, help="comma-separated chapter names to execute (default: all)")
     bk.add_argument("--out", default=None, metavar="DIR", help="build folder (default: _build/<profile>)")
+    bk.add_argument("--executor", choices=("local", "dask"), default="local",
+                    help="dask: train the profile's runs on a Dask cluster first (default: local)")
+    bk.add_argument("--scheduler", default=None, metavar="ADDRESS", help="Dask scheduler (default: a LocalCluster)")
+    bk.add_argument("--workers", type=int, default=None, help="LocalCluster worker processes")
     _common(bk)
 
     ls = sub.add_parser("ls", help="list what the result store holds")
@@ -261,8 +271,9 @@ def _cmd_sweep(a) -> int:
 
     configs = expand_grid(load_params(a.params))
     resolve_device(a.device)
-    table = run_sweep(configs, Store(a.results), device=a.device, data_root=a.data_root,
-                      download=a.download, progress=not a.no_progress)
+    table = run_sweep(configs, Store(a.results), device=a.device, data_root=a.data_root, download=a.download,
+                      progress=not a.no_progress, executor=a.executor, scheduler=a.scheduler, workers=a.workers,
+                      threads=a.threads)
     print(table.drop(columns=["error"] if table["error"].isna().all() else []).to_string(index=False))
     counts = table["state"].value_counts()
     print(", ".join(f"{counts.get(s, 0)} {s}" for s in ("done", "cached", "failed")))
@@ -305,7 +316,8 @@ def _cmd_book(a) -> int:
 
     resolve_device(a.device)
     chapters = [c for c in a.chapters.split(",") if c] if a.chapters else None
-    index = build(a.profile, a.results, a.device, a.data_root, a.out, chapters)
+    index = build(a.profile, a.results, a.device, a.data_root, a.out, chapters, executor=a.executor,
+                  scheduler=a.scheduler, workers=a.workers)
     print(f"book built: {index}")
     return 0
 

@@ -32,13 +32,32 @@ def _subsample(run: Run, size: int | None, split: str) -> int | None:
     return size if size and size < n else None
 
 
+def sweep_configs(model, dataset, batch_sizes, train_options=None, seed=0) -> dict[int, dict]:
+    """One training configuration per batch size, same conditions otherwise."""
+    return {b: {**(train_options or {}), "model": model, "dataset": dataset, "batch_size": b, "seed": seed}
+            for b in batch_sizes}
+
+
 def sweep_runs(model, dataset, batch_sizes, train_options=None, seed=0, store=None, device="cpu", data_root=None,
                progress=True) -> dict[int, Run]:
     """One training run per batch size, same conditions otherwise."""
     store = store or Store()
-    return {b: train({**(train_options or {}), "model": model, "dataset": dataset, "batch_size": b, "seed": seed},
-                     store, device=device, data_root=data_root, progress=progress)
-            for b in batch_sizes}
+    return {b: train(cfg, store, device=device, data_root=data_root, progress=progress)
+            for b, cfg in sweep_configs(model, dataset, batch_sizes, train_options, seed).items()}
+
+
+def dynamics_options(train_options, save_every, adversarial) -> dict:
+    return {**(train_options or {}), "save_every": save_every, "grad_norm": True, "adversarial": adversarial}
+
+
+def ori_config(model, dataset, base_train, seed=0) -> dict:
+    return {**base_train, "model": model, "dataset": dataset, "seed": seed}
+
+
+def robust_config(ori: dict, ori_key: str, attack: str, eps: float, robust_epochs: int, robust_lr) -> dict:
+    return {**ori, "init_from": ori_key, "max_epochs": robust_epochs, "target_loss": None,
+            "lr": robust_lr or ori.get("lr", 0.01), "save_every": 0, "grad_norm": False,
+            "adversarial": {"attack": attack, "eps": eps}}
 
 
 # ------------------------------------------------------------------ chapter: batch size
@@ -160,7 +179,7 @@ def dynamics_study(model, dataset, batch_sizes, train_options=None, adversarial=
     methods = [("plain", None)] + ([("robust", adversarial)] if adversarial else [])
     rows, used = [], []
     for method, adv in methods:
-        opts = {**(train_options or {}), "save_every": save_every, "grad_norm": True, "adversarial": adv}
+        opts = dynamics_options(train_options, save_every, adv)
         runs = sweep_runs(model, dataset, batch_sizes, opts, seed, store, device, data_root, progress)
         used += list(runs.values())
         for b, run in runs.items():
@@ -272,13 +291,11 @@ def adversarial_training_study(model, dataset, base_train, eps_linf, eps_l2, rob
     """Tables 3/4, Fig. 5/10/11 (interpolation) and Fig. 6/12 (full vs subsampled spectra)."""
     store = store or Store()
     eps = {"linf": eps_linf, "l2": eps_l2}
-    base = {**base_train, "model": model, "dataset": dataset, "seed": seed}
+    base = ori_config(model, dataset, base_train, seed)
     ori = train(base, store, device=device, data_root=data_root, progress=progress)
     models = {"ORI": ori}
     for name in _bar(list(attack_names), "robust training", progress):
-        cfg = {**base, "init_from": ori.key, "max_epochs": robust_epochs, "target_loss": None,
-               "lr": robust_lr or base.get("lr", 0.01), "save_every": 0, "grad_norm": False,
-               "adversarial": {"attack": name, "eps": eps[EPS_KEYS[name]]}}
+        cfg = robust_config(base, ori.key, name, eps[EPS_KEYS[name]], robust_epochs, robust_lr)
         models[attacks.LABELS[name]] = train(cfg, store, device=device, data_root=data_root, progress=progress)
     rows = []
     for label, run in _bar(list(models.items()), "transfer attacks", progress):
@@ -360,6 +377,40 @@ def large_batch_robust_study(model, dataset, base_train, batch_sizes, adversaria
                            "min accuracy gain", float(gain.min()), bool((gain > 0).all())),
               claims.trend("the robust gain grows with batch size", "Table 8", wide.index, gain.values, +1)]
     return {"runs": df, "table": wide.reset_index(), "claims": claims.table(checks), "used": used}
+
+
+# ------------------------------------------------------------------ a profile's training runs
+def profile_train_configs(params_by_chapter: dict[str, dict]) -> list[list[dict]]:
+    """Every training configuration a book profile needs, in waves: the runs of a wave depend
+    only on runs of earlier waves (robust continuations start from M_ORI). Used to train a
+    profile on a Dask cluster before the notebooks run."""
+    from .train import TrainConfig
+
+    first, second = [], []
+    for name, p in params_by_chapter.items():
+        model, dataset, seed = p.get("model"), p.get("dataset"), p.get("seed", 0)
+        if name.startswith(("01-", "02-")):
+            first += sweep_configs(model, dataset, p["batch_sizes"], p.get("train_options"), seed).values()
+        elif name.startswith("04-"):
+            first += sweep_configs(model, dataset, p["batch_sizes"][:1], p.get("train_options"), seed).values()
+        elif name.startswith("03-"):
+            for adv in [None] + ([p["adversarial"]] if p.get("adversarial") else []):
+                opts = dynamics_options(p.get("dyn_train_options"), p.get("save_every", 1), adv)
+                first += sweep_configs(model, dataset, p["dyn_batch_sizes"], opts, seed).values()
+        elif name.startswith("05-"):
+            ori = ori_config(model, dataset, p["base_train"], seed)
+            first.append(ori)
+            key = Store("/").key("train", TrainConfig.from_dict(ori).resolved().to_dict())
+            eps = {"linf": p["eps_linf"], "l2": p["eps_l2"]}
+            second += [robust_config(ori, key, a, eps[EPS_KEYS[a]], p.get("robust_epochs", 5), p.get("robust_lr"))
+                       for a in attacks.ATTACKS]
+        elif name.startswith("06-"):
+            first += [cfg for _, cfg in table8_configs(
+                {**p["t8_train"], "model": model, "dataset": dataset, "seed": seed}, p["t8_batch_sizes"],
+                p["adversarial"], p.get("warmup_epochs", 5), p.get("base_batch", 128))]
+    dedup = lambda cfgs: list({Store("/").key("train", TrainConfig.from_dict(c).resolved().to_dict()): c  # noqa: E731
+                               for c in cfgs}.values())
+    return [w for w in (dedup(first), dedup(second)) if w]
 
 
 # ------------------------------------------------------------------ presentation helpers

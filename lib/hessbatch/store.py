@@ -123,6 +123,24 @@ class Store:
         """Folder for resumable work in progress on (kind, key)."""
         return self.root / kind / f"{key}.work"
 
+    @contextlib.contextmanager
+    def lock(self, kind: str, key: str):
+        """Exclusive lock on computing (kind, key) across processes (``flock``; released if the
+        holder dies). Another process asking for it waits."""
+        path = self.root / kind / f".{key}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            try:
+                import fcntl
+            except ImportError:  # pragma: no cover - not POSIX: no cross-process lock
+                yield
+                return
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
     def get(self, kind: str, config: dict | None = None, key: str | None = None) -> Entry | None:
         """The complete entry for this configuration (or key), or ``None``."""
         key = key or self.key(kind, config)

@@ -1,23 +1,31 @@
-"""Run a grid of training configurations, skipping those already in the store."""
+"""Run a grid of training configurations, in process or on a Dask cluster.
+
+Every run is one task that writes only through the result store (atomic publication,
+a per-configuration lock), so two workers given the same configuration, or a worker
+killed mid-run, never leave a corrupt or duplicated entry: a re-submitted sweep skips
+finished runs and resumes interrupted ones from their last epoch checkpoint.
+
+Executors
+---------
+``local`` (default)  one run after another in this process.
+``dask``             one task per run on a Dask ``distributed`` cluster: the scheduler at
+                     ``scheduler`` (``tcp://host:8786``), or a ``LocalCluster`` of
+                     ``workers`` processes started for the sweep. The results folder must
+                     be a path every worker sees (a shared filesystem on a cluster).
+"""
 
 from __future__ import annotations
 
+import os
 import time
-from dataclasses import dataclass
 
 import pandas as pd
 
 from . import train as train_mod
+from .errors import HessbatchError, check
 from .store import Store
 
-
-@dataclass
-class Outcome:
-    key: str
-    state: str  # done | cached | failed
-    status: str | None = None
-    error: str | None = None
-    seconds: float = 0.0
+EXECUTORS = ("local", "dask")
 
 
 def validate(configs: list[dict], data_root=None, download=False) -> list:
@@ -28,38 +36,100 @@ def validate(configs: list[dict], data_root=None, download=False) -> list:
         ident = (c.dataset, c.subset, c.test_subset)
         if ident not in datasets:
             datasets[ident] = train_mod.prepare(c, data_root, download)[1]
-        train_mod.check(c.batch_size <= datasets[ident].n_train,
-                        f"batch_size {c.batch_size} is larger than the training set of {c.dataset} "
-                        f"({datasets[ident].n_train} samples)")
+        check(c.batch_size <= datasets[ident].n_train,
+              f"batch_size {c.batch_size} is larger than the training set of {c.dataset} "
+              f"({datasets[ident].n_train} samples)")
         prepared.append((c, datasets[ident]))
     return prepared
 
 
+def run_one(config: dict, results: str, device="cpu", data_root=None, download=False, threads: int | None = None,
+            dataset=None) -> dict:
+    """Train one configuration (the task of every executor); never raises."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    store = Store(results)
+    try:
+        run = train_mod.train(config, store, device=device, data_root=data_root, download=download,
+                              progress=False, dataset=dataset)
+        return {"key": run.key, "state": "cached" if run.cached else "done", "status": run.status,
+                "seconds": round(time.perf_counter() - t0, 1), "error": None}
+    except Exception as e:  # one failing run must not lose the rest of the sweep
+        key = store.key("train", train_mod.TrainConfig.from_dict(config).resolved().to_dict())
+        return {"key": key, "state": "failed", "status": None, "seconds": round(time.perf_counter() - t0, 1),
+                "error": f"{type(e).__name__}: {e}".splitlines()[0]}
+
+
 def run_sweep(configs: list[dict], store: Store, device="cpu", data_root=None, download=False,
-              progress: bool = True) -> pd.DataFrame:
-    """Train every configuration in turn; one progress bar, one summary row per run."""
+              progress: bool = True, executor: str = "local", scheduler: str | None = None,
+              workers: int | None = None, threads: int | None = None, retries: int = 2) -> pd.DataFrame:
+    """Train every configuration; one progress bar (runs done / total) and one summary row per run."""
+    check(executor in EXECUTORS, f"unknown executor {executor!r}; choose one of: {', '.join(EXECUTORS)}")
+    check(scheduler is None or executor == "dask", "--scheduler needs --executor dask")
+    check(workers is None or workers >= 1, f"workers must be >= 1, got {workers}")
     prepared = validate(configs, data_root, download)
-    outcomes = []
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=len(prepared), unit="run", desc="sweep", dynamic_ncols=True)
-    for cfg, ds in prepared:
-        t0 = time.perf_counter()
-        if bar is not None:
-            bar.set_postfix_str(f"{cfg.model}/{cfg.dataset} B={cfg.batch_size} seed={cfg.seed}")
-        try:
-            run = train_mod.train(cfg, store, device=device, progress=False, dataset=ds)
-            outcomes.append(Outcome(run.key, "cached" if run.cached else "done", run.status,
-                                    seconds=time.perf_counter() - t0))
-        except Exception as e:  # one failing run must not lose the rest of the sweep
-            outcomes.append(Outcome(store.key("train", cfg.to_dict()), "failed",
-                                    error=f"{type(e).__name__}: {e}".splitlines()[0]))
-        if bar is not None:
-            bar.update(1)
+        bar = tqdm(total=len(prepared), unit="run", desc=f"sweep ({executor})", dynamic_ncols=True)
+    root = str(store.root.resolve())
+    if executor == "local":
+        outcomes = []
+        for cfg, ds in prepared:
+            if bar is not None:
+                bar.set_postfix_str(f"{cfg.model}/{cfg.dataset} B={cfg.batch_size} seed={cfg.seed}")
+            outcomes.append(run_one(cfg.to_dict(), root, device, data_root, download, threads, dataset=ds))
+            if bar is not None:
+                bar.update(1)
+    else:
+        outcomes = _run_dask([c.to_dict() for c, _ in prepared], root, device, data_root, download, scheduler,
+                             workers, threads, retries, bar)
     if bar is not None:
         bar.close()
-    rows = [{"key": o.key, "model": c.model, "dataset": c.dataset, "batch_size": c.batch_size, "seed": c.seed,
-             "state": o.state, "status": o.status, "seconds": round(o.seconds, 1), "error": o.error}
-            for o, (c, _) in zip(outcomes, prepared)]
-    return pd.DataFrame(rows)
+    rows = [{**{k: o[k] for k in ("key", "state", "status", "seconds", "error")}, "model": c.model,
+             "dataset": c.dataset, "batch_size": c.batch_size, "seed": c.seed} for o, (c, _) in zip(outcomes, prepared)]
+    cols = ["key", "model", "dataset", "batch_size", "seed", "state", "status", "seconds", "error"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _run_dask(configs, root, device, data_root, download, scheduler, workers, threads, retries, bar) -> list[dict]:
+    try:
+        from distributed import Client, LocalCluster, as_completed
+    except ImportError:
+        raise HessbatchError("--executor dask needs Dask: pip install 'hessbatch[dist]'") from None
+    cluster = None
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="20s")
+        except OSError as e:
+            raise HessbatchError(f"cannot reach the Dask scheduler at {scheduler}: {e}") from None
+    else:
+        n = workers or max(1, min(len(configs), os.cpu_count() or 1))
+        threads = threads or max(1, (os.cpu_count() or 1) // n)
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
+        client = Client(cluster)
+    try:
+        futures = {}
+        for i, cfg in enumerate(configs):
+            key = Store(root).key("train", cfg)
+            fut = client.submit(run_one, cfg, root, device, data_root, download, threads, key=f"hessbatch-{key}-{i}",
+                                pure=False, retries=retries)
+            futures[fut] = i
+        outcomes: list[dict | None] = [None] * len(configs)
+        for fut in as_completed(futures):
+            i = futures[fut]
+            try:
+                outcomes[i] = fut.result()
+            except Exception as e:  # the task itself could not run (e.g. its workers kept dying)
+                outcomes[i] = {"key": Store(root).key("train", configs[i]), "state": "failed", "status": None,
+                               "seconds": 0.0, "error": f"{type(e).__name__}: {e}".splitlines()[0]}
+            if bar is not None:
+                bar.update(1)
+        return outcomes
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()

@@ -219,6 +219,13 @@ def train(config: TrainConfig | dict, store: Store | None = None, device="cpu", 
         return Run(entry, cached=True)
     key = store.key("train", cfg_dict)
     ds = prepare(cfg, data_root, download)[1] if dataset is None else dataset
+    with store.lock("train", key):
+        if (entry := store.get("train", cfg_dict)) is not None:  # finished by another process meanwhile
+            return Run(entry, cached=True)
+        return _train(cfg, cfg_dict, key, ds, store, device, progress, step_hook)
+
+
+def _train(cfg, cfg_dict, key, ds, store, device, progress, step_hook) -> Run:
     dev = resolve_device(device)
     ds = ds.to(dev)
 
@@ -312,7 +319,7 @@ def train(config: TrainConfig | dict, store: Store | None = None, device="cpu", 
         if status != "diverged":
             torch.save(model.state_dict(), tmp / "weights.pt")
             for snap in sorted(work.glob("weights-epoch*.pt")):
-                snap.replace(tmp / snap.name)
+                shutil.copy2(snap, tmp / snap.name)
     shutil.rmtree(work, ignore_errors=True)
     return Run(store.get("train", cfg_dict))
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from hessbatch.hessian import (HessianOperator, input_curvature, input_hessian, lanczos, power_iteration,
+from hessbatch.hessian import (HessianOperator, input_curvature, input_hessian, lanczos,
                                spectral_density, top_eigen, trace)
 
 

@@ -16,7 +16,7 @@ import torch
 from . import hessian, landscape
 from .errors import HessbatchError, check
 from .store import Entry, Store
-from .train import Run, TrainConfig, prepare, resolve_device
+from .train import Run, prepare, resolve_device
 
 
 def resolve_run(run: Run | str, store: Store) -> Run:
@@ -195,7 +195,3 @@ def adversarial_accuracy(run: Run | str, attack: str, eps: float, split: str = "
         return {}, {"accuracy": acc, "clean_accuracy": attacks.accuracy(model, x, y), "n_samples": len(y)}
 
     return _cached(store, "attack", config, compute)
-
-
-__all__ = ["adversarial_accuracy", "resolve_run", "run_data", "spectrum", "input_curvature", "landscape_1d", "landscape_2d",
-           "interpolation", "TrainConfig"]

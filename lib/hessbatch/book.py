@@ -94,11 +94,32 @@ def show_figure(caption: str) -> None:
     display(Markdown(caption))
 
 
+def provenance_table(profile: str, timings: list[tuple[str, float, str]]) -> str:
+    """Markdown: the machine, and each chapter's wall time when it was last executed (a chapter whose
+    results were already in the store only reads them, and is fast)."""
+    import datetime
+    import platform
+
+    import torch
+
+    from . import __version__
+    from .figures import commit
+
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    lines = [f"Built {datetime.datetime.now():%Y-%m-%d %H:%M} with profile `{profile}` on {platform.machine()} "
+             f"({os.cpu_count()} cores{gpu}), torch {torch.__version__}, hessbatch {__version__} "
+             f"(commit `{commit()}`). Wall time of each chapter when it was last executed (a chapter whose "
+             "results were already in the store only reads them):", "", "| chapter | device | wall time |",
+             "|---|---|---:|"]
+    lines += [f"| [{n}]({n}) | {d} | {t / 60:.1f} min |" for n, t, d in timings]
+    return "\n".join(lines) + "\n"
+
+
 def _stage(root: Path, out: Path) -> Path:
+    """Copy the book's non-notebook sources into ``out/src``; executed notebooks already there stay,
+    so a build of some chapters keeps the others' last executed copies."""
     src = out / "src"
-    if src.exists():
-        shutil.rmtree(src)
-    (src / "book").mkdir(parents=True)
+    (src / "book").mkdir(parents=True, exist_ok=True)
     for f in ROOT_FILES:
         if (root / f).is_file():
             shutil.copy2(root / f, src / f)
@@ -153,10 +174,16 @@ def build(profile: str = "quick", results: str | None = None, device: str = "cpu
             raise HessbatchError(f"chapter {name} failed in cell {e.exec_count}: {e.ename}: {e.evalue} "
                                  f"(executed copy: {target})") from None
         timings.append((name, time.perf_counter() - t0))
+        print(f"      done in {timings[-1][1] / 60:.1f} min", flush=True)
     for name in prof["chapters"]:
         if name not in names and not (src / "book" / f"{name}.ipynb").exists():
             shutil.copy2(root / "book" / f"{name}.ipynb", src / "book" / f"{name}.ipynb")
-    (src / "book" / "_timings.yml").write_text(yaml.safe_dump({n: round(t, 1) for n, t in timings}))
+    record = src / "book" / "_timings.yml"
+    known = yaml.safe_load(record.read_text()) if record.is_file() else {}
+    known = {**(known or {}), **{n: {"seconds": round(t, 1), "device": str(device)} for n, t in timings}}
+    record.write_text(yaml.safe_dump(known))
+    ordered = [(n, known[n]["seconds"], known[n]["device"]) for n in prof["chapters"] if n in known]
+    (src / "book" / "_provenance.md").write_text(provenance_table(prof["profile"], ordered))
     if not html:
         return src
     cmd = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(src),

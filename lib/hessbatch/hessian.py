@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import HessbatchError, check
+from .errors import check
 
 WHICH = ("largest", "smallest", "magnitude", "both")
 
@@ -203,6 +203,8 @@ def lanczos(op, k: int = 20, tol: float = 1e-4, which: str = "largest", max_iter
 
     Stops when every wanted Ritz pair has residual ‖Hv − θv‖ ≤ ``tol``·|θ| (estimated from
     the Lanczos recurrence), which bounds each eigenvalue's relative error by ``tol``.
+    Like every single-vector Krylov method it finds one copy of an exactly repeated
+    eigenvalue (rare for trained networks); ``power_iteration`` finds repeats.
     """
     check(which in WHICH, f"unknown which={which!r}; choose one of {', '.join(WHICH)}")
     n = op.dim

@@ -4,6 +4,7 @@ import sys
 import pytest
 
 from hessbatch.cli import main
+from hessbatch.store import Store
 
 TINY = ["--model", "MLP", "--dataset", "mnist5k", "--subset", "10", "--test-subset", "5", "--batch-size", "25",
         "--max-epochs", "2", "--no-progress"]
@@ -71,7 +72,7 @@ def test_help_documents_every_option():
 def test_robust_train_and_attack_commands(tmp_path, capsys):
     r = ["--results", str(tmp_path)]
     assert main(["train", *TINY, *r]) == 0
-    key = next((tmp_path / "train").iterdir()).name
+    key = Store(tmp_path).entries("train")[0].key
     assert main(["robust-train", "--from", key[:8], "--attack", "grad", "--eps", "1.0", "--max-epochs", "1",
                  "--no-progress", *r]) == 0
     assert "capped after 1 epochs" in capsys.readouterr().out
@@ -88,7 +89,7 @@ def test_robust_train_and_attack_commands(tmp_path, capsys):
 ])
 def test_bad_attack_input(tmp_path, capsys, argv, msg):
     assert main(["train", *TINY, "--results", str(tmp_path)]) == 0
-    key = next((tmp_path / "train").iterdir()).name
+    key = Store(tmp_path).entries("train")[0].key
     before = sorted(p.name for p in tmp_path.rglob("*"))
     run = ["--run", key] if argv[0] == "attack" else ["--from", key]
     assert main([argv[0], *run, *argv[1:], "--results", str(tmp_path)]) == 2

@@ -97,3 +97,10 @@ def test_executor_arguments():
         run_sweep([], Store("/nonexistent"), executor="ray")
     with pytest.raises(HessbatchError, match="--scheduler needs --executor dask"):
         run_sweep([], Store("/nonexistent"), scheduler="tcp://x:1")
+
+
+def test_oversized_batch_fails_before_any_run(tmp_path):
+    configs = expand_grid({**GRID, "grid": {"batch_size": [20, 5000]}})
+    with pytest.raises(HessbatchError, match="batch_size 5000 is larger than the training set of mnist5k"):
+        run_sweep(configs, Store(tmp_path), progress=False)
+    assert not (tmp_path / "train").exists()

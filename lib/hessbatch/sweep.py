@@ -36,9 +36,7 @@ def validate(configs: list[dict], data_root=None, download=False) -> list:
         ident = (c.dataset, c.subset, c.test_subset)
         if ident not in datasets:
             datasets[ident] = train_mod.prepare(c, data_root, download)[1]
-        check(c.batch_size <= datasets[ident].n_train,
-              f"batch_size {c.batch_size} is larger than the training set of {c.dataset} "
-              f"({datasets[ident].n_train} samples)")
+        train_mod.check_fits(c, datasets[ident])
         prepared.append((c, datasets[ident]))
     return prepared
 

@@ -196,9 +196,14 @@ def prepare(config: TrainConfig | dict, data_root=None, download=False) -> tuple
     """Validate a configuration and load its data; every bad-input error is raised here."""
     cfg = (TrainConfig.from_dict(config) if isinstance(config, dict) else config).resolved()
     ds = data_mod.load_dataset(cfg.dataset, data_root, download, cfg.subset, cfg.test_subset)
+    check_fits(cfg, ds)
+    return cfg, ds
+
+
+def check_fits(cfg: TrainConfig, ds: data_mod.Dataset) -> None:
+    """A batch must fit in the training set."""
     check(cfg.batch_size <= ds.n_train,
           f"batch_size {cfg.batch_size} is larger than the training set of {cfg.dataset} ({ds.n_train} samples)")
-    return cfg, ds
 
 
 def train(config: TrainConfig | dict, store: Store | None = None, device="cpu", data_root=None,
@@ -219,6 +224,7 @@ def train(config: TrainConfig | dict, store: Store | None = None, device="cpu", 
         return Run(entry, cached=True)
     key = store.key("train", cfg_dict)
     ds = prepare(cfg, data_root, download)[1] if dataset is None else dataset
+    check_fits(cfg, ds)
     with store.lock("train", key):
         if (entry := store.get("train", cfg_dict)) is not None:  # finished by another process meanwhile
             return Run(entry, cached=True)

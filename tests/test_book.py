@@ -13,7 +13,7 @@ import yaml
 
 from conftest import make_mnist_root
 from hessbatch import HessbatchError
-from hessbatch.book import chapter_parameters, coerce, load_profile
+from hessbatch.book import build, chapter_parameters, coerce, compute, executions, load_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = sorted(p.stem for p in (ROOT / "book").glob("*.ipynb"))
@@ -34,9 +34,9 @@ def test_sources_are_clean_and_parameterized(name):
     assert all(not c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code"), "commit notebooks without outputs"
     defined = set(re.findall(r"^(\w+)\s*=", params, flags=re.M))
     for profile in ("smoke", "quick", "paper"):
-        prof = load_profile(profile)
-        missing = set(chapter_parameters(prof, name)) - defined
-        assert not missing, f"{profile} sets {missing} which {name}'s parameters cell does not define"
+        for run, chapter, params, _ in executions(load_profile(profile), [name]):
+            missing = set(params) - defined
+            assert not missing, f"{profile} ({run}) sets {missing} which {name}'s parameters cell does not define"
     code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
     assert not re.search(r"^\s*(for|while) .*:\n(\s+.*\n){6,}", code, flags=re.M), "logic belongs in the library"
 
@@ -50,6 +50,39 @@ def test_toc_lists_every_chapter():
 def test_profiles_cover_every_chapter():
     for profile in ("smoke", "quick", "paper"):
         assert sorted(load_profile(profile)["chapters"]) == CHAPTERS
+
+
+def test_variants_and_committed_results(tmp_path):
+    """Variants run the notebook once each; a profile with its own store renders what it holds and a
+    placeholder for the rest; `compute` records wall times; an export without weights still renders."""
+    smoke = load_profile("smoke")
+    ch = {**smoke["chapters"]["04-saddle-free"], "variants": {"A": {"title": "first"}, "B": {"seed": 1}}}
+    prof = {"profile": "vartest", "results": str(tmp_path / "full"), "common": smoke["common"],
+            "chapters": {"04-saddle-free": ch}}
+    path = tmp_path / "vartest.yaml"
+    path.write_text(yaml.safe_dump(prof))
+    runs = executions(load_profile(str(path)))
+    assert [(r[0], r[2]["seed"], r[3]) for r in runs] == [("04-saddle-free", 0, "first"),
+                                                          ("04-saddle-free--B", 1, "B")]
+    timings = compute(str(path), chapters=["04-saddle-free"])
+    assert set(timings) >= {"04-saddle-free", "04-saddle-free--B", "_calls"} and timings["_calls"][0]["seconds"] > 0
+    from hessbatch.store import Store
+
+    Store(tmp_path / "full").export(tmp_path / "tidy")
+    assert not list((tmp_path / "tidy").rglob("*.pt")) and (tmp_path / "tidy" / "_timings.yml").is_file()
+    seed1 = [e for e in Store(tmp_path / "tidy").entries("train") if e.config["config"]["seed"] == 1]
+    shutil.rmtree(seed1[0].path)
+    prof["results"] = str(tmp_path / "tidy")
+    path.write_text(yaml.safe_dump(prof))
+    src = build(str(path), out=str(tmp_path / "build"), html=False)
+    assert (src / "book" / "04-saddle-free.ipynb").is_file() and not (src / "book" / "04-saddle-free--B.ipynb").exists()
+    assert "has not been computed" in (src / "book" / "04-saddle-free--B.md").read_text()
+    nb = json.loads((src / "book" / "04-saddle-free.ipynb").read_text())
+    assert any("".join(c["source"]).lstrip().startswith("# ") and "— first" in "".join(c["source"])
+               for c in nb["cells"] if c["cell_type"] == "markdown")
+    toc = yaml.safe_load((src / "_toc.yml").read_text())
+    assert [c["file"] for c in toc["chapters"]][3:5] == ["book/04-saddle-free", "book/04-saddle-free--B"]
+    assert "computed by `hessbatch compute`" in (src / "book" / "_provenance.md").read_text()
 
 
 def test_papermill_values_are_coerced():
@@ -143,3 +176,17 @@ def test_chapter_renders_in_chromium(smoke_book, name):
     for bad in ("Traceback", "output_error", "Error:", "stderr"):
         assert bad not in dom, f"{name} shows {bad!r}"
     assert "✓" in dom or "✗" in dom
+
+
+def test_paper_profile_renders_from_committed_results(tmp_path, monkeypatch):
+    """No GPU, no data: what paper-results/ holds executes from the store, the rest is a placeholder."""
+    monkeypatch.setenv("HESSBATCH_DATA", str(tmp_path / "no-data"))
+    src = build("paper", out=str(tmp_path / "build"), html=False)
+    executed = sorted(p.stem for p in (src / "book").glob("*.ipynb"))
+    placeholders = sorted(p.stem for p in (src / "book").glob("0*.md"))
+    assert {"01-batch-size--M1", "02-landscapes", "04-saddle-free"} <= set(executed)
+    assert not set(executed) & set(placeholders)
+    assert len(executed) + len(placeholders) == len(executions(load_profile("paper")))
+    nb = json.loads((src / "book" / "01-batch-size--M1.ipynb").read_text())
+    text = json.dumps(nb["cells"])
+    assert "MNIST; used: 60,000 train / 10,000 test" in text and "device* cuda" in text

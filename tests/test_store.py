@@ -87,3 +87,21 @@ def test_concurrent_writers_publish_one_entry(tmp_path):
 def test_results_root_from_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("HESSBATCH_RESULTS", str(tmp_path / "r"))
     assert Store().root == tmp_path / "r"
+
+
+def test_export_leaves_out_weights_and_stays_valid(tmp_path, tiny_cfg):
+    from hessbatch.errors import HessbatchError
+    from hessbatch.train import train
+
+    run = train({**tiny_cfg, "save_every": 1}, Store(tmp_path / "full"), progress=False)
+    n, _ = Store(tmp_path / "full").export(tmp_path / "tidy")
+    tidy = Store(tmp_path / "tidy")
+    entry = tidy.get("train", key=run.key)
+    assert n == 1 and entry is not None and not list(entry.path.glob("*.pt"))
+    assert "weights.pt" in entry.omitted() and "history.csv" in entry.files()
+    again = train({**tiny_cfg, "save_every": 1}, tidy, progress=False)  # found, not retrained
+    assert again.cached and again.result == run.result and again.snapshot_epochs() == [1, 2, 3]
+    with pytest.raises(HessbatchError, match="weights were left out"):
+        again.model()
+    (entry.path / "history.csv").write_text("tampered")
+    assert tidy.get("train", key=run.key) is None

@@ -46,6 +46,16 @@ def test_dask_matches_local_executor_bitwise(tmp_path):
     assert list(again["state"]) == ["cached"] * 4
 
 
+def test_processes_executor_matches_local_bitwise(tmp_path):
+    configs = expand_grid(GRID)[:2]
+    local = run_sweep(configs, Store(tmp_path / "local"), progress=False, threads=1)
+    procs = run_sweep(configs, Store(tmp_path / "procs"), progress=False, executor="processes", workers=2, threads=1)
+    assert list(procs["state"]) == ["done"] * 2 and list(local["key"]) == list(procs["key"])
+    for key in local["key"]:
+        a, b = _weights(Store(tmp_path / "local"), key), _weights(Store(tmp_path / "procs"), key)
+        assert all(torch.equal(a[n], b[n]) for n in a)
+
+
 def test_killed_worker_task_is_retried(tmp_path):
     grid = {**GRID, "train": {**GRID["train"], "max_epochs": 25}}
     configs = expand_grid(grid)

@@ -117,3 +117,14 @@ def test_bad_configuration_fails_before_compute(tmp_path, tiny_cfg, change, msg)
     with pytest.raises(HessbatchError, match=msg):
         train({**tiny_cfg, **change}, Store(tmp_path), progress=False)
     assert not (tmp_path / "train").exists()
+
+
+def test_micro_batches_accumulate_the_same_step(tmp_path, tiny_cfg):
+    """Without BatchNorm, gradients accumulated over micro-batches give the full-batch step."""
+    a = train(tiny_cfg, Store(tmp_path / "a"), progress=False)
+    b = train({**tiny_cfg, "micro_batch": 16}, Store(tmp_path / "b"), progress=False)
+    assert a.key != b.key and "micro_batch" not in a.entry.config["config"]
+    sa, sb = a.entry.torch(), b.entry.torch()
+    assert all(torch.allclose(sa[k], sb[k], atol=1e-5) for k in sa)
+    with pytest.raises(HessbatchError, match="micro_batch must be"):
+        TrainConfig(micro_batch=0).resolved()

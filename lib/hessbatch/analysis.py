@@ -51,6 +51,18 @@ def _cached(store: Store, kind: str, config: dict, compute) -> Entry:
     return store.get(kind, config)
 
 
+def cached_json(store: Store, kind: str, config: dict, compute) -> Entry:
+    """An entry holding ``samples.json``, the JSON-able value of ``compute()``, computed once."""
+    if (entry := store.get(kind, config)) is not None:
+        return entry
+    t0 = time.perf_counter()
+    value = compute()
+    with store.writer(kind, config) as tmp:
+        (tmp / "samples.json").write_text(json.dumps(value, default=float))
+        (tmp / "result.json").write_text(json.dumps({"time_s": time.perf_counter() - t0}))
+    return store.get(kind, config)
+
+
 def spectrum(run: Run | str, split: str = "train", k: int = 20, tol: float = 1e-4, method: str = "lanczos",
              which: str = "largest", subsample: int | None = None, seed: int = 0, epoch: int | None = None,
              keep_vectors: int = 2, store: Store | None = None, device="cpu", data_root=None,

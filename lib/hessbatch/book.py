@@ -2,12 +2,21 @@
 parameters, then assemble the executed copies with Jupyter Book.
 
 A profile (``params/<name>.yaml``) has ``common`` parameters for every chapter and a
-``chapters`` mapping from notebook name to its own parameters. Executed notebooks,
-figures and the HTML go to ``_build/<profile>/``; the sources in ``book/`` stay clean.
+``chapters`` mapping from notebook name to its own parameters. A chapter may list
+``variants`` (label → parameters, with an optional ``title``): its notebook is then
+executed once per variant (another model or dataset), the first under the chapter's own
+name, the others as ``<chapter>--<label>``. A profile's ``results`` names its result store
+(relative to the checkout) when none is given. Executed notebooks, figures and the HTML go
+to ``_build/<profile>/``; the sources in ``book/`` stay clean.
+
+``compute`` runs a profile's chapters without notebooks (on a GPU machine, say): training
+runs first, several at once, then each chapter's measurements; the book built later finds
+everything in the store. Each chapter's wall time and device go to ``<results>/_timings.yml``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -50,12 +59,46 @@ def load_profile(profile: str) -> dict:
     for name, ch in params["chapters"].items():
         check(isinstance(ch, dict), f"{path}: chapters.{name} must be a mapping")
         check((repo_root() / "book" / f"{name}.ipynb").is_file(), f"{path}: no notebook book/{name}.ipynb")
+        variants = ch.get("variants")
+        check(variants is None or (isinstance(variants, dict) and variants
+                                   and all(isinstance(v, dict) for v in variants.values())),
+              f"{path}: chapters.{name}.variants must map labels to parameter mappings")
     params.setdefault("profile", path.stem)
     return params
 
 
-def chapter_parameters(profile: dict, chapter: str) -> dict:
-    return {**profile.get("common", {}), **profile["chapters"][chapter], "profile": profile["profile"]}
+def chapter_parameters(profile: dict, chapter: str, variant: str | None = None) -> dict:
+    """A chapter's notebook parameters: ``common``, then the chapter's, then the variant's."""
+    ch = {k: v for k, v in profile["chapters"][chapter].items() if k != "variants"}
+    var = {k: v for k, v in (profile["chapters"][chapter].get("variants") or {}).get(variant, {}).items()
+           if k != "title"} if variant else {}
+    return {**profile.get("common", {}), **ch, **var, "profile": profile["profile"]}
+
+
+def executions(profile: dict, chapters: list[str] | None = None) -> list[tuple[str, str, dict, str | None]]:
+    """``(executed name, chapter, parameters, title)`` of every notebook execution of a profile."""
+    out = []
+    for chapter, ch in profile["chapters"].items():
+        if chapters and chapter not in chapters:
+            continue
+        variants = ch.get("variants") or {}
+        if not variants:
+            out.append((chapter, chapter, chapter_parameters(profile, chapter), None))
+        for i, (label, var) in enumerate(variants.items()):
+            name = chapter if i == 0 else f"{chapter}--{label}"
+            out.append((name, chapter, chapter_parameters(profile, chapter, label), (var or {}).get("title", label)))
+    return out
+
+
+def profile_results(profile: dict, results: str | None) -> str:
+    """The result store of a build: the argument, else the profile's ``results``, else the default."""
+    from .store import results_root
+
+    if results:
+        return str(Path(results).resolve())
+    if profile.get("results"):
+        return str((repo_root() / profile["results"]).resolve())
+    return str(results_root(None).resolve())
 
 
 def coerce(value):
@@ -94,9 +137,10 @@ def show_figure(caption: str) -> None:
     display(Markdown(caption))
 
 
-def provenance_table(profile: str, timings: list[tuple[str, float, str]]) -> str:
-    """Markdown: the machine, and each chapter's wall time when it was last executed (a chapter whose
-    results were already in the store only reads them, and is fast)."""
+def provenance_table(profile: str, timings: list[tuple[str, float, str]], computed: dict | None = None) -> str:
+    """Markdown: the machine, each chapter's wall time when it was last executed (a chapter whose
+    results were already in the store only reads them, and is fast), and where ``hessbatch compute``
+    measured them, if it did."""
     import datetime
     import platform
 
@@ -112,10 +156,20 @@ def provenance_table(profile: str, timings: list[tuple[str, float, str]]) -> str
              "results were already in the store only reads them):", "", "| chapter | device | wall time |",
              "|---|---|---:|"]
     lines += [f"| [{n}]({n}) | {d} | {t / 60:.1f} min |" for n, t, d in timings]
+    if computed:
+        calls = computed.get("_calls", [])
+        hw = sorted({c["hardware"] for c in calls})
+        lines += ["", f"The results were computed by `hessbatch compute` in {len(calls)} call(s) on {'; '.join(hw)}: "
+                  f"{sum(c['seconds'] for c in calls) / 60:.1f} min of wall time in all, of which training "
+                  f"{sum(c['train_seconds'] for c in calls) / 60:.1f} min (up to "
+                  f"{max((c['workers'] for c in calls), default=1)} runs at a time). Per chapter:", "",
+                  "| chapter | device | compute wall time |", "|---|---|---:|"]
+        lines += [f"| [{n}]({n}) | {c['device']} | {c['seconds'] / 60:.1f} min |"
+                  for n, c in computed.items() if not n.startswith("_")]
     return "\n".join(lines) + "\n"
 
 
-def _stage(root: Path, out: Path) -> Path:
+def _stage(root: Path, out: Path, runs: list | None = None) -> Path:
     """Copy the book's non-notebook sources into ``out/src``; executed notebooks already there stay,
     so a build of some chapters keeps the others' last executed copies."""
     src = out / "src"
@@ -123,6 +177,15 @@ def _stage(root: Path, out: Path) -> Path:
     for f in ROOT_FILES:
         if (root / f).is_file():
             shutil.copy2(root / f, src / f)
+    if runs:
+        toc = yaml.safe_load((root / "_toc.yml").read_text())
+        entries = []
+        for e in toc["chapters"]:
+            chapter = e.get("file", "").removeprefix("book/")
+            extra = [n for n, c, _, _ in runs if c == chapter and n != chapter]
+            entries += [e] + [{"file": f"book/{n}"} for n in extra]
+        toc["chapters"] = entries
+        (src / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False))
     for f in (root / "book").iterdir():
         if f.is_file() and f.suffix in (".md", ".bib", ".png", ".svg"):
             shutil.copy2(f, src / "book" / f.name)
@@ -134,56 +197,55 @@ def build(profile: str = "quick", results: str | None = None, device: str = "cpu
           scheduler: str | None = None, workers: int | None = None) -> Path:
     """Execute the chapters with papermill and build the HTML; return the path of ``index.html``.
 
-    With ``executor="dask"`` the profile's training runs are first computed as a sweep on a
-    Dask cluster (see ``hessbatch.sweep``); the notebooks then find them in the store.
+    With ``executor="dask"`` (or ``"processes"``) the profile's training runs are first computed
+    as a sweep (see ``hessbatch.sweep``); the notebooks then find them in the store.
     """
     import papermill as pm
 
-    from .store import Store, results_root
-
     prof = load_profile(profile)
     root = repo_root()
-    names = list(prof["chapters"])
-    if chapters:
-        unknown = sorted(set(chapters) - set(names))
-        check(not unknown, f"profile {prof['profile']!r} has no chapter(s) {', '.join(unknown)}")
-        names = [n for n in names if n in chapters]
+    _check_chapters(prof, chapters)
+    runs = executions(prof, chapters)
+    every = executions(prof)
     out_dir = Path(out or root / "_build" / prof["profile"]).resolve()
-    src = _stage(root, out_dir)
-    res = str(Path(results).resolve()) if results else str(results_root(None).resolve())
+    src = _stage(root, out_dir, every)
+    res = profile_results(prof, results)
     if executor != "local":
-        from .experiments import profile_train_configs
-        from .sweep import run_sweep
-
-        for wave in profile_train_configs({n: chapter_parameters(prof, n) for n in names}):
-            table = run_sweep(wave, Store(res), device=device, data_root=data_root, executor=executor,
-                              scheduler=scheduler, workers=workers)
-            failed = table[table["state"] == "failed"]
-            check(failed.empty, f"{len(failed)} training run(s) failed on {executor}: {failed['error'].iloc[0] if len(failed) else ''}")
+        _train_profile(runs, res, device, data_root, executor, scheduler, workers)
     timings = []
-    for i, name in enumerate(names, 1):
-        params = {**chapter_parameters(prof, name), "results": res, "device": device, "data_root": data_root}
-        print(f"[{i}/{len(names)}] {name}", flush=True)
+    if prof.get("results") and not results:
+        runs, absent = _stored_only(runs, res)
+        for name, chapter, _, title in absent:
+            print(f"[-] {name}: not computed in {res}; a placeholder page says how to compute it", flush=True)
+            _placeholder(src / "book", name, chapter, title, prof["profile"])
+    for i, (name, chapter, params, title) in enumerate(runs, 1):
+        params = {**params, "results": res, "device": device, "data_root": data_root}
+        print(f"[{i}/{len(runs)}] {name}", flush=True)
         t0 = time.perf_counter()
         target = src / "book" / f"{name}.ipynb"
+        (src / "book" / f"{name}.md").unlink(missing_ok=True)
         try:
-            pm.execute_notebook(str(root / "book" / f"{name}.ipynb"), str(target), parameters=params,
+            pm.execute_notebook(str(root / "book" / f"{chapter}.ipynb"), str(target), parameters=params,
                                 cwd=str(src / "book"), kernel_name="python3", progress_bar=sys.stderr.isatty(),
                                 report_mode=False)
         except pm.PapermillExecutionError as e:
             raise HessbatchError(f"chapter {name} failed in cell {e.exec_count}: {e.ename}: {e.evalue} "
                                  f"(executed copy: {target})") from None
+        if title:
+            _retitle(target, title)
         timings.append((name, time.perf_counter() - t0))
         print(f"      done in {timings[-1][1] / 60:.1f} min", flush=True)
-    for name in prof["chapters"]:
-        if name not in names and not (src / "book" / f"{name}.ipynb").exists():
-            shutil.copy2(root / "book" / f"{name}.ipynb", src / "book" / f"{name}.ipynb")
+    for name, chapter, _, _ in every:
+        if not (src / "book" / f"{name}.ipynb").exists() and not (src / "book" / f"{name}.md").exists():
+            shutil.copy2(root / "book" / f"{chapter}.ipynb", src / "book" / f"{name}.ipynb")
     record = src / "book" / "_timings.yml"
     known = yaml.safe_load(record.read_text()) if record.is_file() else {}
     known = {**(known or {}), **{n: {"seconds": round(t, 1), "device": str(device)} for n, t in timings}}
     record.write_text(yaml.safe_dump(known))
-    ordered = [(n, known[n]["seconds"], known[n]["device"]) for n in prof["chapters"] if n in known]
-    (src / "book" / "_provenance.md").write_text(provenance_table(prof["profile"], ordered))
+    ordered = [(n, known[n]["seconds"], known[n]["device"]) for n, _, _, _ in every if n in known]
+    computed = Path(res) / "_timings.yml"
+    computed = yaml.safe_load(computed.read_text()) if computed.is_file() else None
+    (src / "book" / "_provenance.md").write_text(provenance_table(prof["profile"], ordered, computed))
     if not html:
         return src
     cmd = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(src),
@@ -199,3 +261,144 @@ def build(profile: str = "quick", results: str | None = None, device: str = "cpu
     if figs.is_dir():
         shutil.copytree(figs, out_dir / "_build" / "html" / "book" / "figures", dirs_exist_ok=True)
     return index
+
+
+def _stored_only(runs, res):
+    """Split executions into those whose training runs are all in the store at ``res`` and the rest
+    (a profile with committed results renders what was computed, on any machine)."""
+    from .experiments import profile_train_configs
+    from .store import Store
+    from .train import TrainConfig
+
+    store, have, absent = Store(res), [], []
+    for run in runs:
+        waves = profile_train_configs({run[0]: run[2]})
+        ok = all(store.get("train", TrainConfig.from_dict(c).resolved().to_dict()) is not None
+                 for wave in waves for c in wave)
+        (have if ok else absent).append(run)
+    return have, absent
+
+
+def _placeholder(folder: Path, name: str, chapter: str, title: str | None, profile: str) -> None:
+    """A page standing in for a chapter whose results are not in the profile's committed store."""
+    stale = folder / f"{name}.ipynb"
+    if stale.exists():
+        stale.unlink()
+    nb = json.loads((repo_root() / "book" / f"{chapter}.ipynb").read_text())
+    heading = next(("".join(c["source"]).lstrip().splitlines()[0] for c in nb["cells"]
+                    if c["cell_type"] == "markdown" and "".join(c["source"]).lstrip().startswith("# ")), f"# {name}")
+    (folder / f"{name}.md").write_text(
+        f"{heading}{f' — {title}' if title else ''}\n\n"
+        f"```{{note}}\nThis chapter has not been computed at the scale of the `{profile}` profile yet: its results "
+        f"are not among the committed ones. On a GPU machine with the data, run\n\n"
+        f"    hessbatch compute --profile {profile} --chapters {chapter} --device cuda --data-root DATA --workers 6\n"
+        f"    hessbatch export --results RESULTS paper-results\n\n"
+        f"then build the book again. The `quick` profile's book has this chapter on the embedded MNIST digits.\n```\n")
+
+
+def _check_chapters(prof: dict, chapters: list[str] | None) -> None:
+    if chapters:
+        unknown = sorted(set(chapters) - set(prof["chapters"]))
+        check(not unknown, f"profile {prof['profile']!r} has no chapter(s) {', '.join(unknown)}")
+
+
+def _train_profile(runs, res, device, data_root, executor, scheduler=None, workers=None) -> float:
+    """Train every run the chosen chapters need, wave after wave; return the wall time."""
+    from .experiments import profile_train_configs
+    from .store import Store
+    from .sweep import run_sweep
+
+    t0 = time.perf_counter()
+    for wave in profile_train_configs({n: p for n, _, p, _ in runs}):
+        table = run_sweep(wave, Store(res), device=device, data_root=data_root, executor=executor,
+                          scheduler=scheduler, workers=workers)
+        failed = table[table["state"] == "failed"]
+        check(failed.empty, f"{len(failed)} training run(s) failed on {executor}: "
+                            f"{failed['error'].iloc[0] if len(failed) else ''}")
+    return time.perf_counter() - t0
+
+
+def _retitle(path: Path, title: str) -> None:
+    """Append `` — title`` to the first heading of an executed notebook."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "markdown" and cell.source.lstrip().startswith("# "):
+            first, _, rest = cell.source.lstrip().partition("\n")
+            cell.source = f"{first} — {title}" + (f"\n{rest}" if rest else "")
+            break
+    nbformat.write(nb, path)
+
+
+def _compute_one(name: str, chapter: str, params: dict, res: str, device: str, data_root,
+                 threads: int | None = None) -> tuple[str, float]:
+    import torch
+
+    from .experiments import run_chapter
+    from .store import Store
+
+    if threads:
+        torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    run_chapter(chapter, params, Store(res), device=device, data_root=data_root, progress=False)
+    return name, time.perf_counter() - t0
+
+
+def compute(profile: str, results: str | None = None, device: str = "cpu", data_root: str | None = None,
+            chapters: list[str] | None = None, workers: int = 1) -> dict:
+    """Compute every chapter of a profile into its store, without notebooks; return the timings.
+
+    Training runs go first (``workers`` at a time, each in its own process), then the
+    chapters' measurements (``workers`` chapters at a time). Everything resumes from the store.
+    """
+    import platform
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    import multiprocessing as mp
+
+    import torch
+
+    from .store import atomic_write_bytes
+    from .train import resolve_device
+
+    prof = load_profile(profile)
+    _check_chapters(prof, chapters)
+    check(workers >= 1, f"workers must be >= 1, got {workers}")
+    dev = resolve_device(device)
+    runs = executions(prof, chapters)
+    res = profile_results(prof, results)
+    hardware = (f"{torch.cuda.get_device_name(dev)}, " if dev.type == "cuda" else "") + \
+        f"{os.cpu_count()} CPU cores ({platform.machine()})"
+    t0 = time.perf_counter()
+    record = Path(res) / "_timings.yml"
+    timings = (yaml.safe_load(record.read_text()) if record.is_file() else None) or {}
+    call = {"started": time.strftime("%Y-%m-%d %H:%M"), "chapters": [n for n, _, _, _ in runs], "workers": workers,
+            "hardware": hardware, "seconds": 0.0, "train_seconds": 0.0}
+    timings.setdefault("_calls", []).append(call)
+
+    def save():
+        call["seconds"] = round(time.perf_counter() - t0, 1)
+        Path(res).mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(record, yaml.safe_dump(timings, sort_keys=False).encode())
+
+    save()
+    call["train_seconds"] = round(_train_profile(runs, res, str(dev), data_root,
+                                                 "processes" if workers > 1 else "local", workers=workers), 1)
+    save()
+
+    def done(name, seconds):
+        timings[name] = {"seconds": round(seconds, 1), "device": str(dev), "hardware": hardware}
+        save()
+        print(f"{name}: {seconds / 60:.1f} min", flush=True)
+
+    if workers == 1:
+        for name, chapter, params, _ in runs:
+            done(*_compute_one(name, chapter, params, res, str(dev), data_root))
+    else:
+        with ProcessPoolExecutor(max_workers=min(workers, len(runs)), mp_context=mp.get_context("spawn")) as pool:
+            threads = max(1, (os.cpu_count() or 1) // min(workers, len(runs)))
+            futures = [pool.submit(_compute_one, n, c, p, res, str(dev), data_root, threads) for n, c, p, _ in runs]
+            for fut in as_completed(futures):
+                done(*fut.result())
+    save()
+    return timings

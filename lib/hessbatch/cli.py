@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from . import __version__
-from .errors import HessbatchError
+from .errors import HessbatchError, check
 
 EXIT_USAGE = 2
 
@@ -100,6 +100,7 @@ def _attack_options(a, name: str) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .sweep import EXECUTORS
     from .train import TrainConfig
 
     d = TrainConfig()
@@ -131,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train the grid of a parameter file (see `hessbatch.params`); "
                        "runs already in the store are skipped.")
     s.add_argument("params", metavar="PARAMS.yaml")
-    s.add_argument("--executor", choices=("local", "dask"), default="local",
+    s.add_argument("--executor", choices=EXECUTORS, default="local",
                    help="local: one run after another here (default); dask: one task per run on a Dask cluster")
     s.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="Dask scheduler, e.g. tcp://host:8786 (default: start a LocalCluster)")
@@ -184,11 +185,27 @@ def build_parser() -> argparse.ArgumentParser:
     bk.add_argument("--profile", default="quick", help="smoke, quick (default), paper, or a path to a profile YAML")
     bk.add_argument("--chapters", default=None, help="comma-separated chapter names to execute (default: all)")
     bk.add_argument("--out", default=None, metavar="DIR", help="build folder (default: _build/<profile>)")
-    bk.add_argument("--executor", choices=("local", "dask"), default="local",
+    bk.add_argument("--executor", choices=EXECUTORS, default="local",
                     help="dask: train the profile's runs on a Dask cluster first (default: local)")
     bk.add_argument("--scheduler", default=None, metavar="ADDRESS", help="Dask scheduler (default: a LocalCluster)")
     bk.add_argument("--workers", type=int, default=None, help="LocalCluster worker processes")
     _common(bk)
+
+    co = sub.add_parser("compute", help="compute a book profile's results without notebooks (e.g. on a GPU)",
+                        description="Train every run of a profile (several at once with --workers), then compute "
+                        "each chapter's measurements into the profile's store; `hessbatch book` then only reads them. "
+                        "Resumes from the store; each chapter's wall time goes to <results>/_timings.yml.")
+    co.add_argument("--profile", default="quick", help="smoke, quick (default), paper, or a path to a profile YAML")
+    co.add_argument("--chapters", default=None, help="comma-separated chapter names (default: all)")
+    co.add_argument("--workers", type=int, default=1,
+                    help="training runs, then chapters, computed at once, one process each (default: 1)")
+    _common(co)
+
+    ex = sub.add_parser("export", help="copy a store without its weight files (small enough to commit)",
+                        description="Copy every complete entry of the store to DEST, leaving out weight files "
+                        "(*.pt); the book renders from such a store, but cannot measure anything new with it.")
+    ex.add_argument("dest", metavar="DEST")
+    _common(ex, data=False)
 
     ls = sub.add_parser("ls", help="list what the result store holds")
     ls.add_argument("--kind", default=None, help="only entries of this kind (e.g. train)")
@@ -322,6 +339,26 @@ def _cmd_book(a) -> int:
     return 0
 
 
+def _cmd_compute(a) -> int:
+    from .book import compute
+
+    chapters = [c for c in a.chapters.split(",") if c] if a.chapters else None
+    timings = compute(a.profile, a.results, a.device, a.data_root, chapters, a.workers)
+    call = timings["_calls"][-1]
+    print(f"computed in {call['seconds'] / 60:.1f} min on {call['hardware']} (training {call['train_seconds'] / 60:.1f} min)")
+    return 0
+
+
+def _cmd_export(a) -> int:
+    from .store import Store
+
+    store = Store(a.results)
+    check(store.root.is_dir(), f"no result store at {store.root}")
+    n, size = store.export(a.dest)
+    print(f"exported {n} entries ({size / 1e6:.1f} MB) to {a.dest}")
+    return 0
+
+
 def _cmd_ls(a) -> int:
     from .store import Store
 
@@ -347,7 +384,7 @@ def _cmd_ls(a) -> int:
 
 
 COMMANDS = {"train": _cmd_train, "robust-train": _cmd_robust_train, "attack": _cmd_attack, "sweep": _cmd_sweep, "spectrum": _cmd_spectrum, "landscape": _cmd_landscape,
-            "book": _cmd_book,
+            "book": _cmd_book, "compute": _cmd_compute, "export": _cmd_export,
             "ls": _cmd_ls}
 
 

@@ -11,6 +11,9 @@ Names
 ``fashion-mnist``  torchvision FashionMNIST under ``<root>/FashionMNIST/raw``.
 ``cifar10``        torchvision CIFAR-10 under ``<root>/cifar-10-batches-py``.
 ``cifar100``       torchvision CIFAR-100 under ``<root>/cifar-100-python``.
+``cifar10-jpeg``   CIFAR-10 as JPEG files: ``<root>/cifar10-jpeg/{train,test}/<class>/*.jpg``, or the
+                   archives ``<root>/cifar10-jpeg/{train,test}.tar.gz`` (extracted on first use). Its
+                   label names the JPEG quality read from the files' quantization tables.
 ``imagefolder:P``  any class-folder tree with ``P/train/<class>/*`` and ``P/test/<class>/*``.
 """
 
@@ -32,7 +35,7 @@ IDENTITY_RGB = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
 CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-DATASETS = ("mnist5k", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder:<path>")
+DATASETS = ("mnist5k", "mnist", "fashion-mnist", "cifar10", "cifar100", "cifar10-jpeg", "imagefolder:<path>")
 DATA_ENV = "HESSBATCH_DATA"
 
 
@@ -178,7 +181,63 @@ def _tensors(ds) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _imagefolder(name: str) -> Dataset:
-    path = Path(name.split(":", 1)[1]).expanduser()
+    return _tree(name, Path(name.split(":", 1)[1]).expanduser())
+
+
+def _cifar10_jpeg(name, root, download) -> Dataset:
+    check(not download, "dataset 'cifar10-jpeg' has no download source; use 'cifar10' with --download")
+    path = root / "cifar10-jpeg"
+    if not all((path / p).is_dir() for p in ("train", "test")):
+        if not all((path / f"{p}.tar.gz").is_file() for p in ("train", "test")):
+            raise HessbatchError(f"dataset 'cifar10-jpeg': no train/ and test/ class folders (or train.tar.gz and "
+                                 f"test.tar.gz) in {path}; point --data-root (env {DATA_ENV}) at their parent")
+        path = _extract(path)
+    ds = _tree(name, path)
+    check(ds.num_classes == 10, f"dataset 'cifar10-jpeg': {path} has {ds.num_classes} classes, not CIFAR-10's 10")
+    return ds
+
+
+def _extract(path: Path) -> Path:
+    """Extract ``train.tar.gz`` and ``test.tar.gz`` beside themselves, or into the cache if that is read-only."""
+    import tarfile
+
+    target = path if os.access(path, os.W_OK) else _cache_base() / f"cifar10-jpeg-{_digest(str(path.resolve()))}"
+    for part in ("train", "test"):
+        if (target / part).is_dir():
+            continue
+        tmp = target / f".{part}.{os.getpid()}.tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(path / f"{part}.tar.gz") as tar:
+            tar.extractall(tmp, filter="data")
+        inner = tmp / part if (tmp / part).is_dir() else tmp
+        os.replace(inner, target / part)
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def jpeg_quality(file: Path) -> int | None:
+    """The IJG quality factor whose luminance table the JPEG ``file`` uses, if it is a standard one."""
+    from PIL import Image
+
+    base = np.array([16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+                     14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113,
+                     92, 49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99])
+    with Image.open(file) as im:
+        table = getattr(im, "quantization", None) or {}
+    if 0 not in table:
+        return None
+    have = np.sort(np.asarray(table[0]))
+    for q in range(1, 101):
+        scale = 5000 / q if q < 50 else 200 - 2 * q
+        if np.array_equal(np.sort(np.clip((base * scale + 50) // 100, 1, 255)), have):
+            return q
+    return None
+
+
+def _tree(name: str, path: Path) -> Dataset:
     for part in ("train", "test"):
         if not (path / part).is_dir():
             raise HessbatchError(f"dataset {name!r}: expected class folders under {path / part}")
@@ -198,16 +257,25 @@ def _imagefolder(name: str) -> Dataset:
     stats = MNIST_STATS if x.shape[1] == 1 else IDENTITY_RGB
     label = f"{path.name} (image folder)"
     if blob["classes"] == CIFAR10_CLASSES:
-        label = "CIFAR-10 (JPEG)" if blob.get("jpeg") else "CIFAR-10 (image folder)"
+        label = "CIFAR-10 (image folder)"
+        if blob.get("jpeg"):
+            q = jpeg_quality(next((path / "test").glob("*/*")))
+            label = f"CIFAR-10 (JPEG q{q})" if q else "CIFAR-10 (JPEG)"
     return Dataset(name, x.float().div(255.0), blob["y_train"], blob["x_test"].float().div(255.0),
                    blob["y_test"], len(blob["classes"]), *stats, label=label)
 
 
 def _cache_file(path: Path) -> Path:
     stamp = f"{path.resolve()}|{(path / 'train').stat().st_mtime_ns}|{(path / 'test').stat().st_mtime_ns}"
-    digest = hashlib.sha256(stamp.encode()).hexdigest()[:16]
-    base = Path(os.environ.get("HESSBATCH_CACHE") or Path.home() / ".cache" / "hessbatch")
-    return base / f"imagefolder-{digest}.pt"
+    return _cache_base() / f"imagefolder-{_digest(stamp)}.pt"
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _cache_base() -> Path:
+    return Path(os.environ.get("HESSBATCH_CACHE") or Path.home() / ".cache" / "hessbatch")
 
 
 def _read_folder(folder: Path):
@@ -230,4 +298,4 @@ def _read_folder(folder: Path):
 
 
 _LOADERS = {"mnist5k": _mnist5k, "mnist": _torchvision, "fashion-mnist": _torchvision,
-            "cifar10": _torchvision, "cifar100": _torchvision}
+            "cifar10": _torchvision, "cifar100": _torchvision, "cifar10-jpeg": _cifar10_jpeg}

@@ -278,6 +278,10 @@ def saddle_free_study(run: Run | None = None, n_samples=10, random_nets=("relu-m
         y = torch.randint(0, classes, (n_random,), generator=g)
         add(f"random {kind}", model, x, y, classes)
     df = pd.DataFrame(rows)
+    return {"samples": df, "claims": saddle_claims(df)}
+
+
+def saddle_claims(df: pd.DataFrame) -> pd.DataFrame:
     checks = []
     for label, grp in df.groupby("model", sort=False):
         psd, low = bool(grp["psd"].all()), bool((grp["rank"] <= grp["classes"]).all())
@@ -290,7 +294,7 @@ def saddle_free_study(run: Run | None = None, n_samples=10, random_nets=("relu-m
             checks.append(claims.claim(f"{label}: counter-example, the PSD property fails without ReLU",
                                        "Assumption 1", "min λ_min / max(λ_max, floor)", float(grp["ratio"].min()),
                                        not psd))
-    return {"samples": df, "claims": claims.table(checks)}
+    return claims.table(checks)
 
 
 # ------------------------------------------------------------------ chapter: adversarial training
@@ -392,6 +396,58 @@ def large_batch_robust_study(model, dataset, base_train, batch_sizes, adversaria
     return {"runs": df, "table": wide.reset_index(), "claims": claims.table(checks), "used": used}
 
 
+# ------------------------------------------------------------------ chapters by name
+def run_chapter(chapter: str, params: dict, store: Store | None = None, device="cpu", data_root=None,
+                progress: bool = False) -> dict:
+    """Everything a book chapter shows, from its parameters (a profile's ``common``, chapter and
+    variant entries merged, as in the notebook's parameters cell). The notebooks and
+    ``hessbatch compute`` both call this, so a chapter computed on a GPU is found by the book."""
+    p = params
+    store = store or Store()
+    kw = {"store": store, "device": device, "data_root": data_root}
+    n = chapter[:2]
+    if n == "01":
+        return batch_size_study(p["model"], p["dataset"], p["batch_sizes"], p.get("train_options"), p.get("seed", 0),
+                                p.get("k", 20), p.get("tol", 1e-4), p.get("eps", (0.02, 0.01)), "fgsm",
+                                p.get("hessian_samples"), p.get("curvature_samples"), progress=progress, **kw)
+    if n == "02":
+        runs = sweep_runs(p["model"], p["dataset"], p["batch_sizes"], p.get("train_options"), p.get("seed", 0),
+                          progress=progress, **kw)
+        planes = p.get("plane_batch_sizes") or [min(p["batch_sizes"]), max(p["batch_sizes"])]
+        return landscape_study(runs, p.get("radius", 0.5), p.get("points", 21), planes, p.get("plane_points", 11),
+                               progress=progress, **kw)
+    if n == "03":
+        return dynamics_study(p["model"], p["dataset"], p["dyn_batch_sizes"], p.get("dyn_train_options"),
+                              p.get("adversarial"), p.get("save_every", 1), hessian_samples=p.get("hessian_samples"),
+                              seed=p.get("seed", 0), progress=progress, **kw)
+    if n == "04":
+        b = p["batch_sizes"][0]
+        run = sweep_runs(p["model"], p["dataset"], [b], p.get("train_options"), p.get("seed", 0), progress=progress,
+                         **kw)[b]
+        config = {"run": run.key, "n_samples": p.get("n_samples", 10), "d": p.get("d", 64),
+                  "n_random": p.get("n_random", 20), "seed": p.get("seed", 0)}
+        entry = analysis.cached_json(store, "saddle", config, lambda: saddle_free_study(
+            run, config["n_samples"], d=config["d"], n_random=config["n_random"], data_root=data_root,
+            seed=config["seed"])["samples"].to_dict("records"))
+        samples = pd.DataFrame(entry.json("samples.json"))
+        return {"samples": samples, "claims": saddle_claims(samples), "used": [run]}
+    if n == "05":
+        return adversarial_training_study(p["model"], p["dataset"], p["base_train"], p["eps_linf"], p["eps_l2"],
+                                          p.get("robust_epochs", 5), p.get("robust_lr"), test_limit=p.get("test_limit"),
+                                          k=p.get("k", 20), tol=p.get("tol", 1e-4),
+                                          hessian_samples=p.get("hessian_samples"),
+                                          subsample_sizes=p.get("subsample_sizes", ()),
+                                          interpolation_points=p.get("interpolation_points", 21), seed=p.get("seed", 0),
+                                          progress=progress, **kw)
+    if n == "06":
+        return large_batch_robust_study(p["model"], p["dataset"], p["t8_train"], p["t8_batch_sizes"], p["adversarial"],
+                                        p.get("warmup_epochs", 5), p.get("base_batch", 128), p.get("seed", 0),
+                                        progress=progress, **kw)
+    from .errors import HessbatchError
+
+    raise HessbatchError(f"no chapter {chapter!r}")
+
+
 # ------------------------------------------------------------------ a profile's training runs
 def profile_train_configs(params_by_chapter: dict[str, dict]) -> list[list[dict]]:
     """Every training configuration a book profile needs, in waves: the runs of a wave depend
@@ -460,6 +516,7 @@ def provenance(params: dict, runs: list[Run] | None = None) -> str:
         label = f"{r.get('dataset_label', label)}; used: " + ", ".join(f"{a:,} train / {b:,} test" for a, b in sizes)
     dev = sorted({r.result.get("device", "?") for r in runs}) or [params.get("device", "cpu")]
     t = sum(r.result.get("time_s", 0.0) for r in runs)
+    versions = sorted({r.result.get("torch", torch.__version__) for r in runs}) or [torch.__version__]
     return (f"*Profile* `{params.get('profile')}` · *data* {label} · *model* `{params.get('model')}` · "
-            f"*device* {', '.join(dev)} · *training time* {t / 60:.1f} min · *torch* {torch.__version__} · "
+            f"*device* {', '.join(dev)} · *training time* {t / 60:.1f} min · *torch* {', '.join(versions)} · "
             f"*commit* `{figures.commit()}` · *configuration* `{figures.config_hash(params)}`")

@@ -103,6 +103,10 @@ class Entry:
     def files(self) -> list[str]:
         return sorted(json.loads((self.path / MANIFEST).read_text())["files"])
 
+    def omitted(self) -> list[str]:
+        """Files of the original entry left out of an export (see ``Store.export``)."""
+        return sorted(json.loads((self.path / MANIFEST).read_text()).get("omitted", {}))
+
 
 class Store:
     """Results on disk, one entry per (kind, configuration)."""
@@ -199,6 +203,41 @@ class Store:
                 out += [Entry(p, k, p.name) for p in sorted(folder.iterdir())
                         if p.is_dir() and not p.name.startswith(".") and "." not in p.name and _valid(p)]
         return out
+
+
+    def export(self, dest: str | os.PathLike, omit: tuple[str, ...] = ("*.pt",)) -> tuple[int, int]:
+        """Copy every complete entry to the store at ``dest``, leaving out files matching ``omit``
+        (weights: a tidy store small enough to commit, from which the book renders). Left-out
+        files stay listed in the manifest under ``omitted``. Returns (entries, bytes) written."""
+        import fnmatch
+
+        target = Store(dest)
+        n, size = 0, 0
+        for e in self.entries():
+            final = target.path(e.kind, e.key)
+            manifest = json.loads((e.path / MANIFEST).read_text())
+            keep = {f: m for f, m in manifest["files"].items() if not any(fnmatch.fnmatch(f, o) for o in omit)}
+            gone = {f: m for f, m in manifest["files"].items() if f not in keep}
+            gone.update(manifest.get("omitted", {}))
+            tmp = final.parent / f".{e.key}.{uuid.uuid4().hex[:8]}.tmp"
+            tmp.mkdir(parents=True)
+            try:
+                for f in dict.fromkeys([*keep, "config.json"]):
+                    shutil.copy2(e.path / f, tmp / f)
+                    size += (tmp / f).stat().st_size
+                (tmp / MANIFEST).write_text(json.dumps({"key": e.key, "files": keep, "omitted": gone}, indent=2))
+                if final.exists():
+                    shutil.rmtree(final)
+                os.rename(tmp, final)
+            finally:
+                if tmp.exists():
+                    shutil.rmtree(tmp, ignore_errors=True)
+            n += 1
+        for extra in ("_timings.yml",):
+            if (self.root / extra).is_file():
+                target.root.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(self.root / extra, target.root / extra)
+        return n, size
 
 
 def _valid(path: Path) -> bool:

@@ -8,6 +8,9 @@ finished runs and resumes interrupted ones from their last epoch checkpoint.
 Executors
 ---------
 ``local`` (default)  one run after another in this process.
+``processes``        ``workers`` runs at once, each in its own process on this machine. On a GPU
+                     this runs several small-batch runs side by side on one device (their
+                     kernel launches overlap), which is where one run alone leaves it idle.
 ``dask``             one task per run on a Dask ``distributed`` cluster: the scheduler at
                      ``scheduler`` (``tcp://host:8786``), or a ``LocalCluster`` of
                      ``workers`` processes started for the sweep. The results folder must
@@ -25,7 +28,7 @@ from . import train as train_mod
 from .errors import HessbatchError, check
 from .store import Store
 
-EXECUTORS = ("local", "dask")
+EXECUTORS = ("local", "processes", "dask")
 
 
 def validate(configs: list[dict], data_root=None, download=False) -> list:
@@ -82,6 +85,9 @@ def run_sweep(configs: list[dict], store: Store, device="cpu", data_root=None, d
             outcomes.append(run_one(cfg.to_dict(), root, device, data_root, download, threads, dataset=ds))
             if bar is not None:
                 bar.update(1)
+    elif executor == "processes":
+        outcomes = _run_processes([c.to_dict() for c, _ in prepared], root, device, data_root, download,
+                                  workers, threads, bar)
     else:
         outcomes = _run_dask([c.to_dict() for c, _ in prepared], root, device, data_root, download, scheduler,
                              workers, threads, retries, bar)
@@ -91,6 +97,28 @@ def run_sweep(configs: list[dict], store: Store, device="cpu", data_root=None, d
              "dataset": c.dataset, "batch_size": c.batch_size, "seed": c.seed} for o, (c, _) in zip(outcomes, prepared)]
     cols = ["key", "model", "dataset", "batch_size", "seed", "state", "status", "seconds", "error"]
     return pd.DataFrame(rows, columns=cols)
+
+
+def _run_processes(configs, root, device, data_root, download, workers, threads, bar) -> list[dict]:
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    n = workers or max(1, min(len(configs), os.cpu_count() or 1))
+    threads = threads or max(1, (os.cpu_count() or 1) // n)
+    outcomes: list[dict | None] = [None] * len(configs)
+    with ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("spawn")) as pool:
+        futures = {pool.submit(run_one, cfg, root, device, data_root, download, threads): i
+                   for i, cfg in enumerate(configs)}
+        for fut in as_completed(futures):
+            i = futures[fut]
+            try:
+                outcomes[i] = fut.result()
+            except Exception as e:  # the worker process died
+                outcomes[i] = {"key": Store(root).key("train", configs[i]), "state": "failed", "status": None,
+                               "seconds": 0.0, "error": f"{type(e).__name__}: {e}".splitlines()[0]}
+            if bar is not None:
+                bar.update(1)
+    return outcomes
 
 
 def _run_dask(configs, root, device, data_root, download, scheduler, workers, threads, retries, bar) -> list[dict]:

@@ -51,6 +51,7 @@ class TrainConfig:
     save_every: int = 0
     adversarial: dict | None = None
     init_from: str | None = None
+    micro_batch: int | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -80,6 +81,8 @@ class TrainConfig:
         check(self.lr_scaling in ("none", "linear"), f"lr_scaling must be 'none' or 'linear', got {self.lr_scaling!r}")
         check(isinstance(self.warmup_epochs, int) and self.warmup_epochs >= 0, "warmup_epochs must be an integer >= 0")
         check(isinstance(self.save_every, int) and self.save_every >= 0, "save_every must be an integer >= 0")
+        check(self.micro_batch is None or (isinstance(self.micro_batch, int) and self.micro_batch >= 1),
+              f"micro_batch must be an integer >= 1 or null, got {self.micro_batch!r}")
         reading = self.reading or models.default_reading(name)
         models.choose(f"reading of {name}", reading, models.READINGS[name])
         from .robust import check_adversarial
@@ -88,7 +91,16 @@ class TrainConfig:
                                    adversarial=check_adversarial(self.adversarial))
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The configuration as a dict; options added after the first release are left out while
+        they keep their default, so that the store keys of earlier runs stay valid."""
+        d = dataclasses.asdict(self)
+        for name in _LATER_OPTIONS:
+            if d[name] is None:
+                del d[name]
+        return d
+
+
+_LATER_OPTIONS = ("micro_batch",)
 
 
 def _num(v) -> bool:
@@ -134,12 +146,16 @@ class Run:
                                    spec["mean"], spec["std"], spec["reading"])
         name = "weights.pt" if epoch is None else f"weights-epoch{epoch:04d}.pt"
         if name not in self.entry.files():
+            if name in self.entry.omitted():
+                raise HessbatchError(f"run {self.key}: its weights were left out of this store (an export without "
+                                     f"weights, {self.entry.path.parent.parent}); train it again to measure more")
             raise HessbatchError(f"run {self.key} has no snapshot for epoch {epoch}")
         model.load_state_dict(self.entry.torch(name))
         return model.to(device).eval()
 
     def snapshot_epochs(self) -> list[int]:
-        return [int(f[len("weights-epoch"):-3]) for f in self.entry.files() if f.startswith("weights-epoch")]
+        return [int(f[len("weights-epoch"):-3]) for f in sorted(self.entry.files() + self.entry.omitted())
+                if f.startswith("weights-epoch")]
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -152,17 +168,19 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 1000) -> tuple[float, float]:
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int | None = None) -> tuple[float, float]:
     """Mean cross-entropy and accuracy (in [0, 1]) of ``model`` in eval mode."""
     was_training = model.training
     model.eval()
-    loss, correct = 0.0, 0
+    chunk = chunk or (1000 if x.device.type == "cpu" else 8192)
+    loss = torch.zeros((), dtype=torch.float64, device=x.device)
+    correct = torch.zeros((), dtype=torch.int64, device=x.device)
     for i in range(0, len(y), chunk):
         out = model(x[i:i + chunk])
-        loss += F.cross_entropy(out, y[i:i + chunk], reduction="sum").item()
-        correct += (out.argmax(1) == y[i:i + chunk]).sum().item()
+        loss += F.cross_entropy(out, y[i:i + chunk], reduction="sum").double()
+        correct += (out.argmax(1) == y[i:i + chunk]).sum()
     model.train(was_training)
-    return loss / len(y), correct / len(y)
+    return loss.item() / len(y), correct.item() / len(y)
 
 
 def full_gradient_norm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 1000) -> float:
@@ -260,29 +278,12 @@ def _train(cfg, cfg_dict, key, ds, store, device, progress, step_hook) -> Run:
         except Exception:  # a checkpoint from an incompatible run: start over
             start, history, elapsed = 0, [], 0.0
 
-    n = ds.n_train
-    steps = n // cfg.batch_size if cfg.drop_last else math.ceil(n / cfg.batch_size)
     status = "running"
     bar = _bar(progress, cfg, start)
     epoch = start
     for epoch in range(start + 1, cfg.max_epochs + 1):
         t0 = time.perf_counter()
-        model.train()
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)).to(dev)
-        run_loss = torch.zeros((), device=dev)
-        for s in range(steps):
-            idx = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
-            xb, yb = ds.x_train[idx], ds.y_train[idx]
-            if step_hook is not None:
-                xb, yb = step_hook(model, xb, yb)
-            for g in opt.param_groups:
-                g["lr"] = lr_at(cfg, epoch - 1 + s / steps)
-            loss = F.cross_entropy(model(xb), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            run_loss += loss.detach()
-        run_loss = run_loss.item() / steps
+        run_loss = train_epoch(model, opt, ds, cfg, epoch, step_hook)
         train_loss, train_acc = evaluate(model, ds.x_train, ds.y_train)
         test_loss, test_acc = evaluate(model, ds.x_test, ds.y_test)
         row = {"epoch": epoch, "lr": lr_at(cfg, epoch - 1), "running_loss": run_loss, "train_loss": train_loss,
@@ -328,6 +329,35 @@ def _train(cfg, cfg_dict, key, ds, store, device, progress, step_hook) -> Run:
                 shutil.copy2(snap, tmp / snap.name)
     shutil.rmtree(work, ignore_errors=True)
     return Run(store.get("train", cfg_dict))
+
+
+def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, ds: data_mod.Dataset, cfg: TrainConfig, epoch: int,
+                step_hook=None) -> float:
+    """One epoch of SGD over ``ds`` (already on the model's device); returns the mean batch loss.
+
+    The shuffle is fixed by (seed, epoch); the learning rate follows ``lr_at`` step by step;
+    nothing waits for the GPU until the epoch's end.
+    """
+    n = ds.n_train
+    steps = n // cfg.batch_size if cfg.drop_last else math.ceil(n / cfg.batch_size)
+    dev = ds.x_train.device
+    model.train()
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)).to(dev)
+    run_loss = torch.zeros((), device=dev)
+    for s in range(steps):
+        idx = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+        for g in opt.param_groups:
+            g["lr"] = lr_at(cfg, epoch - 1 + s / steps)
+        opt.zero_grad(set_to_none=True)
+        for part in idx.split(cfg.micro_batch or len(idx)):
+            xb, yb = ds.x_train[part], ds.y_train[part]
+            if step_hook is not None:
+                xb, yb = step_hook(model, xb, yb)
+            loss = F.cross_entropy(model(xb), yb) * (len(part) / len(idx))
+            loss.backward()
+            run_loss += loss.detach()
+        opt.step()
+    return run_loss.item() / steps
 
 
 def _parent(store: Store, key: str) -> Entry:

@@ -38,6 +38,11 @@ def test_sweep_runs_grid_and_skips_finished(tmp_path, capsys):
 
 
 BAD = [
+    (["compute", "--profile", "smoke", "--chapters", "99-nope"], "profile 'smoke' has no chapter(s) 99-nope"),
+    (["compute", "--profile", "smoke", "--workers", "0"], "workers must be >= 1"),
+    (["compute", "--profile", "huge"], "unknown profile 'huge'"),
+    (["export", "tidy"], "no result store at"),
+    (["train", "--dataset", "cifar10-jpeg"], "no train/ and test/ class folders"),
     (["train", "--model", "VGG"], "unknown model 'VGG'"),
     (["train", "--dataset", "svhn"], "unknown dataset 'svhn'"),
     (["train", "--batch-size", "0"], "batch_size must be an integer >= 1"),

@@ -47,7 +47,9 @@ def _load(dataset, subset, test_subset, data_root, download, _env):
     return load_dataset(dataset, data_root, download, subset, test_subset)
 
 
-def _cached(store: Store, kind: str, config: dict, compute) -> Entry:
+def cached(store: Store, kind: str, config: dict, compute) -> Entry:
+    """The entry for (kind, config), computed once: ``compute()`` returns ``(files, meta)``; a file is
+    written as CSV (a DataFrame), JSON (a name ending in ``.json``) or with ``torch.save``."""
     if (entry := store.get(kind, config)) is not None:
         return entry
     t0 = time.perf_counter()
@@ -57,21 +59,11 @@ def _cached(store: Store, kind: str, config: dict, compute) -> Entry:
         for name, obj in files.items():
             if isinstance(obj, pd.DataFrame):
                 obj.to_csv(tmp / name, index=False)
+            elif name.endswith(".json"):
+                (tmp / name).write_text(json.dumps(obj, default=float))
             else:
                 torch.save(obj, tmp / name)
         (tmp / "result.json").write_text(json.dumps(meta, indent=2, default=float))
-    return store.get(kind, config)
-
-
-def cached_json(store: Store, kind: str, config: dict, compute) -> Entry:
-    """An entry holding ``samples.json``, the JSON-able value of ``compute()``, computed once."""
-    if (entry := store.get(kind, config)) is not None:
-        return entry
-    t0 = time.perf_counter()
-    value = compute()
-    with store.writer(kind, config) as tmp:
-        (tmp / "samples.json").write_text(json.dumps(value, default=float))
-        (tmp / "result.json").write_text(json.dumps({"time_s": time.perf_counter() - t0}))
     return store.get(kind, config)
 
 
@@ -106,7 +98,7 @@ def spectrum(run: Run | str, split: str = "train", k: int = 20, tol: float = 1e-
         return files, {"n_hvp": e.n_hvp, "converged": e.converged, "grad_norm": grad_norm,
                        "lambda_max": float(e.eigenvalues[0]), "n_samples": len(data[1]), "device": str(dev)}
 
-    return _cached(store, "spectrum", config, compute)
+    return cached(store, "spectrum", config, compute)
 
 
 def input_curvature(run: Run | str, split: str = "train", method: str = "power", tol: float = 1e-4,
@@ -126,7 +118,7 @@ def input_curvature(run: Run | str, split: str = "train", method: str = "power",
         table = pd.DataFrame({"grad_norm": ic.grad_norm, "lambda_max": ic.lambda_max})
         return {"samples.csv": table}, {**ic.summary(), "iterations": ic.iterations, "n_samples": len(y)}
 
-    return _cached(store, "input-curvature", config, compute)
+    return cached(store, "input-curvature", config, compute)
 
 
 def landscape_1d(run: Run | str, radius: float = 0.5, points: int = 21, rank: int = 1, spectrum_split: str = "train",
@@ -147,7 +139,7 @@ def landscape_1d(run: Run | str, radius: float = 0.5, points: int = 21, rank: in
                                           {"train": ds.split("train"), "test": ds.split("test")})
         return {"curve.csv": table}, {"lambda": float(spec.csv("eigenvalues.csv")["eigenvalue"][rank - 1])}
 
-    return _cached(store, "landscape-1d", config, compute)
+    return cached(store, "landscape-1d", config, compute)
 
 
 def landscape_2d(run: Run | str, radius: float = 0.5, points: int = 11, spectrum_split: str = "train",
@@ -168,7 +160,7 @@ def landscape_2d(run: Run | str, radius: float = 0.5, points: int = 11, spectrum
                                 {"train": ds.split("train"), "test": ds.split("test")})
         return {"surface.csv": table}, {}
 
-    return _cached(store, "landscape-2d", config, compute)
+    return cached(store, "landscape-2d", config, compute)
 
 
 def interpolation(run_a: Run | str, run_b: Run | str, points: int = 21, store: Store | None = None,
@@ -185,7 +177,7 @@ def interpolation(run_a: Run | str, run_b: Run | str, points: int = 21, store: S
                                       {"train": ds.split("train"), "test": ds.split("test")})
         return {"curve.csv": table}, {}
 
-    return _cached(store, "interpolation", config, compute)
+    return cached(store, "interpolation", config, compute)
 
 
 def adversarial_accuracy(run: Run | str, attack: str, eps: float, split: str = "test", source: Run | str | None = None,
@@ -218,4 +210,4 @@ def adversarial_accuracy(run: Run | str, attack: str, eps: float, split: str = "
         acc = attacks.adversarial_accuracy(model, x, y, name, eps, source=source_model, chunk=chunk, **attack_options)
         return {}, {"accuracy": acc, "clean_accuracy": attacks.accuracy(model, x, y), "n_samples": len(y)}
 
-    return _cached(store, "attack", config, compute)
+    return cached(store, "attack", config, compute)

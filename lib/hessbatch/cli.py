@@ -31,6 +31,12 @@ def _common(p: argparse.ArgumentParser, data: bool = True) -> None:
         p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def _profile_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", default="quick", help="smoke, quick (default), paper, or a path to a profile YAML")
+    p.add_argument("--chapters", type=lambda v: [c for c in v.split(",") if c] or None, default=None,
+                   help="comma-separated chapter names (default: all)")
+
+
 def _train_flags(p: argparse.ArgumentParser, d, suppress: bool = False) -> None:
     """The training options; with ``suppress`` only flags given on the command line are set."""
     from .models import MODELS
@@ -133,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "runs already in the store are skipped.")
     s.add_argument("params", metavar="PARAMS.yaml")
     s.add_argument("--executor", choices=EXECUTORS, default="local",
-                   help="local: one run after another here (default); dask: one task per run on a Dask cluster")
+                   help="local: one run after another here (default); processes: --workers runs at once here; "
+                        "dask: one task per run on a Dask cluster")
     s.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="Dask scheduler, e.g. tcp://host:8786 (default: start a LocalCluster)")
     s.add_argument("--workers", type=int, default=None, help="LocalCluster worker processes (default: one per core)")
@@ -182,21 +189,19 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Execute the book's notebooks with a profile's parameters (papermill; results "
                         "come from the store when they exist), then build the HTML with Jupyter Book. Executed "
                         "copies and the HTML go to _build/<profile>/; the sources in book/ stay clean.")
-    bk.add_argument("--profile", default="quick", help="smoke, quick (default), paper, or a path to a profile YAML")
-    bk.add_argument("--chapters", default=None, help="comma-separated chapter names to execute (default: all)")
+    _profile_flags(bk)
     bk.add_argument("--out", default=None, metavar="DIR", help="build folder (default: _build/<profile>)")
     bk.add_argument("--executor", choices=EXECUTORS, default="local",
-                    help="dask: train the profile's runs on a Dask cluster first (default: local)")
+                    help="processes or dask: train the profile's runs as a sweep first (default: local)")
     bk.add_argument("--scheduler", default=None, metavar="ADDRESS", help="Dask scheduler (default: a LocalCluster)")
-    bk.add_argument("--workers", type=int, default=None, help="LocalCluster worker processes")
+    bk.add_argument("--workers", type=int, default=None, help="worker processes (processes executor, or a Dask LocalCluster)")
     _common(bk)
 
     co = sub.add_parser("compute", help="compute a book profile's results without notebooks (e.g. on a GPU)",
                         description="Train every run of a profile (several at once with --workers), then compute "
                         "each chapter's measurements into the profile's store; `hessbatch book` then only reads them. "
                         "Resumes from the store; each chapter's wall time goes to <results>/_timings.yml.")
-    co.add_argument("--profile", default="quick", help="smoke, quick (default), paper, or a path to a profile YAML")
-    co.add_argument("--chapters", default=None, help="comma-separated chapter names (default: all)")
+    _profile_flags(co)
     co.add_argument("--workers", type=int, default=1,
                     help="training runs, then chapters, computed at once, one process each (default: 1)")
     _common(co)
@@ -332,8 +337,7 @@ def _cmd_book(a) -> int:
     from .train import resolve_device
 
     resolve_device(a.device)
-    chapters = [c for c in a.chapters.split(",") if c] if a.chapters else None
-    index = build(a.profile, a.results, a.device, a.data_root, a.out, chapters, executor=a.executor,
+    index = build(a.profile, a.results, a.device, a.data_root, a.out, a.chapters, executor=a.executor,
                   scheduler=a.scheduler, workers=a.workers)
     print(f"book built: {index}")
     return 0
@@ -342,8 +346,7 @@ def _cmd_book(a) -> int:
 def _cmd_compute(a) -> int:
     from .book import compute
 
-    chapters = [c for c in a.chapters.split(",") if c] if a.chapters else None
-    timings = compute(a.profile, a.results, a.device, a.data_root, chapters, a.workers)
+    timings = compute(a.profile, a.results, a.device, a.data_root, a.chapters, a.workers)
     call = timings["_calls"][-1]
     print(f"computed in {call['seconds'] / 60:.1f} min on {call['hardware']} (training {call['train_seconds'] / 60:.1f} min)")
     return 0

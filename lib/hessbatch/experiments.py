@@ -426,9 +426,9 @@ def run_chapter(chapter: str, params: dict, store: Store | None = None, device="
                          **kw)[b]
         config = {"run": run.key, "n_samples": p.get("n_samples", 10), "d": p.get("d", 64),
                   "n_random": p.get("n_random", 20), "seed": p.get("seed", 0)}
-        entry = analysis.cached_json(store, "saddle", config, lambda: saddle_free_study(
+        entry = analysis.cached(store, "saddle", config, lambda: ({"samples.json": saddle_free_study(
             run, config["n_samples"], d=config["d"], n_random=config["n_random"], data_root=data_root,
-            seed=config["seed"])["samples"].to_dict("records"))
+            seed=config["seed"])["samples"].to_dict("records")}, {}))
         samples = pd.DataFrame(entry.json("samples.json"))
         return {"samples": samples, "claims": saddle_claims(samples), "used": [run]}
     if n == "05":

@@ -124,3 +124,23 @@ def test_bad_input(trained, call, msg):
     model, x, y = trained
     with pytest.raises(HessbatchError, match=msg):
         call(model, x[:4], y[:4])
+
+
+def test_trusted_block_skips_only_the_checks(trained):
+    """Robust training validates its inputs once; inside `trusted()` the attack is unchanged."""
+    from hessbatch.attacks import trusted
+    from hessbatch.robust import adversarial_hook
+
+    model, x, y = trained
+    with pytest.raises(HessbatchError, match="labels must be in"):
+        fgsm(model, x, y + 10, 0.1)
+    checked = fgsm(model, x, y, 0.1)
+    with trusted():
+        assert torch.equal(fgsm(model, x, y, 0.1), checked)
+    with pytest.raises(HessbatchError, match="labels must be in"):
+        fgsm(model, x, y + 10, 0.1)
+    hook = adversarial_hook({"attack": "fgsm", "eps": 0.1})
+    model.train()
+    first, _ = hook(model, x, y)
+    again, _ = hook(model, x, y)
+    assert model.training and torch.equal(first, again) and torch.equal(first, fgsm(model, x, y, 0.1))

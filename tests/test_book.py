@@ -18,7 +18,7 @@ from hessbatch.book import build, chapter_parameters, coerce, compute, execution
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = sorted(p.stem for p in (ROOT / "book").glob("*.ipynb"))
 FIGURES = {"01-batch-size": 2, "02-landscapes": 2, "03-dynamics": 1, "04-saddle-free": 1,
-           "05-adversarial-training": 2, "06-large-batch-robust": 1}
+           "05-adversarial-training": 2, "06-large-batch-robust": 1, "07-pga-dynamics": 3, "08-instability": 3}
 
 
 def _parameters_cell(name):
@@ -190,3 +190,22 @@ def test_paper_profile_renders_from_committed_results(tmp_path, monkeypatch):
     nb = json.loads((src / "book" / "01-batch-size--M1.ipynb").read_text())
     text = json.dumps(nb["cells"])
     assert "MNIST; used: 60,000 train / 10,000 test" in text and "device* cuda" in text
+
+
+def test_compute_isolates_a_failing_chapter(tmp_path, monkeypatch):
+    """One chapter that raises does not stop the others: their timings are kept, the call then fails."""
+    import hessbatch.book as book_mod
+    import hessbatch.experiments as exp
+
+    def fake(chapter, params, store=None, device="cpu", data_root=None, progress=False):
+        if chapter.startswith("07"):
+            raise RuntimeError("boom")
+        return {}
+
+    monkeypatch.setattr(exp, "run_chapter", fake)
+    monkeypatch.setattr(book_mod, "_train_profile", lambda *a, **k: (0.0, []))
+    with pytest.raises(HessbatchError, match="1 failure.*07-pga-dynamics: RuntimeError: boom"):
+        compute("smoke", results=str(tmp_path), chapters=["04-saddle-free", "07-pga-dynamics"])
+    timings = yaml.safe_load((tmp_path / "_timings.yml").read_text())
+    assert "04-saddle-free" in timings and "07-pga-dynamics" not in timings
+    assert timings["_calls"][-1]["failed"] == ["chapter 07-pga-dynamics: RuntimeError: boom"]

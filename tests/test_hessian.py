@@ -195,3 +195,10 @@ def test_agrees_with_pyhessian_on_a_trained_model(tmp_path):
     ref, _ = ph.eigenvalues(maxIter=1000, tol=1e-9, top_n=3)
     ours = top_eigen(model, (x, y), k=3, tol=1e-8)
     assert np.allclose(ours.eigenvalues, sorted(ref, reverse=True), rtol=1e-4)
+
+
+def test_default_chunk_depends_on_the_device():
+    from hessbatch.hessian import default_chunk
+
+    assert default_chunk("cpu") == 1024 and default_chunk(torch.device("cuda", 0)) == 8192
+    assert default_chunk("cuda", 512, 4096) == 4096

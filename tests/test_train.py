@@ -128,3 +128,25 @@ def test_micro_batches_accumulate_the_same_step(tmp_path, tiny_cfg):
     assert all(torch.allclose(sa[k], sb[k], atol=1e-5) for k in sa)
     with pytest.raises(HessbatchError, match="micro_batch must be"):
         TrainConfig(micro_batch=0).resolved()
+
+
+def test_label_smoothing_and_confidence_penalty_losses(tmp_path, tiny_cfg):
+    """The training objective against its definitions; options stay out of the key while unset."""
+    import torch.nn.functional as F
+
+    from hessbatch.train import training_loss
+
+    out, y = torch.randn(7, 4, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 3, 0, 1, 2])
+    soft = torch.full((7, 4), 0.1 / 4) + 0.9 * F.one_hot(y, 4)
+    ls = training_loss(out, y, TrainConfig(label_smoothing=0.1))
+    assert torch.allclose(ls, -(soft * F.log_softmax(out, 1)).sum(1).mean())
+    p = F.softmax(out, 1)
+    entropy = -(p * p.log()).sum(1).mean()
+    cp = training_loss(out, y, TrainConfig(confidence_penalty=0.3))
+    assert torch.allclose(cp, F.cross_entropy(out, y) - 0.3 * entropy)
+    assert torch.equal(training_loss(out, y, TrainConfig()), F.cross_entropy(out, y))
+    a = train(tiny_cfg, Store(tmp_path), progress=False)
+    b = train({**tiny_cfg, "label_smoothing": 0.1}, Store(tmp_path), progress=False)
+    assert "label_smoothing" not in a.entry.config["config"] and a.key != b.key
+    with pytest.raises(HessbatchError, match="confidence_penalty must be in"):
+        TrainConfig(confidence_penalty=-0.1).resolved()

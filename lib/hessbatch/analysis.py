@@ -70,7 +70,7 @@ def cached(store: Store, kind: str, config: dict, compute) -> Entry:
 def spectrum(run: Run | str, split: str = "train", k: int = 20, tol: float = 1e-4, method: str = "lanczos",
              which: str = "largest", subsample: int | None = None, seed: int = 0, epoch: int | None = None,
              keep_vectors: int = 2, store: Store | None = None, device="cpu", data_root=None,
-             chunk: int = 1024, hvp: str = "backward") -> Entry:
+             chunk: int | None = None, hvp: str = "backward") -> Entry:
     """Top-k Hessian eigenvalues of a run's loss on its train or test set (or a subsample).
 
     Stores ``eigenvalues.csv`` (rank, eigenvalue, residual), the first ``keep_vectors``
@@ -103,7 +103,7 @@ def spectrum(run: Run | str, split: str = "train", k: int = 20, tol: float = 1e-
 
 def input_curvature(run: Run | str, split: str = "train", method: str = "power", tol: float = 1e-4,
                     max_iter: int = 100, limit: int | None = None, store: Store | None = None, device="cpu",
-                    data_root=None, chunk: int = 512) -> Entry:
+                    data_root=None, chunk: int | None = None) -> Entry:
     """Per-sample ‖∇ₓℓ‖ and input-Hessian λ_max over a run's train or test set (``samples.csv``)."""
     store = store or Store()
     run = resolve_run(run, store)

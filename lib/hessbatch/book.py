@@ -302,20 +302,23 @@ def _check_chapters(prof: dict, chapters: list[str] | None) -> None:
         check(not unknown, f"profile {prof['profile']!r} has no chapter(s) {', '.join(unknown)}")
 
 
-def _train_profile(runs, res, device, data_root, executor, scheduler=None, workers=None) -> float:
-    """Train every run the chosen chapters need, wave after wave; return the wall time."""
+def _train_profile(runs, res, device, data_root, executor, scheduler=None, workers=None,
+                   keep_going: bool = False) -> tuple[float, list[str]]:
+    """Train every run the chosen chapters need, wave after wave; return the wall time and
+    the errors of failed runs (raised at once unless ``keep_going``)."""
     from .experiments import profile_train_configs
     from .store import Store
     from .sweep import run_sweep
 
-    t0 = time.perf_counter()
+    t0, errors = time.perf_counter(), []
     for wave in profile_train_configs({n: p for n, _, p, _ in runs}):
         table = run_sweep(wave, Store(res), device=device, data_root=data_root, executor=executor,
                           scheduler=scheduler, workers=workers)
         failed = table[table["state"] == "failed"]
-        check(failed.empty, f"{len(failed)} training run(s) failed on {executor}: "
-                            f"{failed['error'].iloc[0] if len(failed) else ''}")
-    return time.perf_counter() - t0
+        errors += [f"training run {k}: {e}" for k, e in zip(failed["key"], failed["error"])]
+        check(keep_going or failed.empty, f"{len(failed)} training run(s) failed on {executor}: "
+                                          f"{failed['error'].iloc[0] if len(failed) else ''}")
+    return time.perf_counter() - t0, errors
 
 
 def _retitle(path: Path, title: str) -> None:
@@ -332,7 +335,8 @@ def _retitle(path: Path, title: str) -> None:
 
 
 def _compute_one(name: str, chapter: str, params: dict, res: str, device: str, data_root,
-                 threads: int | None = None) -> tuple[str, float]:
+                 threads: int | None = None) -> tuple[str, float, str | None]:
+    """Compute one chapter's results; never raises (the error comes back as text)."""
     import torch
 
     from .experiments import run_chapter
@@ -341,8 +345,12 @@ def _compute_one(name: str, chapter: str, params: dict, res: str, device: str, d
     if threads:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    run_chapter(chapter, params, Store(res), device=device, data_root=data_root, progress=False)
-    return name, time.perf_counter() - t0
+    try:
+        run_chapter(chapter, params, Store(res), device=device, data_root=data_root, progress=False)
+        error = None
+    except Exception as e:  # noqa: BLE001 — reported per chapter; the others go on
+        error = f"{type(e).__name__}: {e}".splitlines()[0]
+    return name, time.perf_counter() - t0, error
 
 
 def compute(profile: str, results: str | None = None, device: str = "cpu", data_root: str | None = None,
@@ -351,6 +359,8 @@ def compute(profile: str, results: str | None = None, device: str = "cpu", data_
 
     Training runs go first (``workers`` at a time, each in its own process), then the
     chapters' measurements (``workers`` chapters at a time). Everything resumes from the store.
+    A failed training run or chapter is reported (in the timings too) and the others go on;
+    the call then raises, naming what failed.
     """
     import platform
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -382,14 +392,22 @@ def compute(profile: str, results: str | None = None, device: str = "cpu", data_
         atomic_write_bytes(record, yaml.safe_dump(timings, sort_keys=False).encode())
 
     save()
-    call["train_seconds"] = round(_train_profile(runs, res, str(dev), data_root,
-                                                 "processes" if workers > 1 else "local", workers=workers), 1)
+    seconds, errors = _train_profile(runs, res, str(dev), data_root, "processes" if workers > 1 else "local",
+                                     workers=workers, keep_going=True)
+    call["train_seconds"] = round(seconds, 1)
+    for e in errors:
+        print(f"failed: {e}", flush=True)
     save()
 
-    def done(name, seconds):
-        timings[name] = {"seconds": round(seconds, 1), "device": str(dev), "hardware": hardware}
+    def done(name, seconds, error=None):
+        if error:
+            errors.append(f"chapter {name}: {error}")
+            print(f"{name}: failed after {seconds / 60:.1f} min: {error}", flush=True)
+        else:
+            timings[name] = {"seconds": round(seconds, 1), "device": str(dev), "hardware": hardware}
+            print(f"{name}: {seconds / 60:.1f} min", flush=True)
+        call["failed"] = errors
         save()
-        print(f"{name}: {seconds / 60:.1f} min", flush=True)
 
     if workers == 1:
         for name, chapter, params, _ in runs:
@@ -397,8 +415,14 @@ def compute(profile: str, results: str | None = None, device: str = "cpu", data_
     else:
         with ProcessPoolExecutor(max_workers=min(workers, len(runs)), mp_context=mp.get_context("spawn")) as pool:
             threads = max(1, (os.cpu_count() or 1) // min(workers, len(runs)))
-            futures = [pool.submit(_compute_one, n, c, p, res, str(dev), data_root, threads) for n, c, p, _ in runs]
+            futures = {pool.submit(_compute_one, n, c, p, res, str(dev), data_root, threads): n
+                       for n, c, p, _ in runs}
             for fut in as_completed(futures):
-                done(*fut.result())
+                try:
+                    done(*fut.result())
+                except Exception as e:  # noqa: BLE001 — the worker process died
+                    done(futures[fut], 0.0, f"{type(e).__name__}: {e}".splitlines()[0])
     save()
+    if errors:
+        raise HessbatchError(f"{len(errors)} failure(s) in this call (the rest is stored): {errors[0]}")
     return timings

@@ -13,12 +13,18 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 
-def spearman(x, y) -> float:
+def spearman_test(x, y) -> tuple[float, float]:
+    """Spearman ρ and its two-sided p-value over the finite pairs (nan when undefined)."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     ok = np.isfinite(x) & np.isfinite(y)
     if ok.sum() < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
-        return float("nan")
-    return float(spearmanr(x[ok], y[ok]).statistic)
+        return float("nan"), float("nan")
+    r = spearmanr(x[ok], y[ok])
+    return float(r.statistic), float(r.pvalue)
+
+
+def spearman(x, y) -> float:
+    return spearman_test(x, y)[0]
 
 
 def claim(text: str, source: str, statistic: str, value: float, passed: bool) -> dict:

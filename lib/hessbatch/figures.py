@@ -31,10 +31,11 @@ def config_hash(params: dict) -> str:
     return config_key("chapter", params)[:10]
 
 
-def save(fig, fig_id: str, data: pd.DataFrame, title: str, params: dict, outdir: str | Path = "figures") -> str:
+def save(fig, fig_id: str, data: pd.DataFrame, title: str, params: dict, outdir: str | Path = "figures",
+         source: str = "Reproduction of Yao et al., NeurIPS 2018") -> str:
     """Write ``<fig_id>.png``, ``.pdf`` and ``.csv`` to ``outdir``; return a Markdown caption
     naming the profile, dataset, model, commit and configuration hash, with download links
-    and a BibTeX entry to cite the figure."""
+    and a BibTeX entry to cite the figure (``source``: what the figure reproduces, or follows)."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     for ext in ("png", "pdf"):
@@ -51,13 +52,24 @@ def save(fig, fig_id: str, data: pd.DataFrame, title: str, params: dict, outdir:
 
     return (f"**Figure `{fig_id}`.** {title} ({meta}.) Download: {links}.\n\n"
             f"<details><summary>Cite this figure (BibTeX)</summary>\n\n"
-            f"<pre>{html.escape(bibtex(fig_id, title, c, h))}</pre>\n\n</details>")
+            f"<pre>{html.escape(bibtex(fig_id, title, c, h, source))}</pre>\n\n</details>")
 
 
-def bibtex(fig_id: str, title: str, commit_id: str, cfg_hash: str) -> str:
+def bibtex(fig_id: str, title: str, commit_id: str, cfg_hash: str, source: str = "Reproduction of Yao et al., NeurIPS 2018") -> str:
     year = _dt.date.today().year
     key = f"hessbatch-{fig_id}-{cfg_hash[:6]}"
     return (f"@misc{{{key},\n  title = {{{{hessbatch}} figure {fig_id}: {title}}},\n"
             f"  author = {{{{hessbatch contributors}}}},\n  year = {{{year}}},\n"
-            f"  note = {{Reproduction of Yao et al., NeurIPS 2018; commit {commit_id}, configuration {cfg_hash}}},\n"
+            f"  note = {{{source}; commit {commit_id}, configuration {cfg_hash}}},\n"
             f"  howpublished = {{hessbatch {__version__}}}\n}}")
+
+
+def log_ticks(axes, values, axis: str = "x") -> None:
+    """A base-2 log axis labelled at ``values`` (plain numbers, no minor labels) on each of ``axes``."""
+    import numpy as np
+
+    values = sorted(set(float(v) for v in values))
+    for ax in np.atleast_1d(axes).flat:
+        getattr(ax, f"set_{axis}scale")("log", base=2)
+        getattr(ax, f"set_{axis}ticks")(values, [f"{v:g}" for v in values])
+        getattr(ax, f"{axis}axis").set_minor_formatter("")

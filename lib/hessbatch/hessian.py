@@ -29,6 +29,11 @@ from .errors import check
 WHICH = ("largest", "smallest", "magnitude", "both")
 
 
+def default_chunk(device, cpu: int = 1024, gpu: int = 8192) -> int:
+    """Samples per forward/backward pass: small on a CPU (cache), large on a GPU (launch-bound)."""
+    return cpu if torch.device(device).type == "cpu" else gpu
+
+
 def _as_batches(data, chunk: int):
     if isinstance(data, (tuple, list)) and len(data) == 2 and torch.is_tensor(data[0]):
         x, y = data
@@ -55,7 +60,7 @@ class HessianOperator:
     data is one chunk. Vectors are flat tensors.
     """
 
-    def __init__(self, model: nn.Module, data, loss: Callable = F.cross_entropy, chunk: int = 1024,
+    def __init__(self, model: nn.Module, data, loss: Callable = F.cross_entropy, chunk: int | None = None,
                  hvp: str = "backward", cache_graph: bool | None = None):
         check(hvp in ("backward", "func"), f"unknown hvp method {hvp!r}; choose backward or func")
         self.model = model.eval()
@@ -63,7 +68,7 @@ class HessianOperator:
         self.shapes = [p.shape for p in self.params]
         self.dim = sum(p.numel() for p in self.params)
         self.device, self.dtype = self.params[0].device, self.params[0].dtype
-        self.batches = _as_batches(data, chunk)
+        self.batches = _as_batches(data, chunk or default_chunk(self.device))
         self.n = sum(len(b[1]) for b in self.batches)
         check(self.n > 0, "the Hessian needs at least one sample")
         self.loss = loss
@@ -270,7 +275,7 @@ def power_iteration(op, k: int = 20, tol: float = 1e-4, max_iter: int = 100, see
 
 
 def top_eigen(model: nn.Module, data, k: int = 20, tol: float = 1e-4, method: str = "lanczos",
-              which: str = "largest", chunk: int = 1024, hvp: str = "backward", seed: int = 0,
+              which: str = "largest", chunk: int | None = None, hvp: str = "backward", seed: int = 0,
               max_iter: int | None = None, cache_graph: bool | None = None) -> Eigen:
     """Top-``k`` eigenpairs of the weight Hessian of the mean loss over ``data``.
 
@@ -364,7 +369,7 @@ class InputCurvature:
 
 
 def input_curvature(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, method: str = "power",
-                    tol: float = 1e-4, max_iter: int = 100, chunk: int = 512, seed: int = 0) -> InputCurvature:
+                    tol: float = 1e-4, max_iter: int = 100, chunk: int | None = None, seed: int = 0) -> InputCurvature:
     """‖∇ₓℓ(x_i)‖ and the dominant eigenvalue of ∇²ₓℓ(x_i) for every sample, a batch at once.
 
     In eval mode the samples do not interact, so the Hessian of the summed loss w.r.t. the
@@ -376,6 +381,7 @@ def input_curvature(model: nn.Module, inputs: torch.Tensor, targets: torch.Tenso
     check(method in ("power", "exact"), f"unknown method {method!r}; choose power or exact")
     check(len(inputs) == len(targets) and len(inputs) > 0, "inputs and targets must be non-empty and of equal length")
     model.eval()
+    chunk = chunk or default_chunk(inputs.device, 512, 4096)
     g = torch.Generator().manual_seed(seed)
     norms, lams, iters = [], [], 0
     for i in range(0, len(inputs), chunk):

@@ -13,6 +13,7 @@ options (``steps``, ``alpha``, ``cg_iters``, ``cg_tol``, ``damping``).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 
 import torch
@@ -47,10 +48,13 @@ def adversarial_hook(spec: dict):
     fn = attacks.FUNCTIONS[spec["attack"]]
     kwargs = {k: v for k, v in spec.items() if k not in _COMMON}
     n_clean = spec["clean_fraction"]
+    checked = [False]
 
     def hook(model, x, y):
         was_training = model.training
-        adv = fn(model, x, y, spec["eps"], **kwargs)
+        with attacks.trusted() if checked[0] else contextlib.nullcontext():
+            adv = fn(model, x, y, spec["eps"], **kwargs)
+        checked[0] = True
         model.train(was_training)
         if n_clean:
             k = int(round(n_clean * len(x)))

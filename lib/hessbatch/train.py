@@ -52,6 +52,8 @@ class TrainConfig:
     adversarial: dict | None = None
     init_from: str | None = None
     micro_batch: int | None = None
+    label_smoothing: float | None = None
+    confidence_penalty: float | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -83,6 +85,9 @@ class TrainConfig:
         check(isinstance(self.save_every, int) and self.save_every >= 0, "save_every must be an integer >= 0")
         check(self.micro_batch is None or (isinstance(self.micro_batch, int) and self.micro_batch >= 1),
               f"micro_batch must be an integer >= 1 or null, got {self.micro_batch!r}")
+        for fld in ("label_smoothing", "confidence_penalty"):
+            v = getattr(self, fld)
+            check(v is None or (_num(v) and 0 <= v < 1), f"{fld} must be in [0, 1) or null, got {v!r}")
         reading = self.reading or models.default_reading(name)
         models.choose(f"reading of {name}", reading, models.READINGS[name])
         from .robust import check_adversarial
@@ -100,7 +105,17 @@ class TrainConfig:
         return d
 
 
-_LATER_OPTIONS = ("micro_batch",)
+_LATER_OPTIONS = ("micro_batch", "label_smoothing", "confidence_penalty")
+
+
+def training_loss(out: torch.Tensor, y: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """The loss SGD minimizes: cross-entropy, with optional label smoothing (Szegedy et al. 2016)
+    and confidence penalty −β·H(softmax) (Pereyra et al. 2017). Reported losses are plain CE."""
+    loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing or 0.0)
+    if cfg.confidence_penalty:
+        logp = F.log_softmax(out, 1)
+        loss = loss + cfg.confidence_penalty * (logp.exp() * logp).sum(1).mean()
+    return loss
 
 
 def _num(v) -> bool:
@@ -353,7 +368,7 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, ds: data_mod.Datas
             xb, yb = ds.x_train[part], ds.y_train[part]
             if step_hook is not None:
                 xb, yb = step_hook(model, xb, yb)
-            loss = F.cross_entropy(model(xb), yb) * (len(part) / len(idx))
+            loss = training_loss(model(xb), yb, cfg) * (len(part) / len(idx))
             loss.backward()
             run_loss += loss.detach()
         opt.step()

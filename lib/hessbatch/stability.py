@@ -1,0 +1,109 @@
+"""Run-to-run instability of predictions, after Datta et al. (Findings of ACL 2023).
+
+Predictions are integer arrays of shape (runs, samples): the labels N training runs that
+differ only in their seed (or N checkpoints of one run) give to the same samples.
+Label entropy LE_i = −Σ_c p_ic log p_ic (nats), p_ic the share of runs predicting c for
+sample i: 0 when every run agrees. Datta et al.'s exact normalisation was not recovered;
+this is the plain entropy of the empirical label distribution.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import torch
+
+from .errors import check
+
+
+def _preds(preds) -> np.ndarray:
+    p = np.asarray(preds)
+    check(p.ndim == 2 and p.shape[0] >= 1 and p.shape[1] >= 1,
+          f"predictions must have shape (runs, samples), got {p.shape}")
+    check(np.issubdtype(p.dtype, np.integer), "predictions must be integer labels")
+    return p
+
+
+def label_entropy(preds) -> np.ndarray:
+    """Per-sample label entropy (nats) across the rows of ``preds``."""
+    p = _preds(preds)
+    n = p.shape[0]
+    out = np.zeros(p.shape[1])
+    for c in np.unique(p):
+        q = (p == c).sum(0) / n
+        nz = q > 0
+        out[nz] -= q[nz] * np.log(q[nz])
+    return np.abs(out)
+
+
+def churn(a, b) -> float:
+    """Share of samples on which two prediction vectors disagree."""
+    a, b = np.asarray(a), np.asarray(b)
+    check(a.shape == b.shape, f"prediction vectors differ in shape: {a.shape} vs {b.shape}")
+    return float((a != b).mean())
+
+
+def pairwise_churn(preds) -> np.ndarray:
+    """Churn of every pair of rows (runs)."""
+    p = _preds(preds)
+    check(p.shape[0] >= 2, "churn needs at least 2 runs")
+    return np.array([churn(p[i], p[j]) for i, j in itertools.combinations(range(len(p)), 2)])
+
+
+def ensemble_churn(probs, k: int, draws: int = 50, seed: int = 0) -> np.ndarray:
+    """Churn between the predictions of two ensembles of ``k`` disjoint runs (mean softmax,
+    then argmax), over ``draws`` random disjoint pairs; ``probs`` has shape (runs, samples, classes)."""
+    probs = np.asarray(probs)
+    check(probs.ndim == 3, f"probabilities must have shape (runs, samples, classes), got {probs.shape}")
+    check(k >= 1 and 2 * k <= len(probs), f"two disjoint ensembles of {k} need >= {2 * k} runs, have {len(probs)}")
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(draws):
+        idx = rng.permutation(len(probs))
+        a, b = probs[idx[:k]].mean(0).argmax(1), probs[idx[k:2 * k]].mean(0).argmax(1)
+        out.append(churn(a, b))
+    return np.array(out)
+
+
+def neighbour_mean(features, values, k: int = 5) -> np.ndarray:
+    """Mean of ``values`` over each sample's ``k`` nearest neighbours (Euclidean, itself excluded)."""
+    x = torch.as_tensor(np.asarray(features, dtype=np.float64)).flatten(1)
+    v = np.asarray(values, dtype=float)
+    check(len(x) == len(v) and k >= 1 and len(x) > k, f"need more than k={k} samples with one value each")
+    d = torch.cdist(x, x)
+    d.fill_diagonal_(float("inf"))
+    idx = d.topk(k, largest=False).indices.numpy()
+    return v[idx].mean(1)
+
+
+def permutation_test(a, b, n: int = 10_000, seed: int = 0) -> float:
+    """One-sided p-value of mean(a) > mean(b) under random relabelling of the pooled values."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    check(len(a) > 0 and len(b) > 0, "permutation test needs two non-empty groups")
+    pooled, observed = np.concatenate([a, b]), a.mean() - b.mean()
+    rng = np.random.default_rng(seed)
+    hits = 0
+    for _ in range(n):
+        perm = rng.permutation(pooled)
+        hits += perm[:len(a)].mean() - perm[len(a):].mean() >= observed
+    return (hits + 1) / (n + 1)
+
+
+def auroc(scores, labels) -> float:
+    """Area under the ROC curve of ``scores`` for binary ``labels`` (ties count one half)."""
+    s, y = np.asarray(scores, float), np.asarray(labels, bool)
+    check(y.any() and (~y).any(), "AUROC needs both positive and negative labels")
+    pos, neg = s[y], s[~y]
+    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(greater / (len(pos) * len(neg)))
+
+
+def bootstrap_ci(values, stat=np.mean, n: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``stat`` over the samples ``values``."""
+    v = np.asarray(values)
+    check(len(v) > 0, "bootstrap needs at least one value")
+    rng = np.random.default_rng(seed)
+    draws = [stat(v[rng.integers(0, len(v), len(v))]) for _ in range(n)]
+    lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)

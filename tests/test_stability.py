@@ -1,0 +1,56 @@
+"""Instability measures against hand-computed examples."""
+
+import math
+
+import numpy as np
+import pytest
+
+from hessbatch import HessbatchError, stability
+
+
+def test_label_entropy_by_hand():
+    preds = np.array([[0, 1, 2, 5], [0, 1, 1, 6], [0, 2, 1, 5], [0, 1, 1, 6]])
+    h = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    assert np.allclose(stability.label_entropy(preds), [0.0, h, h, math.log(2)])
+    assert (stability.label_entropy(np.stack([preds[0]] * 5)) == 0).all()
+
+
+def test_churn_by_hand():
+    preds = np.array([[0, 1, 2, 3], [0, 1, 2, 0], [1, 1, 2, 0]])
+    assert np.allclose(stability.pairwise_churn(preds), [0.25, 0.5, 0.25])
+    with pytest.raises(HessbatchError, match="differ in shape"):
+        stability.churn([0, 1], [0, 1, 2])
+    with pytest.raises(HessbatchError, match="integer labels"):
+        stability.label_entropy(np.zeros((2, 3)))
+
+
+def test_ensembles_of_identical_runs_agree():
+    probs = np.tile(np.array([[0.7, 0.3], [0.2, 0.8]]), (6, 1, 1))
+    assert (stability.ensemble_churn(probs, 3, draws=5) == 0).all()
+    with pytest.raises(HessbatchError, match="need >= 8 runs"):
+        stability.ensemble_churn(probs, 4)
+
+
+def test_ensemble_averages_probabilities():
+    probs = np.array([[[0.6, 0.4]], [[0.0, 1.0]], [[0.6, 0.4]], [[0.6, 0.4]]])
+    churn = stability.ensemble_churn(probs, 2, draws=200, seed=1)
+    # an ensemble holding run 1 votes class 1 (mean 0.3 vs 0.7), any other votes class 0
+    assert set(np.unique(churn)) == {1.0}
+
+
+def test_neighbour_mean_by_hand():
+    x = np.array([[0.0], [1.0], [2.0], [10.0]])
+    v = np.array([1.0, 2.0, 3.0, 4.0])
+    assert np.allclose(stability.neighbour_mean(x, v, k=1), [2.0, 1.0, 2.0, 3.0])
+    assert np.allclose(stability.neighbour_mean(x, v, k=2), [2.5, 2.0, 1.5, 2.5])
+
+
+def test_permutation_test_auroc_and_bootstrap():
+    a, b = np.arange(20) + 100.0, np.arange(50.0)
+    assert stability.permutation_test(a, b, n=500) < 0.01
+    assert stability.permutation_test(b[:20], b[20:40], n=500) > 0.5
+    assert stability.auroc([3, 4, 1, 2], [1, 1, 0, 0]) == 1.0
+    assert stability.auroc([1, 2, 3, 4], [1, 1, 0, 0]) == 0.0
+    assert stability.auroc([1, 1, 1, 1], [1, 0, 1, 0]) == 0.5
+    lo, hi = stability.bootstrap_ci(np.r_[np.zeros(90), np.ones(10)])
+    assert lo < 0.1 < hi and 0.03 < lo and hi < 0.17

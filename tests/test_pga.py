@@ -114,3 +114,18 @@ def test_l2_pga_and_scaled_training():
     assert len(df) == 2 * 2 * 3
     base = float(x[:40].flatten(1).norm(dim=1).mean())
     assert np.allclose(df.groupby("scale")["eps"].first().values, [0.1 * 0.5 * base, 0.1 * 2.0 * base])
+
+
+def test_chapter_options_fail_before_compute(tmp_path):
+    from hessbatch.experiments import pga_study, stability_study
+    from hessbatch.store import Store
+
+    with pytest.raises(HessbatchError, match="pga_sweep has no option.*colour"):
+        pga_study({"radii": [1.0], "colour": 1}, store=Store(tmp_path))
+    with pytest.raises(HessbatchError, match="pga_training has no option.*epoch\\b"):
+        pga_study({"radii": [1.0]}, {"epoch": 3}, store=Store(tmp_path))
+    with pytest.raises(HessbatchError, match="unknown dataset"):
+        pga_study({"radii": [1.0]}, {"dataset": "svhn"}, store=Store(tmp_path))
+    with pytest.raises(HessbatchError, match="neighbours must be"):
+        stability_study("MLP", "mnist5k", [10], neighbours=0, store=Store(tmp_path))
+    assert not any(tmp_path.iterdir())

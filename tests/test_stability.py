@@ -54,3 +54,11 @@ def test_permutation_test_auroc_and_bootstrap():
     assert stability.auroc([1, 1, 1, 1], [1, 0, 1, 0]) == 0.5
     lo, hi = stability.bootstrap_ci(np.r_[np.zeros(90), np.ones(10)])
     assert lo < 0.1 < hi and 0.03 < lo and hi < 0.17
+
+
+def test_sample_disagreement_averages_to_the_pairwise_churn():
+    rng = np.random.default_rng(0)
+    preds = rng.integers(0, 3, (5, 40))
+    d = stability.sample_disagreement(preds)
+    assert np.isclose(d.mean(), stability.pairwise_churn(preds).mean())
+    assert np.allclose(stability.sample_disagreement(np.array([[0, 1], [0, 2], [0, 1]])), [0.0, 2 / 3])

@@ -407,30 +407,43 @@ def _data_subset(dataset, data_root, n_train, n_test, seed=0):
     return ds.x_train[tr], ds.y_train[tr], ds.x_test[te], ds.y_test[te]
 
 
+def _check_options(fn, given: dict, what: str, own=()) -> None:
+    """One clear error for options ``fn`` does not take (``own``: extra names the caller handles)."""
+    import inspect
+
+    known = {n for n, p in inspect.signature(fn).parameters.items()
+             if p.default is not inspect.Parameter.empty and n != "progress"} | set(own)
+    unknown = sorted(set(given) - known)
+    check(not unknown, f"{what} has no option(s) {', '.join(unknown)}; it takes: {', '.join(sorted(known))}")
+
+
 def pga_study(sweep: dict, training: dict | None = None, store=None, data_root=None, progress=True) -> dict:
     """Deng et al. 2020 on a two-layer network: PGA end points and speed across input scales
     (``sweep``: keyword arguments of ``pga.pga_sweep``), and early adversarial training on real
     inputs rescaled by c (``training``: ``dataset``, ``n_train``, ``n_test`` and keyword
-    arguments of ``pga.scaled_adversarial_training``)."""
+    arguments of ``pga.scaled_adversarial_training``). Options are checked before any compute."""
     from . import pga
+    from .data import check_name
 
     store = store or Store()
     sweep = {"seed": 0, **sweep}
+    _check_options(pga.pga_sweep, sweep, "pga_sweep", own=("radii",))
+    t = {"dataset": "mnist5k", "n_train": 2000, "n_test": 500, **(training or {})}
+    kw = {k: v for k, v in t.items() if k not in ("dataset", "n_train", "n_test")}
+    if training:
+        _check_options(pga.scaled_adversarial_training, t, "pga_training", own=("dataset", "n_train", "n_test"))
+        check_name(t["dataset"])
     entry = analysis.cached(store, "pga-sweep", sweep, lambda: (
         {"runs.csv": pga.pga_sweep(**sweep, progress=progress)}, {}))
     runs = entry.csv("runs.csv")
-    out = {"runs": runs, "summary": pga.summarize(runs)}
     curves = None
     if training:
-        t = {"dataset": "mnist5k", "n_train": 2000, "n_test": 500, **training}
-        kw = {k: v for k, v in t.items() if k not in ("dataset", "n_train", "n_test")}
-
         def compute():
             data = _data_subset(t["dataset"], data_root, t["n_train"], t["n_test"])
             return {"curves.csv": pga.scaled_adversarial_training(*data, **kw, progress=progress)}, {}
 
         curves = analysis.cached(store, "pga-training", t, compute).csv("curves.csv")
-    out["curves"] = curves
+    out = {"runs": runs, "summary": pga.summarize(runs), "curves": curves}
     out["claims"], out["reported"] = pga_claims(runs, curves)
     return out
 
@@ -489,7 +502,7 @@ def stability_configs(model, dataset, batch_sizes, train_options=None, seeds=6, 
                       mitigation_batch=None, snapshot_every=0) -> list[tuple[str, int, int, dict]]:
     """(group, batch size, seed, configuration) of every run: ``seeds`` runs per batch size and
     per mitigation (training options added at ``mitigation_batch``); seed 0 keeps snapshots."""
-    check(seeds >= 2, f"instability needs at least 2 seeds, got {seeds}")
+    check(isinstance(seeds, int) and seeds >= 2, f"instability needs at least 2 seeds, got {seeds!r}")
     base = {**(train_options or {}), "model": model, "dataset": dataset}
     out = []
     groups = [(f"B={b}", b, {}) for b in batch_sizes]
@@ -523,6 +536,8 @@ def stability_study(model, dataset, batch_sizes, train_options=None, seeds=6, mi
     from . import stability
 
     store = store or Store()
+    check(isinstance(ensemble_k, int) and ensemble_k >= 1, f"ensemble_k must be an integer >= 1, got {ensemble_k!r}")
+    check(isinstance(neighbours, int) and neighbours >= 1, f"neighbours must be an integer >= 1, got {neighbours!r}")
     specs = stability_configs(model, dataset, batch_sizes, train_options, seeds, mitigations, mitigation_batch,
                               snapshot_every)
     runs = [(g, b, s, train(cfg, store, device=device, data_root=data_root, progress=progress))
@@ -536,14 +551,13 @@ def stability_study(model, dataset, batch_sizes, train_options=None, seeds=6, mi
         le = stability.label_entropy(preds)
         unstable = le > 0
         nb = stability.neighbour_mean(x_test, le, neighbours)
-        pair = stability.pairwise_churn(preds)
+        disagree = stability.sample_disagreement(preds)
         ens = stability.ensemble_churn(probs, ensemble_k, seed=seed) if len(items) >= 2 * ensemble_k else np.array([])
         acc = (preds == y_test).mean(1)
         row = {"group": g, "batch_size": items[0][1], "runs": len(items), "acc_mean": acc.mean(), "acc_std": acc.std(ddof=1),
-               "unstable": unstable.mean(), "mean_le": le.mean(), "churn": pair.mean(),
+               "unstable": unstable.mean(), "mean_le": le.mean(), "churn": disagree.mean(),
                "ensemble_churn": ens.mean() if len(ens) else np.nan}
         row["unstable_lo"], row["unstable_hi"] = stability.bootstrap_ci(unstable.astype(float), seed=seed)
-        disagree = np.mean([(preds[i] != preds[j]) for i in range(len(preds)) for j in range(i + 1, len(preds))], 0)
         row["churn_lo"], row["churn_hi"] = stability.bootstrap_ci(disagree, seed=seed)
         if unstable.any() and (~unstable).any():
             row["nb_le_unstable"], row["nb_le_stable"] = nb[unstable].mean(), nb[~unstable].mean()
@@ -587,10 +601,10 @@ def _stability_sanity(run: Run, store, device, data_root) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             again = train(run.config.to_dict(), Store(tmp), device=device, data_root=data_root, progress=False)
             x, _ = analysis.run_data(run, data_root).split("test")
+            first, second = run.model(), again.model()
             with torch.no_grad():
-                a, b = (m(x).argmax(1).numpy() for m in (run.model(), again.model()))
-            same = all(torch.equal(p, q) for p, q in zip(run.model().state_dict().values(),
-                                                          again.model().state_dict().values()))
+                a, b = first(x).argmax(1).numpy(), second(x).argmax(1).numpy()
+            same = all(torch.equal(p, q) for p, q in zip(first.state_dict().values(), second.state_dict().values()))
         le = stability.label_entropy(np.stack([a, b] * 3))
         return {}, {"max_le": float(le.max()), "identical_weights": bool(same), "runs": 6}
 

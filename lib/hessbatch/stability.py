@@ -44,6 +44,15 @@ def churn(a, b) -> float:
     return float((a != b).mean())
 
 
+def sample_disagreement(preds) -> np.ndarray:
+    """Per sample, the share of pairs of runs that disagree on it (its mean is the mean churn)."""
+    p = _preds(preds)
+    check(p.shape[0] >= 2, "churn needs at least 2 runs")
+    n = p.shape[0]
+    agree = sum(((p == c).sum(0) * ((p == c).sum(0) - 1)) for c in np.unique(p)) / 2
+    return 1 - agree / (n * (n - 1) / 2)
+
+
 def pairwise_churn(preds) -> np.ndarray:
     """Churn of every pair of rows (runs)."""
     p = _preds(preds)

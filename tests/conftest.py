@@ -63,6 +63,22 @@ def no_md5(monkeypatch):
 
 
 @pytest.fixture
+def mnist_download(tmp_path, monkeypatch):
+    """torchvision's MNIST download, served from generated IDX files in ``tmp_path``; the list of
+    roots it was asked to fill."""
+    import torchvision.datasets as tvd
+
+    calls = []
+
+    def fake_download(self):
+        calls.append(self.root)
+        make_mnist_root(tmp_path)
+
+    monkeypatch.setattr(tvd.MNIST, "download", fake_download)
+    return calls
+
+
+@pytest.fixture
 def tiny_cfg():
     """A training configuration that runs in about a second on CPU."""
     return dict(model="MLP", dataset="mnist5k", subset=20, test_subset=10, batch_size=50, lr=0.05,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import make_mnist_root
+from conftest import make_cifar_root, make_mnist_root
 from hessbatch import HessbatchError
 from hessbatch.book import build, chapter_parameters, coerce, compute, executions, load_profile
 
@@ -66,6 +66,8 @@ def test_variants_and_committed_results(tmp_path):
                                                           ("04-saddle-free--B", 1, "B")]
     timings = compute(str(path), chapters=["04-saddle-free"])
     assert set(timings) >= {"04-saddle-free", "04-saddle-free--B", "_calls"} and timings["_calls"][0]["seconds"] > 0
+    again = compute(str(path), chapters=["04-saddle-free"], device="auto")
+    assert len(again["_calls"]) == 2 and again["04-saddle-free"] == timings["04-saddle-free"]
     from hessbatch.store import Store
 
     Store(tmp_path / "full").export(tmp_path / "tidy")
@@ -83,6 +85,60 @@ def test_variants_and_committed_results(tmp_path):
     toc = yaml.safe_load((src / "_toc.yml").read_text())
     assert [c["file"] for c in toc["chapters"]][3:5] == ["book/04-saddle-free", "book/04-saddle-free--B"]
     assert "computed by `hessbatch compute`" in (src / "book" / "_provenance.md").read_text()
+    assert (src / "book" / "_paper-profile.md").read_text() == ""
+
+
+def test_optional_variant_runs_only_when_named():
+    paper = load_profile("paper")
+    names = lambda **kw: [n for n, *_ in executions(paper, **kw)]  # noqa: E731
+    assert "01-batch-size--ResNet18" in names() and "01-batch-size--ResNet18" not in names(optional=False)
+    assert names(chapters=["01-batch-size"], optional=False) == ["01-batch-size", "01-batch-size--C2",
+                                                                 "01-batch-size--M1"]
+    assert names(chapters=["01-batch-size--ResNet18"], optional=False) == ["01-batch-size--ResNet18"]
+    with pytest.raises(HessbatchError, match="no chapter.*01-batch-size--nope"):
+        compute("paper", chapters=["01-batch-size--nope"])
+
+
+def test_table2_on_generated_cifar100(tmp_path, no_md5):
+    """Table 2 (ResNet-18, CIFAR-100) end to end on a generated CIFAR-100, computed only when named,
+    its table beside the published one."""
+    from hessbatch import published
+    from hessbatch.experiments import published_comparison, run_chapter
+    from hessbatch.store import Store
+
+    paper = load_profile("paper")["chapters"]["01-batch-size"]["variants"]["ResNet18"]
+    assert paper["optional"] and (paper["model"], paper["dataset"]) == ("resnet18", "cifar100")
+    make_cifar_root(tmp_path / "data", 100, n_per_file=8)
+    variant = {**paper, "batch_sizes": [16], "train_options": {"max_epochs": 1, "target_loss": None}}
+    prof = {"profile": "t2", "results": str(tmp_path / "res"), "common": {"seed": 0},
+            "chapters": {"01-batch-size": {"k": 1, "tol": 0.1, "eps": [0.02], "hessian_samples": 2,
+                                           "curvature_samples": 2, "variants": {"ResNet18": variant}}}}
+    path = tmp_path / "t2.yaml"
+    path.write_text(yaml.safe_dump(prof))
+    assert compute(str(path), data_root=str(tmp_path / "data"))["_calls"][0]["chapters"] == []
+    assert not (tmp_path / "res" / "train").exists()
+    compute(str(path), data_root=str(tmp_path / "data"), chapters=["01-batch-size"])
+    store = Store(tmp_path / "res")
+    assert [e.config["config"]["model"] for e in store.entries("train")] == ["CR"]
+    res = run_chapter("01-batch-size", chapter_parameters(load_profile(str(path)), "01-batch-size", "ResNet18"),
+                      store, data_root=str(tmp_path / "data"))
+    assert list(res["table"]["batch_size"]) == [16] and (res["table"]["lambda_theta_train"] > 0).all()
+    name, pub = published.batch_size_table("resnet18")
+    assert name == "table2" and list(published_comparison(res["table"], pub).columns)[:3] == [
+        "quantity", "B=64 paper", "B=128 paper"]
+
+
+def test_download_fetches_missing_data_before_compute(tmp_path, mnist_download):
+    from hessbatch.book import fetch_data
+
+    calls = mnist_download
+    smoke = load_profile("smoke")
+    chapters = {"04-saddle-free": {**smoke["chapters"]["04-saddle-free"], "dataset": "mnist"},
+                "07-pga-dynamics": smoke["chapters"]["07-pga-dynamics"]}
+    runs = executions({"profile": "dl", "common": smoke["common"], "chapters": chapters})
+    assert fetch_data(runs, tmp_path) == ["mnist"] and calls
+    n = len(calls)
+    assert fetch_data(runs, tmp_path) == [] and len(calls) == n
 
 
 def test_papermill_values_are_coerced():
@@ -190,6 +246,7 @@ def test_paper_profile_renders_from_committed_results(tmp_path, monkeypatch):
     nb = json.loads((src / "book" / "01-batch-size--M1.ipynb").read_text())
     text = json.dumps(nb["cells"])
     assert "MNIST; used: 60,000 train / 10,000 test" in text and "device* cuda" in text
+    assert "## The paper profile: what differs" in (src / "book" / "_paper-profile.md").read_text()
 
 
 def test_compute_isolates_a_failing_chapter(tmp_path, monkeypatch):

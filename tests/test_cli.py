@@ -68,6 +68,15 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, argv, msg):
     assert not (tmp_path / "r").exists()
 
 
+def test_chapters_flag_comma_separated_or_repeated():
+    from hessbatch.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["compute", "--chapters", "01-batch-size,02-landscapes", "--chapters", "03-dynamics"]).chapters == [
+        "01-batch-size", "02-landscapes", "03-dynamics"]
+    assert parse(["book"]).chapters is None
+
+
 def test_help_documents_every_option():
     res = subprocess.run([sys.executable, "-m", "hessbatch.cli", "train", "--help"], capture_output=True, text=True)
     for opt in ("--model", "--dataset", "--batch-size", "--lr", "--epochs", "--target-loss", "--seed", "--results"):

@@ -83,18 +83,9 @@ def test_imagefolder(tmp_path, monkeypatch):
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
 
 
-def test_download_flag_reaches_torchvision(tmp_path, monkeypatch):
-    import torchvision.datasets as tvd
-
-    calls = []
-
-    def fake_download(self):
-        calls.append(self.root)
-        make_mnist_root(tmp_path)
-
-    monkeypatch.setattr(tvd.MNIST, "download", fake_download)
+def test_download_flag_reaches_torchvision(tmp_path, mnist_download):
     d = load_dataset("mnist", tmp_path, download=True)
-    assert calls and d.x_train.shape[0] == 60
+    assert mnist_download and d.x_train.shape[0] == 60
 
 
 @pytest.mark.parametrize("name,msg", [

@@ -129,3 +129,10 @@ def test_chapter_options_fail_before_compute(tmp_path):
     with pytest.raises(HessbatchError, match="neighbours must be"):
         stability_study("MLP", "mnist5k", [10], neighbours=0, store=Store(tmp_path))
     assert not any(tmp_path.iterdir())
+
+
+def test_provenance_of_a_chapter_without_training_runs():
+    from hessbatch.experiments import provenance
+
+    line = provenance({"profile": "smoke", "model": None, "dataset": None})
+    assert "*device* cpu" in line and "training time" not in line

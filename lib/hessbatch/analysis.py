@@ -18,7 +18,7 @@ import torch
 from . import hessian, landscape
 from .errors import HessbatchError, check
 from .store import Entry, Store
-from .train import Run, prepare, resolve_device
+from .train import Run, resolve_device
 
 
 def resolve_run(run: Run | str, store: Store) -> Run:

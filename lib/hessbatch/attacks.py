@@ -199,9 +199,9 @@ def attack(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: f
 
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 1000) -> float:
-    model.eval()
-    correct = sum((model(x[i:i + chunk]).argmax(1) == y[i:i + chunk]).sum().item() for i in range(0, len(x), chunk))
-    return correct / len(y)
+    from .models import predict
+
+    return (predict(model, x, chunk).argmax(1) == y.to(next(model.parameters()).device)).sum().item() / len(y)
 
 
 def adversarial_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, name: str, eps: float,

@@ -71,22 +71,34 @@ def chapter_parameters(profile: dict, chapter: str, variant: str | None = None) 
     """A chapter's notebook parameters: ``common``, then the chapter's, then the variant's."""
     ch = {k: v for k, v in profile["chapters"][chapter].items() if k != "variants"}
     var = {k: v for k, v in (profile["chapters"][chapter].get("variants") or {}).get(variant, {}).items()
-           if k != "title"} if variant else {}
+           if k not in _VARIANT_KEYS} if variant else {}
     return {**profile.get("common", {}), **ch, **var, "profile": profile["profile"]}
 
 
-def executions(profile: dict, chapters: list[str] | None = None) -> list[tuple[str, str, dict, str | None]]:
-    """``(executed name, chapter, parameters, title)`` of every notebook execution of a profile."""
+_VARIANT_KEYS = ("title", "optional")
+
+
+def executions(profile: dict, chapters: list[str] | None = None,
+               optional: bool = True) -> list[tuple[str, str, dict, str | None]]:
+    """``(executed name, chapter, parameters, title)`` of every notebook execution of a profile.
+
+    ``chapters`` names chapters (all their variants) or executed names (``01-batch-size--C2``).
+    A variant marked ``optional: true`` (it needs data a user may not have) is left out when
+    ``optional`` is false, unless named by its executed name."""
     out = []
     for chapter, ch in profile["chapters"].items():
-        if chapters and chapter not in chapters:
-            continue
         variants = ch.get("variants") or {}
         if not variants:
-            out.append((chapter, chapter, chapter_parameters(profile, chapter), None))
+            if not chapters or chapter in chapters:
+                out.append((chapter, chapter, chapter_parameters(profile, chapter), None))
         for i, (label, var) in enumerate(variants.items()):
             name = chapter if i == 0 else f"{chapter}--{label}"
-            out.append((name, chapter, chapter_parameters(profile, chapter, label), (var or {}).get("title", label)))
+            named = bool(chapters) and name in chapters
+            if chapters and not named and chapter not in chapters:
+                continue
+            if var.get("optional") and not optional and not named:
+                continue
+            out.append((name, chapter, chapter_parameters(profile, chapter, label), var.get("title", label)))
     return out
 
 
@@ -194,11 +206,12 @@ def _stage(root: Path, out: Path, runs: list | None = None) -> Path:
 
 def build(profile: str = "quick", results: str | None = None, device: str = "cpu", data_root: str | None = None,
           out: str | None = None, chapters: list[str] | None = None, html: bool = True, executor: str = "local",
-          scheduler: str | None = None, workers: int | None = None) -> Path:
+          scheduler: str | None = None, workers: int | None = None, download: bool = False) -> Path:
     """Execute the chapters with papermill and build the HTML; return the path of ``index.html``.
 
     With ``executor="dask"`` (or ``"processes"``) the profile's training runs are first computed
-    as a sweep (see ``hessbatch.sweep``); the notebooks then find them in the store.
+    as a sweep (see ``hessbatch.sweep``); the notebooks then find them in the store. With
+    ``download``, missing datasets are fetched first.
     """
     import papermill as pm
 
@@ -210,6 +223,8 @@ def build(profile: str = "quick", results: str | None = None, device: str = "cpu
     out_dir = Path(out or root / "_build" / prof["profile"]).resolve()
     src = _stage(root, out_dir, every)
     res = profile_results(prof, results)
+    if download:
+        fetch_data(runs, data_root)
     if executor != "local":
         _train_profile(runs, res, device, data_root, executor, scheduler, workers)
     timings = []
@@ -246,6 +261,8 @@ def build(profile: str = "quick", results: str | None = None, device: str = "cpu
     computed = Path(res) / "_timings.yml"
     computed = yaml.safe_load(computed.read_text()) if computed.is_file() else None
     (src / "book" / "_provenance.md").write_text(provenance_table(prof["profile"], ordered, computed))
+    if prof["profile"] != "paper":
+        (src / "book" / "_paper-profile.md").write_text("")
     if not html:
         return src
     cmd = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(src),
@@ -291,14 +308,32 @@ def _placeholder(folder: Path, name: str, chapter: str, title: str | None, profi
         f"{heading}{f' — {title}' if title else ''}\n\n"
         f"```{{note}}\nThis chapter has not been computed at the scale of the `{profile}` profile yet: its results "
         f"are not among the committed ones. On a GPU machine with the data, run\n\n"
-        f"    hessbatch compute --profile {profile} --chapters {chapter} --device cuda --data-root DATA --workers 6\n"
+        f"    hessbatch compute --profile {profile} --chapters {name} --device cuda --data-root DATA --workers 6\n"
         f"    hessbatch export --results RESULTS paper-results\n\n"
         f"then build the book again. The `quick` profile's book has this chapter on the embedded MNIST digits.\n```\n")
 
 
+def fetch_data(runs, data_root) -> list[str]:
+    """Download the datasets these executions read that are missing under ``data_root``, before any
+    compute; return their names."""
+    from .data import load_dataset
+    from .experiments import profile_train_configs
+
+    names = {c["dataset"] for wave in profile_train_configs({n: p for n, _, p, _ in runs}) for c in wave}
+    names |= {p["pga_training"].get("dataset", "mnist5k") for _, _, p, _ in runs if p.get("pga_training")}
+    fetched = []
+    for name in sorted(names):
+        try:
+            load_dataset(name, data_root)
+        except HessbatchError:
+            load_dataset(name, data_root, download=True)
+            fetched.append(name)
+    return fetched
+
+
 def _check_chapters(prof: dict, chapters: list[str] | None) -> None:
     if chapters:
-        unknown = sorted(set(chapters) - set(prof["chapters"]))
+        unknown = sorted(set(chapters) - set(prof["chapters"]) - {n for n, *_ in executions(prof)})
         check(not unknown, f"profile {prof['profile']!r} has no chapter(s) {', '.join(unknown)}")
 
 
@@ -335,8 +370,9 @@ def _retitle(path: Path, title: str) -> None:
 
 
 def _compute_one(name: str, chapter: str, params: dict, res: str, device: str, data_root,
-                 threads: int | None = None) -> tuple[str, float, str | None]:
-    """Compute one chapter's results; never raises (the error comes back as text)."""
+                 threads: int | None = None) -> tuple[str, float, str | None, int]:
+    """Compute one chapter's results; never raises (the error comes back as text). Returns the
+    name, wall time, error and the number of store entries written."""
     import torch
 
     from .experiments import run_chapter
@@ -345,22 +381,24 @@ def _compute_one(name: str, chapter: str, params: dict, res: str, device: str, d
     if threads:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
+    store = Store(res)
     try:
-        run_chapter(chapter, params, Store(res), device=device, data_root=data_root, progress=False)
+        run_chapter(chapter, params, store, device=device, data_root=data_root, progress=False)
         error = None
     except Exception as e:  # noqa: BLE001 — reported per chapter; the others go on
         error = f"{type(e).__name__}: {e}".splitlines()[0]
-    return name, time.perf_counter() - t0, error
+    return name, time.perf_counter() - t0, error, store.published
 
 
 def compute(profile: str, results: str | None = None, device: str = "cpu", data_root: str | None = None,
-            chapters: list[str] | None = None, workers: int = 1) -> dict:
+            chapters: list[str] | None = None, workers: int = 1, download: bool = False) -> dict:
     """Compute every chapter of a profile into its store, without notebooks; return the timings.
 
     Training runs go first (``workers`` at a time, each in its own process), then the
     chapters' measurements (``workers`` chapters at a time). Everything resumes from the store.
     A failed training run or chapter is reported (in the timings too) and the others go on;
-    the call then raises, naming what failed.
+    the call then raises, naming what failed. A chapter found complete in the store keeps the
+    timing of the call that computed it.
     """
     import platform
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -375,8 +413,10 @@ def compute(profile: str, results: str | None = None, device: str = "cpu", data_
     _check_chapters(prof, chapters)
     check(workers >= 1, f"workers must be >= 1, got {workers}")
     dev = resolve_device(device)
-    runs = executions(prof, chapters)
+    runs = executions(prof, chapters, optional=False)
     res = profile_results(prof, results)
+    if download:
+        fetch_data(runs, data_root)
     hardware = (f"{torch.cuda.get_device_name(dev)}, " if dev.type == "cuda" else "") + \
         f"{os.cpu_count()} CPU cores ({platform.machine()})"
     t0 = time.perf_counter()
@@ -399,10 +439,12 @@ def compute(profile: str, results: str | None = None, device: str = "cpu", data_
         print(f"failed: {e}", flush=True)
     save()
 
-    def done(name, seconds, error=None):
+    def done(name, seconds, error=None, written=1):
         if error:
             errors.append(f"chapter {name}: {error}")
             print(f"{name}: failed after {seconds / 60:.1f} min: {error}", flush=True)
+        elif not written and name in timings:
+            print(f"{name}: already in the store (read in {seconds / 60:.1f} min; its timing is kept)", flush=True)
         else:
             timings[name] = {"seconds": round(seconds, 1), "device": str(dev), "hardware": hardware}
             print(f"{name}: {seconds / 60:.1f} min", flush=True)

@@ -33,8 +33,8 @@ def _common(p: argparse.ArgumentParser, data: bool = True) -> None:
 
 def _profile_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", default="quick", help="smoke, quick (default), paper, or a path to a profile YAML")
-    p.add_argument("--chapters", type=lambda v: [c for c in v.split(",") if c] or None, default=None,
-                   help="comma-separated chapter names (default: all)")
+    p.add_argument("--chapters", type=lambda v: [c for c in v.split(",") if c], action="extend", default=None,
+                   help="chapter names, comma-separated or flag repeated (default: all)")
 
 
 def _train_flags(p: argparse.ArgumentParser, d, suppress: bool = False) -> None:
@@ -93,11 +93,12 @@ def _attack_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _attack_options(a, name: str) -> dict:
-    from .attacks import canonical
+    import inspect
+
+    from .attacks import FUNCTIONS, canonical
 
     name = canonical(name)
-    allowed = {"fgsm10": ("steps", "alpha"), "fhsm": ("cg_iters", "cg_tol", "damping"),
-               "hess": ("cg_iters", "cg_tol", "damping")}.get(name, ())
+    allowed = set(inspect.signature(FUNCTIONS[name]).parameters)
     given = {k: getattr(a, k) for k in ("steps", "alpha", "cg_iters", "cg_tol", "damping") if getattr(a, k) is not None}
     bad = sorted(set(given) - set(allowed))
     if bad:
@@ -337,8 +338,8 @@ def _cmd_book(a) -> int:
     from .train import resolve_device
 
     resolve_device(a.device)
-    index = build(a.profile, a.results, a.device, a.data_root, a.out, a.chapters, executor=a.executor,
-                  scheduler=a.scheduler, workers=a.workers)
+    index = build(a.profile, a.results, a.device, a.data_root, a.out, a.chapters or None, executor=a.executor,
+                  scheduler=a.scheduler, workers=a.workers, download=a.download)
     print(f"book built: {index}")
     return 0
 
@@ -346,7 +347,7 @@ def _cmd_book(a) -> int:
 def _cmd_compute(a) -> int:
     from .book import compute
 
-    timings = compute(a.profile, a.results, a.device, a.data_root, a.chapters, a.workers)
+    timings = compute(a.profile, a.results, a.device, a.data_root, a.chapters or None, a.workers, a.download)
     call = timings["_calls"][-1]
     print(f"computed in {call['seconds'] / 60:.1f} min on {call['hardware']} (training {call['train_seconds'] / 60:.1f} min)")
     return 0

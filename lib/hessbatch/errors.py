@@ -16,3 +16,14 @@ def choose(kind: str, name: str, known) -> str:
     if name not in known:
         raise HessbatchError(f"unknown {kind} {name!r}; choose one of: {', '.join(map(str, known))}")
     return name
+
+
+def check_options(fn, given, what: str, own=()) -> None:
+    """One clear error for options ``fn`` does not take as keywords with defaults (``own``:
+    extra names the caller handles)."""
+    import inspect
+
+    known = {n for n, p in inspect.signature(fn).parameters.items()
+             if p.default is not inspect.Parameter.empty and n != "progress"} | set(own)
+    unknown = sorted(set(given) - known)
+    check(not unknown, f"{what} has no option(s) {', '.join(unknown)}; it takes: {', '.join(sorted(known)) or 'none'}")

@@ -13,9 +13,10 @@ import torch
 from torch import nn
 
 from . import analysis, attacks, claims, hessian
-from .errors import check
+from .errors import check, check_options
 from .robust import table8_configs
 from .store import Store
+from .models import predict
 from .train import Run, train
 
 
@@ -407,16 +408,6 @@ def _data_subset(dataset, data_root, n_train, n_test, seed=0):
     return ds.x_train[tr], ds.y_train[tr], ds.x_test[te], ds.y_test[te]
 
 
-def _check_options(fn, given: dict, what: str, own=()) -> None:
-    """One clear error for options ``fn`` does not take (``own``: extra names the caller handles)."""
-    import inspect
-
-    known = {n for n, p in inspect.signature(fn).parameters.items()
-             if p.default is not inspect.Parameter.empty and n != "progress"} | set(own)
-    unknown = sorted(set(given) - known)
-    check(not unknown, f"{what} has no option(s) {', '.join(unknown)}; it takes: {', '.join(sorted(known))}")
-
-
 def pga_study(sweep: dict, training: dict | None = None, store=None, data_root=None, progress=True) -> dict:
     """Deng et al. 2020 on a two-layer network: PGA end points and speed across input scales
     (``sweep``: keyword arguments of ``pga.pga_sweep``), and early adversarial training on real
@@ -427,11 +418,11 @@ def pga_study(sweep: dict, training: dict | None = None, store=None, data_root=N
 
     store = store or Store()
     sweep = {"seed": 0, **sweep}
-    _check_options(pga.pga_sweep, sweep, "pga_sweep", own=("radii",))
+    check_options(pga.pga_sweep, sweep, "pga_sweep", own=("radii",))
     t = {"dataset": "mnist5k", "n_train": 2000, "n_test": 500, **(training or {})}
     kw = {k: v for k, v in t.items() if k not in ("dataset", "n_train", "n_test")}
     if training:
-        _check_options(pga.scaled_adversarial_training, t, "pga_training", own=("dataset", "n_train", "n_test"))
+        check_options(pga.scaled_adversarial_training, t, "pga_training", own=("dataset", "n_train", "n_test"))
         check_name(t["dataset"])
     entry = analysis.cached(store, "pga-sweep", sweep, lambda: (
         {"runs.csv": pga.pga_sweep(**sweep, progress=progress)}, {}))
@@ -518,10 +509,7 @@ def stability_configs(model, dataset, batch_sizes, train_options=None, seeds=6, 
 def _probs(run: Run, store, device, data_root, epoch=None) -> np.ndarray:
     def compute():
         x, y = analysis.run_data(run, data_root).split("test")
-        model = run.model(analysis.resolve_device(device), epoch)
-        with torch.no_grad():
-            p = torch.cat([torch.softmax(model(x[i:i + 1000].to(next(model.parameters()).device)), 1).cpu()
-                           for i in range(0, len(x), 1000)])
+        p = torch.softmax(predict(run.model(analysis.resolve_device(device), epoch), x), 1).cpu()
         return {"probs.csv": pd.DataFrame(p.double().numpy()).rename(columns=lambda c: f"p{c}")}, {}
 
     entry = analysis.cached(store, "predictions", {"run": run.key, "split": "test", "epoch": epoch}, compute)
@@ -783,7 +771,8 @@ def paper_style(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def provenance(params: dict, runs: list[Run] | None = None) -> str:
-    """One Markdown line: profile, data, model, device, compute time of the runs, commit, configuration."""
+    """One Markdown line: profile, data, model, device, training time of the runs (if any), commit,
+    configuration."""
     from . import figures
 
     runs = [r for r in (runs or []) if r is not None]
@@ -795,6 +784,7 @@ def provenance(params: dict, runs: list[Run] | None = None) -> str:
     dev = sorted({r.result.get("device", "?") for r in runs}) or [params.get("device", "cpu")]
     t = sum(r.result.get("time_s", 0.0) for r in runs)
     versions = sorted({r.result.get("torch", torch.__version__) for r in runs}) or [torch.__version__]
+    trained = f" · *training time* {t / 60:.1f} min" if runs else ""
     return (f"*Profile* `{params.get('profile')}` · *data* {label} · *model* `{params.get('model')}` · "
-            f"*device* {', '.join(dev)} · *training time* {t / 60:.1f} min · *torch* {', '.join(versions)} · "
+            f"*device* {', '.join(dev)}{trained} · *torch* {', '.join(versions)} · "
             f"*commit* `{figures.commit()}` · *configuration* `{figures.config_hash(params)}`")

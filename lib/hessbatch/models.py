@@ -152,3 +152,11 @@ _BUILDERS = {"M1": _m1, "C1": _c1, "C2": lambda *a: _cw(*a, bn=True), "C3": lamb
 
 def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, chunk: int = 1000) -> torch.Tensor:
+    """Logits of ``model`` in eval mode for ``x``, ``chunk`` samples at a time, on the model's device."""
+    model.eval()
+    device = next(model.parameters()).device
+    return torch.cat([model(x[i:i + chunk].to(device)) for i in range(0, len(x), chunk)])

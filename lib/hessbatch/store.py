@@ -109,10 +109,12 @@ class Entry:
 
 
 class Store:
-    """Results on disk, one entry per (kind, configuration)."""
+    """Results on disk, one entry per (kind, configuration). ``published`` counts the entries this
+    object wrote (not those it found)."""
 
     def __init__(self, root: str | os.PathLike | None = None):
         self.root = results_root(root)
+        self.published = 0
 
     def __repr__(self):
         return f"Store({str(self.root)!r})"
@@ -184,6 +186,7 @@ class Store:
                 shutil.rmtree(trash, ignore_errors=True)
         try:
             os.rename(tmp, final)
+            self.published += 1
         except OSError:
             if not _valid(final):
                 raise

@@ -99,26 +99,36 @@ def run_sweep(configs: list[dict], store: Store, device="cpu", data_root=None, d
     return pd.DataFrame(rows, columns=cols)
 
 
+def _pool_size(configs, workers, threads) -> tuple[int, int]:
+    n = workers or max(1, min(len(configs), os.cpu_count() or 1))
+    return n, threads or max(1, (os.cpu_count() or 1) // n)
+
+
+def _collect(futures: dict, configs, root, as_completed, bar) -> list[dict]:
+    """Outcomes in the order of ``configs``; a task that could not run at all (its worker died)
+    becomes a ``failed`` outcome instead of stopping the others."""
+    outcomes: list[dict | None] = [None] * len(configs)
+    for fut in as_completed(futures):
+        i = futures[fut]
+        try:
+            outcomes[i] = fut.result()
+        except Exception as e:
+            outcomes[i] = {"key": Store(root).key("train", configs[i]), "state": "failed", "status": None,
+                           "seconds": 0.0, "error": f"{type(e).__name__}: {e}".splitlines()[0]}
+        if bar is not None:
+            bar.update(1)
+    return outcomes
+
+
 def _run_processes(configs, root, device, data_root, download, workers, threads, bar) -> list[dict]:
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    n = workers or max(1, min(len(configs), os.cpu_count() or 1))
-    threads = threads or max(1, (os.cpu_count() or 1) // n)
-    outcomes: list[dict | None] = [None] * len(configs)
+    n, threads = _pool_size(configs, workers, threads)
     with ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("spawn")) as pool:
         futures = {pool.submit(run_one, cfg, root, device, data_root, download, threads): i
                    for i, cfg in enumerate(configs)}
-        for fut in as_completed(futures):
-            i = futures[fut]
-            try:
-                outcomes[i] = fut.result()
-            except Exception as e:  # the worker process died
-                outcomes[i] = {"key": Store(root).key("train", configs[i]), "state": "failed", "status": None,
-                               "seconds": 0.0, "error": f"{type(e).__name__}: {e}".splitlines()[0]}
-            if bar is not None:
-                bar.update(1)
-    return outcomes
+        return _collect(futures, configs, root, as_completed, bar)
 
 
 def _run_dask(configs, root, device, data_root, download, scheduler, workers, threads, retries, bar) -> list[dict]:
@@ -133,8 +143,7 @@ def _run_dask(configs, root, device, data_root, download, scheduler, workers, th
         except OSError as e:
             raise HessbatchError(f"cannot reach the Dask scheduler at {scheduler}: {e}") from None
     else:
-        n = workers or max(1, min(len(configs), os.cpu_count() or 1))
-        threads = threads or max(1, (os.cpu_count() or 1) // n)
+        n, threads = _pool_size(configs, workers, threads)
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
         client = Client(cluster)
     try:
@@ -144,17 +153,7 @@ def _run_dask(configs, root, device, data_root, download, scheduler, workers, th
             fut = client.submit(run_one, cfg, root, device, data_root, download, threads, key=f"hessbatch-{key}-{i}",
                                 pure=False, retries=retries)
             futures[fut] = i
-        outcomes: list[dict | None] = [None] * len(configs)
-        for fut in as_completed(futures):
-            i = futures[fut]
-            try:
-                outcomes[i] = fut.result()
-            except Exception as e:  # the task itself could not run (e.g. its workers kept dying)
-                outcomes[i] = {"key": Store(root).key("train", configs[i]), "state": "failed", "status": None,
-                               "seconds": 0.0, "error": f"{type(e).__name__}: {e}".splitlines()[0]}
-            if bar is not None:
-                bar.update(1)
-        return outcomes
+        return _collect(futures, configs, root, as_completed, bar)
     finally:
         client.close()
         if cluster is not None:

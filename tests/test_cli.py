@@ -77,6 +77,19 @@ def test_chapters_flag_comma_separated_or_repeated():
     assert parse(["book"]).chapters is None
 
 
+def test_compute_no_progress_is_quiet(tmp_path, capsys):
+    import yaml
+
+    from hessbatch.book import load_profile
+
+    smoke = load_profile("smoke")
+    prof = {"profile": "q", "common": smoke["common"], "chapters": {"04-saddle-free": smoke["chapters"]["04-saddle-free"]}}
+    (tmp_path / "q.yaml").write_text(yaml.safe_dump(prof))
+    assert main(["compute", "--profile", str(tmp_path / "q.yaml"), "--results", str(tmp_path / "r"), "--no-progress"]) == 0
+    out, err = capsys.readouterr()
+    assert "04-saddle-free:" in out and "sweep" not in err and "%|" not in err
+
+
 def test_help_documents_every_option():
     res = subprocess.run([sys.executable, "-m", "hessbatch.cli", "train", "--help"], capture_output=True, text=True)
     for opt in ("--model", "--dataset", "--batch-size", "--lr", "--epochs", "--target-loss", "--seed", "--results"):

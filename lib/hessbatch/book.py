@@ -206,7 +206,8 @@ def _stage(root: Path, out: Path, runs: list | None = None) -> Path:
 
 def build(profile: str = "quick", results: str | None = None, device: str = "cpu", data_root: str | None = None,
           out: str | None = None, chapters: list[str] | None = None, html: bool = True, executor: str = "local",
-          scheduler: str | None = None, workers: int | None = None, download: bool = False) -> Path:
+          scheduler: str | None = None, workers: int | None = None, download: bool = False,
+          progress: bool = True) -> Path:
     """Execute the chapters with papermill and build the HTML; return the path of ``index.html``.
 
     With ``executor="dask"`` (or ``"processes"``) the profile's training runs are first computed
@@ -226,7 +227,7 @@ def build(profile: str = "quick", results: str | None = None, device: str = "cpu
     if download:
         fetch_data(runs, data_root)
     if executor != "local":
-        _train_profile(runs, res, device, data_root, executor, scheduler, workers)
+        _train_profile(runs, res, device, data_root, executor, scheduler, workers, progress=progress)
     timings = []
     if prof.get("results") and not results:
         runs, absent = _stored_only(runs, res)
@@ -241,7 +242,8 @@ def build(profile: str = "quick", results: str | None = None, device: str = "cpu
         (src / "book" / f"{name}.md").unlink(missing_ok=True)
         try:
             pm.execute_notebook(str(root / "book" / f"{chapter}.ipynb"), str(target), parameters=params,
-                                cwd=str(src / "book"), kernel_name="python3", progress_bar=sys.stderr.isatty(),
+                                cwd=str(src / "book"), kernel_name="python3",
+                                progress_bar=progress and sys.stderr.isatty(),
                                 report_mode=False)
         except pm.PapermillExecutionError as e:
             raise HessbatchError(f"chapter {name} failed in cell {e.exec_count}: {e.ename}: {e.evalue} "
@@ -338,7 +340,7 @@ def _check_chapters(prof: dict, chapters: list[str] | None) -> None:
 
 
 def _train_profile(runs, res, device, data_root, executor, scheduler=None, workers=None,
-                   keep_going: bool = False) -> tuple[float, list[str]]:
+                   keep_going: bool = False, progress: bool = True) -> tuple[float, list[str]]:
     """Train every run the chosen chapters need, wave after wave; return the wall time and
     the errors of failed runs (raised at once unless ``keep_going``)."""
     from .experiments import profile_train_configs
@@ -348,7 +350,7 @@ def _train_profile(runs, res, device, data_root, executor, scheduler=None, worke
     t0, errors = time.perf_counter(), []
     for wave in profile_train_configs({n: p for n, _, p, _ in runs}):
         table = run_sweep(wave, Store(res), device=device, data_root=data_root, executor=executor,
-                          scheduler=scheduler, workers=workers)
+                          scheduler=scheduler, workers=workers, progress=progress)
         failed = table[table["state"] == "failed"]
         errors += [f"training run {k}: {e}" for k, e in zip(failed["key"], failed["error"])]
         check(keep_going or failed.empty, f"{len(failed)} training run(s) failed on {executor}: "
@@ -391,7 +393,8 @@ def _compute_one(name: str, chapter: str, params: dict, res: str, device: str, d
 
 
 def compute(profile: str, results: str | None = None, device: str = "cpu", data_root: str | None = None,
-            chapters: list[str] | None = None, workers: int = 1, download: bool = False) -> dict:
+            chapters: list[str] | None = None, workers: int = 1, download: bool = False,
+            progress: bool = True) -> dict:
     """Compute every chapter of a profile into its store, without notebooks; return the timings.
 
     Training runs go first (``workers`` at a time, each in its own process), then the
@@ -433,7 +436,7 @@ def compute(profile: str, results: str | None = None, device: str = "cpu", data_
 
     save()
     seconds, errors = _train_profile(runs, res, str(dev), data_root, "processes" if workers > 1 else "local",
-                                     workers=workers, keep_going=True)
+                                     workers=workers, keep_going=True, progress=progress)
     call["train_seconds"] = round(seconds, 1)
     for e in errors:
         print(f"failed: {e}", flush=True)

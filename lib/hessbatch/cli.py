@@ -339,7 +339,7 @@ def _cmd_book(a) -> int:
 
     resolve_device(a.device)
     index = build(a.profile, a.results, a.device, a.data_root, a.out, a.chapters or None, executor=a.executor,
-                  scheduler=a.scheduler, workers=a.workers, download=a.download)
+                  scheduler=a.scheduler, workers=a.workers, download=a.download, progress=not a.no_progress)
     print(f"book built: {index}")
     return 0
 
@@ -347,7 +347,8 @@ def _cmd_book(a) -> int:
 def _cmd_compute(a) -> int:
     from .book import compute
 
-    timings = compute(a.profile, a.results, a.device, a.data_root, a.chapters or None, a.workers, a.download)
+    timings = compute(a.profile, a.results, a.device, a.data_root, a.chapters or None, a.workers, a.download,
+                      not a.no_progress)
     call = timings["_calls"][-1]
     print(f"computed in {call['seconds'] / 60:.1f} min on {call['hardware']} (training {call['train_seconds'] / 60:.1f} min)")
     return 0

@@ -243,7 +243,7 @@ def build(profile: str = "quick", results: str | None = None, device: str = "cpu
         try:
             pm.execute_notebook(str(root / "book" / f"{chapter}.ipynb"), str(target), parameters=params,
                                 cwd=str(src / "book"), kernel_name="python3",
-                                progress_bar=progress and sys.stderr.isatty(),
+                                progress_bar=progress and sys.stderr.isatty(), **_kernel_options(),
                                 report_mode=False)
         except pm.PapermillExecutionError as e:
             raise HessbatchError(f"chapter {name} failed in cell {e.exec_count}: {e.ename}: {e.evalue} "
@@ -313,6 +313,23 @@ def _placeholder(folder: Path, name: str, chapter: str, title: str | None, profi
         f"    hessbatch compute --profile {profile} --chapters {name} --device cuda --data-root DATA --workers 6\n"
         f"    hessbatch export --results RESULTS paper-results\n\n"
         f"then build the book again. The `quick` profile's book has this chapter on the embedded MNIST digits.\n```\n")
+
+
+def _kernel_options() -> dict:
+    """Encrypted kernel transport where jupyter_client offers it (this also silences ipykernel's
+    warning about plain TCP on every chapter)."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    if "transport_encryption" not in AsyncKernelManager.class_trait_names():
+        return {}
+    from traitlets import default
+
+    class EncryptedKernelManager(AsyncKernelManager):
+        @default("transport_encryption")
+        def _auto(self):
+            return "auto"
+
+    return {"kernel_manager_class": EncryptedKernelManager}
 
 
 def fetch_data(runs, data_root) -> list[str]:

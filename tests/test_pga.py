@@ -117,7 +117,7 @@ def test_l2_pga_and_scaled_training():
 
 
 def test_chapter_options_fail_before_compute(tmp_path):
-    from hessbatch.experiments import pga_study, stability_study
+    from hessbatch.related import pga_study, stability_study
     from hessbatch.store import Store
 
     with pytest.raises(HessbatchError, match="pga_sweep has no option.*colour"):

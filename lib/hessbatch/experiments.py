@@ -13,10 +13,9 @@ import torch
 from torch import nn
 
 from . import analysis, attacks, claims, hessian
-from .errors import check, check_options
+from .errors import check
 from .robust import table8_configs
 from .store import Store
-from .models import predict
 from .train import Run, train
 
 
@@ -397,242 +396,6 @@ def large_batch_robust_study(model, dataset, base_train, batch_sizes, adversaria
     return {"runs": df, "table": wide.reset_index(), "claims": claims.table(checks), "used": used}
 
 
-# ------------------------------------------------------------------ chapter: first-order adversaries (Deng et al.)
-def _data_subset(dataset, data_root, n_train, n_test, seed=0):
-    from .data import load_dataset
-
-    ds = load_dataset(dataset, data_root)
-    g = torch.Generator().manual_seed(seed)
-    tr = torch.randperm(ds.n_train, generator=g)[:n_train]
-    te = torch.randperm(len(ds.y_test), generator=g)[:n_test]
-    return ds.x_train[tr], ds.y_train[tr], ds.x_test[te], ds.y_test[te]
-
-
-def pga_study(sweep: dict, training: dict | None = None, store=None, data_root=None, progress=True) -> dict:
-    """Deng et al. 2020 on a two-layer network: PGA end points and speed across input scales
-    (``sweep``: keyword arguments of ``pga.pga_sweep``), and early adversarial training on real
-    inputs rescaled by c (``training``: ``dataset``, ``n_train``, ``n_test`` and keyword
-    arguments of ``pga.scaled_adversarial_training``). Options are checked before any compute."""
-    from . import pga
-    from .data import check_name
-
-    store = store or Store()
-    sweep = {"seed": 0, **sweep}
-    check_options(pga.pga_sweep, sweep, "pga_sweep", own=("radii",))
-    t = {"dataset": "mnist5k", "n_train": 2000, "n_test": 500, **(training or {})}
-    kw = {k: v for k, v in t.items() if k not in ("dataset", "n_train", "n_test")}
-    if training:
-        check_options(pga.scaled_adversarial_training, t, "pga_training", own=("dataset", "n_train", "n_test"))
-        check_name(t["dataset"])
-    entry = analysis.cached(store, "pga-sweep", sweep, lambda: (
-        {"runs.csv": pga.pga_sweep(**sweep, progress=progress)}, {}))
-    runs = entry.csv("runs.csv")
-    curves = None
-    if training:
-        def compute():
-            data = _data_subset(t["dataset"], data_root, t["n_train"], t["n_test"])
-            return {"curves.csv": pga.scaled_adversarial_training(*data, **kw, progress=progress)}, {}
-
-        curves = analysis.cached(store, "pga-training", t, compute).csv("curves.csv")
-    out = {"runs": runs, "summary": pga.summarize(runs), "curves": curves}
-    out["claims"], out["reported"] = pga_claims(runs, curves)
-    return out
-
-
-def pga_claims(runs: pd.DataFrame, curves: pd.DataFrame | None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Checks asserted (claims) and numbers only reported (the η ∝ ε and ReLU cases)."""
-    src = "Deng et al. 2020"
-    rows, reported = [], []
-    smooth = runs[runs["activation"].isin(["tanh", "softplus"])]
-    share = float(smooth["local_max"].mean()) if len(smooth) else float("nan")
-    rows.append(claims.claim("PGA ends at an approximate local maximum (smooth activations, ≥ 95% of runs)",
-                             f"{src}, main theorem", "share of runs", share, share >= 0.95))
-    rhos = []
-    for (act, rule), g in runs.groupby(["activation", "step_rule"], sort=False):
-        rho, p = claims.spearman_test(g["radius"], g["iterations"])
-        if rule == "fixed" and act in ("tanh", "softplus"):
-            rhos.append((rho, p))
-        else:
-            reported.append({"case": f"{act}, {rule} η", "quantity": "Spearman ρ(r, iterations)", "value": rho,
-                             "p": p})
-        reported.append({"case": f"{act}, {rule} η", "quantity": "share at an approximate local maximum",
-                         "value": float(g["local_max"].mean()), "p": np.nan})
-    worst = min(rhos, default=(float("nan"), float("nan")))
-    rows.append(claims.claim("PGA needs more iterations at a larger input scale r (fixed η; each smooth activation)",
-                             f"{src}, abstract", "smallest Spearman ρ (each p < 0.05)", worst[0],
-                             bool(rhos) and all(r > 0 and p < 0.05 for r, p in rhos)))
-    nets = runs.groupby(["activation", "step_rule", "radius", "seed"], sort=False)["end_loss_cv"].first().reset_index()
-    rho, p = claims.spearman_test(nets["radius"], nets["end_loss_cv"])
-    rows.append(claims.claim("a smaller input scale gives a more regular landscape (end losses of restarts agree)",
-                             f"{src}, abstract", "Spearman ρ(r, end-loss CV)", rho, bool(rho > 0 and p < 0.05)))
-    relu = runs[runs["activation"] == "relu"]
-    if len(relu):
-        worst = float((relu["hess_min"] / relu["hess_max"].abs().clip(lower=1e-300)).min())
-        reported.append({"case": "relu", "quantity": "min λ_min/λ_max of ∇²ℓ at end points (Yao's Theorem 1: ≥ 0)",
-                         "value": worst, "p": np.nan})
-    first = curves[curves["epoch"] == 1] if curves is not None else pd.DataFrame(columns=["seed"])
-    per_seed = [claims.spearman_test(g["scale"], g["adv_train_loss"])[0] for _, g in first.groupby("seed")]
-    wins = sum(r > 0 for r in per_seed if not np.isnan(r))
-    need = int(np.ceil(2 * len(per_seed) / 3))
-    if curves is not None and len(curves):
-        last = curves[curves["epoch"] == curves["epoch"].max()]
-        for col, what in (("adv_train_loss", "adversarial training loss"), ("robust_acc", "robust test accuracy"),
-                          ("clean_acc", "clean test accuracy")):
-            rho, p = claims.spearman_test(last["scale"], last[col])
-            reported.append({"case": f"training, epoch {int(last['epoch'].iloc[0])}",
-                             "quantity": f"Spearman ρ(c, {what})", "value": rho, "p": p})
-    rows.append(claims.claim("early adversarial training loss is lower at a smaller input scale "
-                             f"(epoch 1, in ≥ {need} of {len(per_seed)} seeds)", f"{src}, abstract",
-                             "seeds with Spearman ρ(c, loss) > 0", float(wins) if per_seed else float("nan"),
-                             bool(per_seed) and wins >= need))
-    return claims.table(rows), pd.DataFrame(reported, columns=["case", "quantity", "value", "p"])
-
-
-# ------------------------------------------------------------------ chapter: local instability (Datta et al.)
-def stability_configs(model, dataset, batch_sizes, train_options=None, seeds=6, mitigations=None,
-                      mitigation_batch=None, snapshot_every=0) -> list[tuple[str, int, int, dict]]:
-    """(group, batch size, seed, configuration) of every run: ``seeds`` runs per batch size and
-    per mitigation (training options added at ``mitigation_batch``); seed 0 keeps snapshots."""
-    check(isinstance(seeds, int) and seeds >= 2, f"instability needs at least 2 seeds, got {seeds!r}")
-    base = {**(train_options or {}), "model": model, "dataset": dataset}
-    out = []
-    groups = [(f"B={b}", b, {}) for b in batch_sizes]
-    mb = mitigation_batch or batch_sizes[0]
-    groups += [(f"B={mb} + {label}", mb, dict(opts)) for label, opts in (mitigations or {}).items()]
-    for label, b, extra in groups:
-        for s in range(seeds):
-            out.append((label, b, s, {**base, **extra, "batch_size": b, "seed": s,
-                                      "save_every": snapshot_every if s == 0 else 0}))
-    return out
-
-
-def _probs(run: Run, store, device, data_root, epoch=None) -> np.ndarray:
-    def compute():
-        x, y = analysis.run_data(run, data_root).split("test")
-        p = torch.softmax(predict(run.model(analysis.resolve_device(device), epoch), x), 1).cpu()
-        return {"probs.csv": pd.DataFrame(p.double().numpy()).rename(columns=lambda c: f"p{c}")}, {}
-
-    entry = analysis.cached(store, "predictions", {"run": run.key, "split": "test", "epoch": epoch}, compute)
-    return entry.csv("probs.csv").to_numpy()
-
-
-def stability_study(model, dataset, batch_sizes, train_options=None, seeds=6, mitigations=None, mitigation_batch=None,
-                    snapshot_every=0, ensemble_k=3, neighbours=5, hessian_samples=None, seed=0, store=None,
-                    device="cpu", data_root=None, progress=True) -> dict:
-    """Datta et al. 2023 on our models: per-sample label entropy across seeds, churn, clustering
-    of unstable samples, ensembles, temporal LE of one run, and each run's top Hessian eigenvalue."""
-    from . import stability
-
-    store = store or Store()
-    check(isinstance(ensemble_k, int) and ensemble_k >= 1, f"ensemble_k must be an integer >= 1, got {ensemble_k!r}")
-    check(isinstance(neighbours, int) and neighbours >= 1, f"neighbours must be an integer >= 1, got {neighbours!r}")
-    specs = stability_configs(model, dataset, batch_sizes, train_options, seeds, mitigations, mitigation_batch,
-                              snapshot_every)
-    runs = [(g, b, s, train(cfg, store, device=device, data_root=data_root, progress=progress))
-            for g, b, s, cfg in _bar(specs, "training", progress)]
-    x_test, y_test = test_inputs(runs[0][3], data_root)
-    per_run, per_sample, groups = [], [], []
-    for g, items in pd.Series(runs).groupby([r[0] for r in runs], sort=False):
-        items = list(items)
-        probs = np.stack([_probs(r, store, device, data_root) for *_, r in items])
-        preds = probs.argmax(2)
-        le = stability.label_entropy(preds)
-        unstable = le > 0
-        nb = stability.neighbour_mean(x_test, le, neighbours)
-        disagree = stability.sample_disagreement(preds)
-        ens = stability.ensemble_churn(probs, ensemble_k, seed=seed) if len(items) >= 2 * ensemble_k else np.array([])
-        acc = (preds == y_test).mean(1)
-        row = {"group": g, "batch_size": items[0][1], "runs": len(items), "acc_mean": acc.mean(), "acc_std": acc.std(ddof=1),
-               "unstable": unstable.mean(), "mean_le": le.mean(), "churn": disagree.mean(),
-               "ensemble_churn": ens.mean() if len(ens) else np.nan}
-        row["unstable_lo"], row["unstable_hi"] = stability.bootstrap_ci(unstable.astype(float), seed=seed)
-        row["churn_lo"], row["churn_hi"] = stability.bootstrap_ci(disagree, seed=seed)
-        if unstable.any() and (~unstable).any():
-            row["nb_le_unstable"], row["nb_le_stable"] = nb[unstable].mean(), nb[~unstable].mean()
-            row["nb_p"] = stability.permutation_test(nb[unstable], nb[~unstable], n=5000, seed=seed)
-        first = items[0][3]
-        epochs = [e for e in first.snapshot_epochs() if e > first.result["epochs"] / 2]
-        if epochs and unstable.any() and (~unstable).any():
-            temporal = np.stack([_probs(first, store, device, data_root, e).argmax(1) for e in epochs] + [preds[0]])
-            row["temporal_auroc"] = stability.auroc(stability.label_entropy(temporal), unstable)
-            row["temporal_checkpoints"] = len(temporal)
-        groups.append(row)
-        for i, ((_, b, s, r), a) in enumerate(zip(items, acc)):
-            spec = analysis.spectrum(r, "train", k=1, tol=1e-3, subsample=_subsample(r, hessian_samples, "train"),
-                                     keep_vectors=0, store=store, device=device, data_root=data_root)
-            others = [stability.churn(preds[i], preds[j]) for j in range(len(preds)) if j != i]
-            per_run.append({"group": g, "batch_size": b, "seed": s, "test_acc": a, "run": r.key,
-                            "lambda_max": spec.json()["lambda_max"], "epochs": r.result["epochs"],
-                            "churn_vs_others": float(np.mean(others))})
-        per_sample.append(pd.DataFrame({"group": g, "sample": np.arange(len(le)), "label": y_test, "le": le,
-                                        "neighbour_le": nb, "majority": [np.bincount(c).argmax() for c in preds.T]}))
-    table = pd.DataFrame(groups)
-    sanity = _stability_sanity(runs[0][3], store, device, data_root)
-    out = {"groups": table, "runs": pd.DataFrame(per_run), "samples": pd.concat(per_sample, ignore_index=True),
-           "sanity": sanity, "used": [r for *_, r in runs]}
-    out["claims"], out["reported"] = stability_claims(table, out["runs"], sanity, [f"B={b}" for b in batch_sizes])
-    return out
-
-
-def test_inputs(run: Run, data_root=None) -> tuple[np.ndarray, np.ndarray]:
-    """A run's test inputs and labels as arrays (for showing samples)."""
-    return tuple(t.numpy() for t in analysis.run_data(run, data_root).split("test"))
-
-
-def _stability_sanity(run: Run, store, device, data_root) -> dict:
-    """Train ``run``'s configuration again from scratch (a temporary store) and compare predictions."""
-    import tempfile
-
-    from . import stability
-
-    def compute():
-        with tempfile.TemporaryDirectory() as tmp:
-            again = train(run.config.to_dict(), Store(tmp), device=device, data_root=data_root, progress=False)
-            x, _ = analysis.run_data(run, data_root).split("test")
-            first, second = run.model(), again.model()
-            with torch.no_grad():
-                a, b = first(x).argmax(1).numpy(), second(x).argmax(1).numpy()
-            same = all(torch.equal(p, q) for p, q in zip(first.state_dict().values(), second.state_dict().values()))
-        le = stability.label_entropy(np.stack([a, b] * 3))
-        return {}, {"max_le": float(le.max()), "identical_weights": bool(same), "runs": 6}
-
-    return analysis.cached(store, "stability-sanity", {"run": run.key}, compute).json()
-
-
-def stability_claims(groups: pd.DataFrame, runs: pd.DataFrame, sanity: dict, batch_groups: list[str]):
-    src = "Datta et al. 2023"
-    rows = [claims.claim("label entropy is 0 for every sample when every run is identical (same seed, retrained)",
-                         "sanity check", "max LE", sanity["max_le"], sanity["max_le"] == 0 and sanity["identical_weights"])]
-    g0 = groups.iloc[0]
-    rows.append(claims.claim(f"retraining with another seed changes predictions at equal accuracy ({g0['group']})",
-                             f"{src}, abstract", "share of test samples with LE > 0", g0["unstable"],
-                             bool(g0["unstable"] > 0 and g0["churn"] > 0 and g0["acc_std"] < 0.01)))
-    nb_p, auc = g0.get("nb_p", np.nan), g0.get("temporal_auroc", np.nan)
-    rows.append(claims.claim("unstable samples are clustered: their neighbours are unstable too",
-                             f"{src}, abstract", "permutation p", nb_p,
-                             bool(pd.notna(nb_p) and g0["nb_le_unstable"] > g0["nb_le_stable"] and nb_p < 0.05)))
-    rows.append(claims.claim("label entropy across one run's checkpoints predicts instability across runs",
-                             f"{src}, abstract", "AUROC", auc, bool(pd.notna(auc) and auc > 0.6)))
-    ratio = g0["ensemble_churn"] / g0["churn"] if g0["churn"] > 0 else np.nan
-    rows.append(claims.claim("ensembling (the gold standard) reduces churn", f"{src}, abstract",
-                             "ensemble churn / single churn", ratio, bool(pd.notna(ratio) and ratio < 1)))
-    reported = []
-    base = groups[groups["group"] == batch_groups[0]].iloc[0]
-    for _, g in groups[~groups["group"].isin(batch_groups)].iterrows():
-        gain = base["churn"] - base["ensemble_churn"]
-        reported.append({"quantity": f"share of the ensembling gain in churn recovered by {g['group']}",
-                         "value": (base["churn"] - g["churn"]) / gain if gain > 0 else np.nan})
-    batch = runs[runs["group"].isin(batch_groups)]
-    reported.append({"quantity": "Spearman ρ(batch size, top Hessian eigenvalue) over runs",
-                     "value": claims.spearman(batch["batch_size"], batch["lambda_max"])})
-    bg = groups[groups["group"].isin(batch_groups)].sort_values("batch_size")
-    reported.append({"quantity": f"share of unstable samples, largest minus smallest batch ({bg['group'].iloc[-1]} − "
-                                 f"{bg['group'].iloc[0]})", "value": bg["unstable"].iloc[-1] - bg["unstable"].iloc[0]})
-    reported.append({"quantity": "Spearman ρ(batch size, share of unstable samples) over batch sizes (≥ 3 sizes)",
-                     "value": claims.spearman(bg["batch_size"], bg["unstable"])})
-    return claims.table(rows), pd.DataFrame(reported, columns=["quantity", "value"])
-
-
 # ------------------------------------------------------------------ chapters by name
 def _chapter01(p, kw, progress):
     return batch_size_study(p["model"], p["dataset"], p["batch_sizes"], p.get("train_options"), p.get("seed", 0),
@@ -683,10 +446,14 @@ def _chapter06(p, kw, progress):
 
 
 def _chapter07(p, kw, progress):
+    from .related import pga_study
+
     return pga_study(p["pga_sweep"], p.get("pga_training"), kw["store"], kw["data_root"], progress)
 
 
 def _chapter08(p, kw, progress):
+    from .related import stability_study
+
     return stability_study(p["model"], p["dataset"], p["stability_batch_sizes"], p.get("stability_train"),
                            p.get("seeds", 6), p.get("mitigations"), p.get("mitigation_batch"),
                            p.get("snapshot_every", 0), p.get("ensemble_k", 3), p.get("neighbours", 5),
@@ -715,6 +482,7 @@ def profile_train_configs(params_by_chapter: dict[str, dict]) -> list[list[dict]
     """Every training configuration a book profile needs, in waves: the runs of a wave depend
     only on runs of earlier waves (robust continuations start from M_ORI). Used to train a
     profile on a Dask cluster before the notebooks run."""
+    from .related import stability_configs
     from .train import TrainConfig
 
     first, second = [], []

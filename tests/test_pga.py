@@ -136,3 +136,15 @@ def test_provenance_of_a_chapter_without_training_runs():
 
     line = provenance({"profile": "smoke", "model": None, "dataset": None})
     assert "*device* cpu" in line and "training time" not in line
+
+
+def test_late_training_sentence():
+    import pandas as pd
+
+    from hessbatch.related import late_training_sentence
+
+    rep = pd.DataFrame([{"case": "relu", "quantity": "x", "value": 0.1, "p": None},
+                        {"case": "training, epoch 5", "quantity": "Spearman ρ(c, robust test accuracy)", "value": 0.6,
+                         "p": 0.004}])
+    assert late_training_sentence(rep) == "at epoch 5: ρ(c, robust test accuracy) = +0.60 (p = 0.004)"
+    assert late_training_sentence(rep.iloc[:1]) == "no training curves were computed"

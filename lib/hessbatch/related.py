@@ -251,3 +251,13 @@ def stability_claims(groups: pd.DataFrame, runs: pd.DataFrame, sanity: dict, bat
     reported.append({"quantity": "Spearman ρ(batch size, share of unstable samples) over batch sizes (≥ 3 sizes)",
                      "value": claims.spearman(bg["batch_size"], bg["unstable"])})
     return claims.table(rows), pd.DataFrame(reported, columns=["quantity", "value"])
+
+
+def late_training_sentence(reported: pd.DataFrame) -> str:
+    """The last epoch's rank correlations with the input scale c, as prose for chapter 7."""
+    late = reported[reported["case"].str.startswith("training, epoch")]
+    if late.empty:
+        return "no training curves were computed"
+    parts = [f"{q.removeprefix('Spearman ')} = {v:+.2f} (p = {p:.2g})" for q, v, p in
+             zip(late["quantity"], late["value"], late["p"])]
+    return f"at {late['case'].iloc[0].removeprefix('training, ')}: " + "; ".join(parts)

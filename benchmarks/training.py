@@ -32,6 +32,7 @@ import torch.nn.functional as F
 import yaml
 
 from hessbatch import data, models
+from hessbatch.book import computed_summary
 from hessbatch.train import TrainConfig, resolve_device, train_epoch
 
 
@@ -153,16 +154,8 @@ def main():
             print(f"| {b} | {alone:.2f} | {each:.2f} | {a.parallel * alone / each:.1f}× |", flush=True)
     path = Path(a.timings)
     if path.is_file():
-        t = yaml.safe_load(path.read_text())
-        calls = t.get("_calls", [])
-        print(f"\nProfile computed by `hessbatch compute` ({path}): {sum(c['seconds'] for c in calls) / 60:.1f} min "
-              f"wall time in {len(calls)} call(s), training {sum(c['train_seconds'] for c in calls) / 60:.1f} min, "
-              f"on {'; '.join(sorted({c['hardware'] for c in calls}))}.")
-        print("\n| chapter | wall time (min) |\n|---|---:|")
-        for k, v in t.items():
-            if not k.startswith("_"):
-                print(f"| {k} | {v['seconds'] / 60:.1f} |")
-
+        print(f"\nProfile timings ({path}):\n")
+        print("\n".join(computed_summary(yaml.safe_load(path.read_text()))))
 
 if __name__ == "__main__":
     main()

@@ -169,16 +169,24 @@ def provenance_table(profile: str, timings: list[tuple[str, float, str]], comput
              "|---|---|---:|"]
     lines += [f"| [{n}]({n}) | {d} | {t / 60:.1f} min |" for n, t, d in timings]
     if computed:
-        calls = computed.get("_calls", [])
-        hw = sorted({c["hardware"] for c in calls})
-        lines += ["", f"The results were computed by `hessbatch compute` in {len(calls)} call(s) on {'; '.join(hw)}: "
-                  f"{sum(c['seconds'] for c in calls) / 60:.1f} min of wall time in all, of which training "
-                  f"{sum(c['train_seconds'] for c in calls) / 60:.1f} min (up to "
-                  f"{max((c['workers'] for c in calls), default=1)} runs at a time). Per chapter:", "",
-                  "| chapter | device | compute wall time |", "|---|---|---:|"]
-        lines += [f"| [{n}]({n}) | {c['device']} | {c['seconds'] / 60:.1f} min |"
-                  for n, c in computed.items() if not n.startswith("_")]
+        lines += ["", *computed_summary(computed)]
     return "\n".join(lines) + "\n"
+
+
+def computed_summary(computed: dict) -> list[str]:
+    """Markdown lines from a store's ``_timings.yml``: the calls of ``hessbatch compute`` per machine
+    (wall and training time), then each chapter's device and compute wall time."""
+    calls = computed.get("_calls", [])
+    lines = ["The results were computed by `hessbatch compute`:", ""]
+    for hw in sorted({c["hardware"] for c in calls}):
+        mine = [c for c in calls if c["hardware"] == hw]
+        lines.append(f"- on {hw}: {len(mine)} call(s), {sum(c['seconds'] for c in mine) / 60:.1f} min of wall time, "
+                     f"of which training {sum(c['train_seconds'] for c in mine) / 60:.1f} min (up to "
+                     f"{max(c['workers'] for c in mine)} runs at a time)")
+    lines += ["", "| chapter | device | compute wall time |", "|---|---|---:|"]
+    lines += [f"| [{n}]({n}) | {c['device']} | {c['seconds'] / 60:.1f} min |"
+              for n, c in computed.items() if not n.startswith("_")]
+    return lines
 
 
 def _stage(root: Path, out: Path, runs: list | None = None) -> Path:

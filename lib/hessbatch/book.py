@@ -181,8 +181,8 @@ def computed_summary(computed: dict) -> list[str]:
     for hw in sorted({c["hardware"] for c in calls}):
         mine = [c for c in calls if c["hardware"] == hw]
         lines.append(f"- on {hw}: {len(mine)} call(s), {sum(c['seconds'] for c in mine) / 60:.1f} min of wall time, "
-                     f"of which training {sum(c['train_seconds'] for c in mine) / 60:.1f} min (up to "
-                     f"{max(c['workers'] for c in mine)} runs at a time)")
+                     f"of which training {sum(c['train_seconds'] for c in mine) / 60:.1f} min, "
+                     f"{max(c['workers'] for c in mine)} worker(s)")
     lines += ["", "| chapter | device | compute wall time |", "|---|---|---:|"]
     lines += [f"| [{n}]({n}) | {c['device']} | {c['seconds'] / 60:.1f} min |"
               for n, c in computed.items() if not n.startswith("_")]

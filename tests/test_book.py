@@ -85,7 +85,7 @@ def test_variants_and_committed_results(tmp_path):
     toc = yaml.safe_load((src / "_toc.yml").read_text())
     assert [c["file"] for c in toc["chapters"]][3:5] == ["book/04-saddle-free", "book/04-saddle-free--B"]
     assert "computed by `hessbatch compute`" in (src / "book" / "_provenance.md").read_text()
-    assert (src / "book" / "_paper-profile.md").read_text() == ""
+    assert (src / "book" / "_profile-notes.md").read_text() == ""
 
 
 def test_optional_variant_runs_only_when_named():
@@ -155,6 +155,9 @@ def test_unknown_profile(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("chapters: {99-nope: {}}\n")
     with pytest.raises(HessbatchError, match="no notebook book/99-nope.ipynb"):
+        load_profile(str(bad))
+    bad.write_text("notes: nowhere.md\nchapters: {04-saddle-free: {}}\n")
+    with pytest.raises(HessbatchError, match="notes must name a file in book/, got 'nowhere.md'"):
         load_profile(str(bad))
 
 
@@ -246,7 +249,7 @@ def test_paper_profile_renders_from_committed_results(tmp_path, monkeypatch):
     nb = json.loads((src / "book" / "01-batch-size--M1.ipynb").read_text())
     text = json.dumps(nb["cells"])
     assert "MNIST; used: 60,000 train / 10,000 test" in text and "device* cuda" in text
-    assert "## The paper profile: what differs" in (src / "book" / "_paper-profile.md").read_text()
+    assert "## The paper profile: what differs" in (src / "book" / "_profile-notes.md").read_text()
 
 
 def test_compute_isolates_a_failing_chapter(tmp_path, monkeypatch):

@@ -63,6 +63,9 @@ def load_profile(profile: str) -> dict:
         check(variants is None or (isinstance(variants, dict) and variants
                                    and all(isinstance(v, dict) for v in variants.values())),
               f"{path}: chapters.{name}.variants must map labels to parameter mappings")
+    notes = params.get("notes")
+    check(notes is None or (repo_root() / "book" / str(notes)).is_file(),
+          f"{path}: notes must name a file in book/, got {notes!r}")
     params.setdefault("profile", path.stem)
     return params
 
@@ -236,7 +239,7 @@ def build(profile: str = "quick", results: str | None = None, device: str = "cpu
         fetch_data(runs, data_root)
     if executor != "local":
         _train_profile(runs, res, device, data_root, executor, scheduler, workers, progress=progress)
-    timings = []
+    timings, kernel = [], _kernel_options()
     if prof.get("results") and not results:
         runs, absent = _stored_only(runs, res)
         for name, chapter, _, title in absent:
@@ -251,7 +254,7 @@ def build(profile: str = "quick", results: str | None = None, device: str = "cpu
         try:
             pm.execute_notebook(str(root / "book" / f"{chapter}.ipynb"), str(target), parameters=params,
                                 cwd=str(src / "book"), kernel_name="python3",
-                                progress_bar=progress and sys.stderr.isatty(), **_kernel_options(),
+                                progress_bar=progress and sys.stderr.isatty(), **kernel,
                                 report_mode=False)
         except pm.PapermillExecutionError as e:
             raise HessbatchError(f"chapter {name} failed in cell {e.exec_count}: {e.ename}: {e.evalue} "
@@ -271,8 +274,8 @@ def build(profile: str = "quick", results: str | None = None, device: str = "cpu
     computed = Path(res) / "_timings.yml"
     computed = yaml.safe_load(computed.read_text()) if computed.is_file() else None
     (src / "book" / "_provenance.md").write_text(provenance_table(prof["profile"], ordered, computed))
-    if prof["profile"] != "paper":
-        (src / "book" / "_paper-profile.md").write_text("")
+    notes = prof.get("notes")
+    (src / "book" / "_profile-notes.md").write_text((root / "book" / notes).read_text() if notes else "")
     if not html:
         return src
     cmd = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(src),

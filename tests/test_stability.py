@@ -62,3 +62,50 @@ def test_sample_disagreement_averages_to_the_pairwise_churn():
     d = stability.sample_disagreement(preds)
     assert np.isclose(d.mean(), stability.pairwise_churn(preds).mean())
     assert np.allclose(stability.sample_disagreement(np.array([[0, 1], [0, 2], [0, 1]])), [0.0, 2 / 3])
+
+
+def test_entropy_smoothing_by_hand():
+    preds = np.array([[0, 1, 2, 3], [0, 1, 2, 4], [0, 2, 1, 5]])
+    got = stability.entropy_smoothing(preds, 10, 0.3)
+    le = -(1 / 3 * math.log(1 / 3) + 2 / 3 * math.log(2 / 3))
+    np.testing.assert_allclose(got, [0.0, 0.3 * le / math.log(3), 0.3 * le / math.log(3), 0.3])
+    np.testing.assert_allclose(stability.entropy_smoothing(np.array([[0, 1], [1, 1]]), 2, 0.5), [0.5, 0.0])
+    with pytest.raises(HessbatchError, match="at least 2 checkpoints"):
+        stability.entropy_smoothing(preds[:1], 10, 0.3)
+
+
+def test_guided_smoothing_from_the_guide_runs_checkpoints(tmp_path, tiny_cfg):
+    """TGTSS (our reading): the guide is seed 0 at the mitigation batch; each training sample's α
+    comes from the labels of the guide's late snapshots and final weights."""
+    import torch
+
+    from hessbatch.data import load_dataset
+    from hessbatch.related import guided_smoothing, stability_configs
+    from hessbatch.store import Store
+    from hessbatch.train import config_key, train
+
+    opts = {k: v for k, v in tiny_cfg.items() if k not in ("model", "dataset", "batch_size")} | {"max_epochs": 4}
+    specs = stability_configs("MLP", "mnist5k", [50, 100], opts, seeds=2,
+                              mitigations={"TGTSS": {"sample_smoothing": 0.3}}, snapshot_every=1)
+    guide_cfg, tgtss = specs[0][3], [cfg for g, *_, cfg in specs if "TGTSS" in g]
+    assert len(tgtss) == 2 and all(c["sample_smoothing"] == {"guide": config_key(guide_cfg), "alpha": 0.3} for c in tgtss)
+    store = Store(tmp_path)
+    guide = train(guide_cfg, store, progress=False)
+    ds = load_dataset("mnist5k", subset=20, test_subset=10)
+    alpha = guided_smoothing(guide, ds, 0.3, "cpu")
+    with torch.no_grad():
+        preds = np.stack([guide.model(epoch=e)(ds.x_train).argmax(1).numpy() for e in (3, None)])
+    expected = 0.3 * stability.label_entropy(preds) / math.log(2)
+    np.testing.assert_allclose(alpha.numpy(), expected, rtol=1e-6)
+    assert 0 < (alpha > 0).sum() < len(alpha)
+    run = train(tgtss[0], store, progress=False)
+    assert run.status == "capped" and run.key != guide.key
+
+    plain = train(tiny_cfg, store, progress=False)
+    with pytest.raises(HessbatchError, match="no snapshot from the second half"):
+        train({**tiny_cfg, "sample_smoothing": {"guide": plain.key, "alpha": 0.1}}, store, progress=False)
+    with pytest.raises(HessbatchError, match="sample_smoothing guide run 0123 is not in the store"):
+        train({**tiny_cfg, "sample_smoothing": {"guide": "0123", "alpha": 0.1}}, store, progress=False)
+    with pytest.raises(HessbatchError, match="needs 25 among the batch sizes"):
+        stability_configs("MLP", "mnist5k", [50], opts, mitigations={"T": {"sample_smoothing": 0.3}},
+                          mitigation_batch=25, snapshot_every=1)

@@ -150,3 +150,25 @@ def test_label_smoothing_and_confidence_penalty_losses(tmp_path, tiny_cfg):
     assert "label_smoothing" not in a.entry.config["config"] and a.key != b.key
     with pytest.raises(HessbatchError, match="confidence_penalty must be in"):
         TrainConfig(confidence_penalty=-0.1).resolved()
+
+
+def test_per_sample_smoothing_loss():
+    """Per-sample label smoothing is soft-target cross-entropy with one α per row; a constant α
+    is PyTorch's label smoothing."""
+    import torch.nn.functional as F
+
+    from hessbatch.train import training_loss
+
+    out, y = torch.randn(5, 3, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 2, 1, 1, 0])
+    alpha = torch.tensor([0.0, 0.5, 0.1, 0.0, 0.9])
+    soft = alpha[:, None] / 3 + (1 - alpha[:, None]) * F.one_hot(y, 3)
+    got = training_loss(out, y, TrainConfig(), alpha)
+    assert torch.allclose(got, -(soft * F.log_softmax(out, 1)).sum(1).mean())
+    assert torch.allclose(training_loss(out, y, TrainConfig(), torch.full((5,), 0.2)),
+                          F.cross_entropy(out, y, label_smoothing=0.2))
+    for bad, msg in (({"guide": "k", "alpha": 1.0}, "sample_smoothing must be"), ({"alpha": 0.1}, "sample_smoothing must be"),
+                     (0.1, "sample_smoothing must be")):
+        with pytest.raises(HessbatchError, match=msg):
+            TrainConfig(sample_smoothing=bad).resolved()
+    with pytest.raises(HessbatchError, match="exclude each other"):
+        TrainConfig(sample_smoothing={"guide": "k", "alpha": 0.1}, label_smoothing=0.1).resolved()

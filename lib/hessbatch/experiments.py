@@ -16,7 +16,7 @@ from . import analysis, attacks, claims, hessian
 from .errors import check
 from .robust import table8_configs
 from .store import Store
-from .train import Run, train
+from .train import Run, config_key, train
 
 
 def _bar(items, desc, progress):
@@ -495,7 +495,6 @@ def profile_train_configs(params_by_chapter: dict[str, dict]) -> list[list[dict]
     only on runs of earlier waves (robust continuations start from M_ORI). Used to train a
     profile on a Dask cluster before the notebooks run."""
     from .related import stability_configs
-    from .train import TrainConfig
 
     first, second = [], []
     for name, p in params_by_chapter.items():
@@ -511,20 +510,20 @@ def profile_train_configs(params_by_chapter: dict[str, dict]) -> list[list[dict]
         elif name.startswith("05-"):
             ori = ori_config(model, dataset, p["base_train"], seed)
             first.append(ori)
-            key = Store("/").key("train", TrainConfig.from_dict(ori).resolved().to_dict())
+            key = config_key(ori)
             eps = {"linf": p["eps_linf"], "l2": p["eps_l2"]}
             second += [robust_config(ori, key, a, eps[EPS_KEYS[a]], p.get("robust_epochs", 5), p.get("robust_lr"))
                        for a in attacks.ATTACKS]
         elif name.startswith("08-"):
-            first += [cfg for *_, cfg in stability_configs(
-                model, dataset, p["stability_batch_sizes"], p.get("stability_train"), p.get("seeds", 6),
-                p.get("mitigations"), p.get("mitigation_batch"), p.get("snapshot_every", 0))]
+            for *_, cfg in stability_configs(model, dataset, p["stability_batch_sizes"], p.get("stability_train"),
+                                             p.get("seeds", 6), p.get("mitigations"), p.get("mitigation_batch"),
+                                             p.get("snapshot_every", 0)):
+                (second if cfg.get("sample_smoothing") else first).append(cfg)
         elif name.startswith("06-"):
             first += [cfg for _, cfg in table8_configs(
                 {**p["t8_train"], "model": model, "dataset": dataset, "seed": seed}, p["t8_batch_sizes"],
                 p["adversarial"], p.get("warmup_epochs", 5), p.get("base_batch", 128))]
-    dedup = lambda cfgs: list({Store("/").key("train", TrainConfig.from_dict(c).resolved().to_dict()): c  # noqa: E731
-                               for c in cfgs}.values())
+    dedup = lambda cfgs: list({config_key(c): c for c in cfgs}.values())  # noqa: E731
     return [w for w in (dedup(first), dedup(second)) if w]
 
 

@@ -14,7 +14,7 @@ from .errors import check, check_options
 from .experiments import _bar, _subsample
 from .models import predict
 from .store import Store
-from .train import Run, train
+from .train import Run, config_key, train
 
 
 # ------------------------------------------------------------------ chapter: first-order adversaries (Deng et al.)
@@ -112,18 +112,55 @@ def pga_claims(runs: pd.DataFrame, curves: pd.DataFrame | None) -> tuple[pd.Data
 def stability_configs(model, dataset, batch_sizes, train_options=None, seeds=6, mitigations=None,
                       mitigation_batch=None, snapshot_every=0) -> list[tuple[str, int, int, dict]]:
     """(group, batch size, seed, configuration) of every run: ``seeds`` runs per batch size and
-    per mitigation (training options added at ``mitigation_batch``); seed 0 keeps snapshots."""
+    per mitigation (training options added at ``mitigation_batch``); seed 0 keeps snapshots.
+
+    A mitigation ``{sample_smoothing: alpha}`` (our reading of TGTSS) smooths each training
+    label by the temporal label entropy of the guide run, seed 0 at ``mitigation_batch``."""
     check(isinstance(seeds, int) and seeds >= 2, f"instability needs at least 2 seeds, got {seeds!r}")
     base = {**(train_options or {}), "model": model, "dataset": dataset}
+    mb = mitigation_batch or batch_sizes[0]
+
+    def config(b, s, extra=None):
+        return {**base, **(extra or {}), "batch_size": b, "seed": s, "save_every": snapshot_every if s == 0 else 0}
+
     out = []
     groups = [(f"B={b}", b, {}) for b in batch_sizes]
-    mb = mitigation_batch or batch_sizes[0]
-    groups += [(f"B={mb} + {label}", mb, dict(opts)) for label, opts in (mitigations or {}).items()]
+    for label, opts in (mitigations or {}).items():
+        opts = dict(opts)
+        if "sample_smoothing" in opts:
+            check(mb in batch_sizes and snapshot_every,
+                  f"mitigation {label!r} (sample_smoothing) is guided by the run of seed 0 at batch size {mb}: "
+                  f"it needs {mb} among the batch sizes and snapshot_every > 0")
+            opts["sample_smoothing"] = {"guide": config_key(config(mb, 0)), "alpha": opts["sample_smoothing"]}
+        groups.append((f"B={mb} + {label}", mb, opts))
     for label, b, extra in groups:
         for s in range(seeds):
-            out.append((label, b, s, {**base, **extra, "batch_size": b, "seed": s,
-                                      "save_every": snapshot_every if s == 0 else 0}))
+            out.append((label, b, s, config(b, s, extra)))
     return out
+
+
+def temporal_epochs(run: Run) -> list[int]:
+    """A run's snapshot epochs from the second half of its training, before its last epoch (the
+    checkpoints of its temporal label entropy, together with the final weights)."""
+    last = run.result["epochs"]
+    return [e for e in run.snapshot_epochs() if last / 2 < e < last]
+
+
+def guided_smoothing(guide: Run, ds, alpha: float, device) -> torch.Tensor:
+    """Per-training-sample label smoothing from ``guide``'s temporal label entropy on ``ds``'s
+    training set (``stability.entropy_smoothing``), on ``device``."""
+    from . import stability
+
+    epochs = temporal_epochs(guide)
+    check(epochs, f"the sample_smoothing guide run {guide.key} has no snapshot from the second half of its "
+                  "training: train it with save_every > 0")
+    check(guide.result["n_train"] == ds.n_train and guide.result["dataset_label"] == ds.label,
+          f"the sample_smoothing guide run {guide.key} was trained on other data ({guide.result['dataset_label']}, "
+          f"{guide.result['n_train']} samples)")
+    with torch.no_grad():
+        preds = [predict(guide.model(device, e), ds.x_train).argmax(1).cpu().numpy() for e in [*epochs, None]]
+    alpha_i = stability.entropy_smoothing(np.stack(preds), ds.num_classes, alpha)
+    return torch.as_tensor(alpha_i, dtype=torch.float32, device=device)
 
 
 def _probs(run: Run, store, device, data_root, epoch=None) -> np.ndarray:
@@ -171,7 +208,7 @@ def stability_study(model, dataset, batch_sizes, train_options=None, seeds=6, mi
             row["nb_le_unstable"], row["nb_le_stable"] = nb[unstable].mean(), nb[~unstable].mean()
             row["nb_p"] = stability.permutation_test(nb[unstable], nb[~unstable], n=5000, seed=seed)
         first = items[0][3]
-        epochs = [e for e in first.snapshot_epochs() if e > first.result["epochs"] / 2]
+        epochs = temporal_epochs(first)
         if epochs and unstable.any() and (~unstable).any():
             temporal = np.stack([_probs(first, store, device, data_root, e).argmax(1) for e in epochs] + [preds[0]])
             row["temporal_auroc"] = stability.auroc(stability.label_entropy(temporal), unstable)

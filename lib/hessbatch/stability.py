@@ -37,6 +37,18 @@ def label_entropy(preds) -> np.ndarray:
     return np.abs(out)
 
 
+def entropy_smoothing(preds, num_classes: int, alpha: float) -> np.ndarray:
+    """Per-sample label-smoothing weights α_i = alpha · LE_i / log(min(T, C)) from the labels that
+    T checkpoints of one run give each sample: 0 where they agree, ``alpha`` where they disagree
+    as much as T checkpoints over C classes can. Our reading of Datta et al.'s data-centric
+    mitigation (TGTSS), whose formula was not recovered."""
+    p = _preds(preds)
+    check(p.shape[0] >= 2, f"temporal label entropy needs at least 2 checkpoints, got {p.shape[0]}")
+    check(isinstance(num_classes, int) and num_classes >= 2, f"num_classes must be >= 2, got {num_classes!r}")
+    check(0 <= alpha < 1, f"alpha must be in [0, 1), got {alpha!r}")
+    return alpha * label_entropy(p) / np.log(min(p.shape[0], num_classes))
+
+
 def churn(a, b) -> float:
     """Share of samples on which two prediction vectors disagree."""
     a, b = np.asarray(a), np.asarray(b)

@@ -54,6 +54,7 @@ class TrainConfig:
     micro_batch: int | None = None
     label_smoothing: float | None = None
     confidence_penalty: float | None = None
+    sample_smoothing: dict | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -88,6 +89,12 @@ class TrainConfig:
         for fld in ("label_smoothing", "confidence_penalty"):
             v = getattr(self, fld)
             check(v is None or (_num(v) and 0 <= v < 1), f"{fld} must be in [0, 1) or null, got {v!r}")
+        ss = self.sample_smoothing
+        if ss is not None:
+            check(isinstance(ss, dict) and set(ss) == {"guide", "alpha"} and isinstance(ss["guide"], str)
+                  and _num(ss["alpha"]) and 0 <= ss["alpha"] < 1,
+                  f"sample_smoothing must be {{guide: <run key>, alpha: in [0, 1)}} or null, got {ss!r}")
+            check(not self.label_smoothing, "sample_smoothing and label_smoothing exclude each other")
         reading = self.reading or models.default_reading(name)
         models.choose(f"reading of {name}", reading, models.READINGS[name])
         from .robust import check_adversarial
@@ -105,13 +112,26 @@ class TrainConfig:
         return d
 
 
-_LATER_OPTIONS = ("micro_batch", "label_smoothing", "confidence_penalty")
+_LATER_OPTIONS = ("micro_batch", "label_smoothing", "confidence_penalty", "sample_smoothing")
 
 
-def training_loss(out: torch.Tensor, y: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
-    """The loss SGD minimizes: cross-entropy, with optional label smoothing (Szegedy et al. 2016)
-    and confidence penalty −β·H(softmax) (Pereyra et al. 2017). Reported losses are plain CE."""
-    loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing or 0.0)
+def config_key(config: TrainConfig | dict) -> str:
+    """The store key a training configuration gets (without training it)."""
+    cfg = TrainConfig.from_dict(config) if isinstance(config, dict) else config
+    return Store("/").key("train", cfg.resolved().to_dict())
+
+
+def training_loss(out: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
+                  smoothing: torch.Tensor | None = None) -> torch.Tensor:
+    """The loss SGD minimizes: cross-entropy, with optional label smoothing (Szegedy et al. 2016),
+    per-sample label smoothing ``smoothing`` (one α per row of ``out``) and confidence penalty
+    −β·H(softmax) (Pereyra et al. 2017). Reported losses are plain CE."""
+    if smoothing is None:
+        loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing or 0.0)
+    else:
+        logp = F.log_softmax(out, 1)
+        nll = -logp.gather(1, y[:, None])[:, 0]
+        loss = ((1 - smoothing) * nll - smoothing * logp.mean(1)).mean()
     if cfg.confidence_penalty:
         logp = F.log_softmax(out, 1)
         loss = loss + cfg.confidence_penalty * (logp.exp() * logp).sum(1).mean()
@@ -272,7 +292,7 @@ def _train(cfg, cfg_dict, key, ds, store, device, progress, step_hook) -> Run:
     model = models.build_model(cfg.model, ds.input_shape, ds.num_classes, ds.mean, ds.std, cfg.reading).to(dev)
     if cfg.init_from:
         try:
-            model.load_state_dict(Run(_parent(store, cfg.init_from)).entry.torch())
+            model.load_state_dict(Run(_parent(store, cfg.init_from, "init_from")).entry.torch())
         except RuntimeError as e:
             raise HessbatchError(f"init_from run {cfg.init_from} does not fit {cfg.model} on {cfg.dataset}: "
                                  f"{str(e).splitlines()[0]}") from None
@@ -280,6 +300,12 @@ def _train(cfg, cfg_dict, key, ds, store, device, progress, step_hook) -> Run:
         from .robust import adversarial_hook
 
         step_hook = adversarial_hook(cfg.adversarial)
+    smoothing = None
+    if cfg.sample_smoothing:
+        from .related import guided_smoothing
+
+        smoothing = guided_smoothing(Run(_parent(store, cfg.sample_smoothing["guide"], "sample_smoothing guide")),
+                                     ds, cfg.sample_smoothing["alpha"], dev)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     work = store.work_dir("train", key)
     ckpt = work / "checkpoint.pt"
@@ -298,7 +324,7 @@ def _train(cfg, cfg_dict, key, ds, store, device, progress, step_hook) -> Run:
     epoch = start
     for epoch in range(start + 1, cfg.max_epochs + 1):
         t0 = time.perf_counter()
-        run_loss = train_epoch(model, opt, ds, cfg, epoch, step_hook)
+        run_loss = train_epoch(model, opt, ds, cfg, epoch, step_hook, smoothing)
         train_loss, train_acc = evaluate(model, ds.x_train, ds.y_train)
         test_loss, test_acc = evaluate(model, ds.x_test, ds.y_test)
         row = {"epoch": epoch, "lr": lr_at(cfg, epoch - 1), "running_loss": run_loss, "train_loss": train_loss,
@@ -347,8 +373,9 @@ def _train(cfg, cfg_dict, key, ds, store, device, progress, step_hook) -> Run:
 
 
 def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, ds: data_mod.Dataset, cfg: TrainConfig, epoch: int,
-                step_hook=None) -> float:
+                step_hook=None, smoothing: torch.Tensor | None = None) -> float:
     """One epoch of SGD over ``ds`` (already on the model's device); returns the mean batch loss.
+    ``smoothing`` holds a label-smoothing α per training sample.
 
     The shuffle is fixed by (seed, epoch); the learning rate follows ``lr_at`` step by step;
     nothing waits for the GPU until the epoch's end.
@@ -368,17 +395,18 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, ds: data_mod.Datas
             xb, yb = ds.x_train[part], ds.y_train[part]
             if step_hook is not None:
                 xb, yb = step_hook(model, xb, yb)
-            loss = training_loss(model(xb), yb, cfg) * (len(part) / len(idx))
+            alpha = None if smoothing is None else smoothing[part]
+            loss = training_loss(model(xb), yb, cfg, alpha) * (len(part) / len(idx))
             loss.backward()
             run_loss += loss.detach()
         opt.step()
     return run_loss.item() / steps
 
 
-def _parent(store: Store, key: str) -> Entry:
+def _parent(store: Store, key: str, option: str) -> Entry:
     entry = store.get("train", key=key)
     if entry is None:
-        raise HessbatchError(f"init_from run {key} is not in the store at {store.root}")
+        raise HessbatchError(f"{option} run {key} is not in the store at {store.root}")
     return entry
 
 

@@ -70,6 +70,12 @@ def test_variants_and_committed_results(tmp_path):
     assert len(again["_calls"]) == 2 and again["04-saddle-free"] == timings["04-saddle-free"]
     from hessbatch.store import Store
 
+    for e in Store(tmp_path / "full").entries("saddle"):
+        shutil.rmtree(e.path)
+    third = compute(str(path), chapters=["04-saddle-free"])
+    assert third["04-saddle-free"]["calls"] == 2 and len(third["_calls"]) == 3
+    assert third["04-saddle-free"]["seconds"] >= timings["04-saddle-free"]["seconds"]
+
     Store(tmp_path / "full").export(tmp_path / "tidy")
     assert not list((tmp_path / "tidy").rglob("*.pt")) and (tmp_path / "tidy" / "_timings.yml").is_file()
     seed1 = [e for e in Store(tmp_path / "tidy").entries("train") if e.config["config"]["seed"] == 1]

@@ -27,6 +27,25 @@ def test_seed_fixes_the_result(tmp_path, tiny_cfg):
     assert a.status == "capped" and a.result["epochs"] == 3 and len(a.history) == 3
 
 
+def test_epoch_zero_is_the_initialization(tmp_path, tiny_cfg):
+    """``Run.model(epoch=0)`` rebuilds the weights the first SGD step saw, without touching the
+    global RNG; a continuation's epoch 0 is its parent's final model."""
+    seen = {}
+
+    def hook(model, x, y):
+        seen.setdefault("init", {k: v.clone() for k, v in model.state_dict().items()})
+        return x, y
+
+    run = train(tiny_cfg, Store(tmp_path), progress=False, step_hook=hook)
+    state = torch.get_rng_state()
+    init = run.model(epoch=0).state_dict()
+    assert torch.equal(state, torch.get_rng_state())
+    assert all(torch.equal(init[k], seen["init"][k]) for k in init)
+    assert not all(torch.equal(init[k], run.model().state_dict()[k]) for k in init)
+    more = train({**tiny_cfg, "init_from": run.key, "max_epochs": 1}, Store(tmp_path), progress=False)
+    assert all(torch.equal(more.model(epoch=0).state_dict()[k], run.model().state_dict()[k]) for k in init)
+
+
 def test_second_call_comes_from_the_store(tmp_path, tiny_cfg, monkeypatch):
     store = Store(tmp_path)
     first = train(tiny_cfg, store, progress=False)

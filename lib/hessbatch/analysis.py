@@ -101,6 +101,24 @@ def spectrum(run: Run | str, split: str = "train", k: int = 20, tol: float = 1e-
     return cached(store, "spectrum", config, compute)
 
 
+def initial_state(run: Run | str, store: Store | None = None, device="cpu", data_root=None) -> dict:
+    """A run's training loss, accuracy and full gradient norm at epoch 0 (its initialization), the
+    quantities its ``history.csv`` holds for every later epoch."""
+    from .train import evaluate, full_gradient_norm
+
+    store = store or Store()
+    run = resolve_run(run, store)
+
+    def compute():
+        dev = resolve_device(device)
+        model = run.model(dev, 0)
+        x, y = (t.to(dev) for t in run_data(run, data_root).split("train"))
+        loss, acc = evaluate(model, x, y)
+        return {}, {"epoch": 0, "train_loss": loss, "train_acc": acc, "grad_norm": full_gradient_norm(model, x, y)}
+
+    return cached(store, "initial-state", {"run": run.key}, compute).json()
+
+
 def input_curvature(run: Run | str, split: str = "train", method: str = "power", tol: float = 1e-4,
                     max_iter: int = 100, limit: int | None = None, store: Store | None = None, device="cpu",
                     data_root=None, chunk: int | None = None) -> Entry:

@@ -429,7 +429,8 @@ def compute(profile: str, results: str | None = None, device: str = "cpu", data_
     chapters' measurements (``workers`` chapters at a time). Everything resumes from the store.
     A failed training run or chapter is reported (in the timings too) and the others go on;
     the call then raises, naming what failed. A chapter found complete in the store keeps the
-    timing of the call that computed it.
+    timing of the call that computed it; one that was missing some results, on the same hardware,
+    adds this call's time to it (``calls`` counts them).
     """
     import platform
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -476,6 +477,11 @@ def compute(profile: str, results: str | None = None, device: str = "cpu", data_
             print(f"{name}: failed after {seconds / 60:.1f} min: {error}", flush=True)
         elif not written and name in timings:
             print(f"{name}: already in the store (read in {seconds / 60:.1f} min; its timing is kept)", flush=True)
+        elif name in timings and timings[name].get("hardware") == hardware:
+            before = timings[name]
+            timings[name] = {**before, "seconds": round(before["seconds"] + seconds, 1),
+                             "calls": before.get("calls", 1) + 1}
+            print(f"{name}: {seconds / 60:.1f} min for what was missing, added to its earlier timing", flush=True)
         else:
             timings[name] = {"seconds": round(seconds, 1), "device": str(dev), "hardware": hardware}
             print(f"{name}: {seconds / 60:.1f} min", flush=True)

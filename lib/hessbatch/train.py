@@ -172,22 +172,23 @@ class Run:
             self._history = self.entry.csv("history.csv")
         return self._history
 
+    def _build(self) -> nn.Module:
+        spec = self.result["model_spec"]
+        return models.build_model(spec["name"], spec["input_shape"], spec["num_classes"], spec["mean"], spec["std"],
+                                  spec["reading"])
+
     def model(self, device="cpu", epoch: int | None = None) -> nn.Module:
         """The trained model (eval mode); ``epoch`` picks a snapshot saved with ``save_every``, and
         ``epoch=0`` the initialization (rebuilt from the seed, or the ``init_from`` run's weights)."""
-        spec = self.result["model_spec"]
         if epoch == 0:
             if self.config.init_from:
                 return Run(_parent(Store(self.entry.path.parent.parent), self.config.init_from, "init_from")).model(device)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.config.seed)
-                model = models.build_model(spec["name"], spec["input_shape"], spec["num_classes"],
-                                           spec["mean"], spec["std"], spec["reading"])
-            return model.to(device).eval()
+                return self._build().to(device).eval()
         if self.status == "diverged":
             raise HessbatchError(f"run {self.key} diverged at epoch {self.result['epochs']}: it has no weights")
-        model = models.build_model(spec["name"], spec["input_shape"], spec["num_classes"],
-                                   spec["mean"], spec["std"], spec["reading"])
+        model = self._build()
         name = "weights.pt" if epoch is None else f"weights-epoch{epoch:04d}.pt"
         if name not in self.entry.files():
             if name in self.entry.omitted():

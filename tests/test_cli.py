@@ -21,6 +21,24 @@ def test_train_then_cached(tmp_path, capsys):
     assert "MLP" in listing and "capped" in listing
 
 
+def test_train_objective_flags(tmp_path, capsys):
+    """--label-smoothing, --confidence-penalty, --micro-batch and --sample-smoothing KEY:ALPHA reach
+    the stored configuration; the guide may be given by a key prefix."""
+    r = ["--results", str(tmp_path)]
+    assert main(["train", *TINY, *r, "--save-every", "1", "--max-epochs", "3"]) == 0
+    guide = Store(tmp_path).entries("train")[0].key
+    assert main(["train", *TINY, *r, "--sample-smoothing", f"{guide[:6]}:0.2", "--micro-batch", "5"]) == 0
+    assert main(["train", *TINY, *r, "--label-smoothing", "0.1", "--confidence-penalty", "0.2"]) == 0
+    configs = [e.config["config"] for e in Store(tmp_path).entries("train")]
+    assert {"guide": guide, "alpha": 0.2} in [c.get("sample_smoothing") for c in configs]
+    assert any(c.get("micro_batch") == 5 for c in configs)
+    assert any(c.get("label_smoothing") == 0.1 and c.get("confidence_penalty") == 0.2 for c in configs)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["train", *TINY, *r, "--sample-smoothing", "0.2"])
+    assert "expected KEY:ALPHA" in capsys.readouterr().err
+
+
 def test_results_from_environment(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HESSBATCH_RESULTS", str(tmp_path / "env"))
     assert main(["train", *TINY]) == 0

@@ -15,6 +15,16 @@ def _float_or_none(s: str):
     return None if s.lower() in ("none", "null", "off") else float(s)
 
 
+def _guided(s: str) -> dict:
+    key, sep, alpha = s.rpartition(":")
+    try:
+        if not (sep and key):
+            raise ValueError
+        return {"guide": key, "alpha": float(alpha)}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected KEY:ALPHA (a training run and a number), got {s!r}") from None
+
+
 def _int_list(s: str) -> tuple:
     try:
         return tuple(int(v) for v in s.split(",") if v.strip())
@@ -69,11 +79,19 @@ def _train_flags(p: argparse.ArgumentParser, d, suppress: bool = False) -> None:
     add("--keep-last", action="store_true", default=False, help="also train on the last, incomplete batch")
     add("--grad-norm", action="store_true", default=False, help="record the full-batch gradient norm every epoch")
     add("--save-every", type=int, default=0, help="keep a weight snapshot every N epochs (default: 0)")
+    add("--micro-batch", type=int, help="accumulate each batch's gradient over chunks of N samples "
+        "(BatchNorm statistics per chunk)")
+    add("--label-smoothing", type=float, help="label smoothing α in [0, 1) (Szegedy et al. 2016)")
+    add("--confidence-penalty", type=float, help="confidence penalty β in [0, 1) (Pereyra et al. 2017)")
+    add("--sample-smoothing", type=_guided, metavar="KEY:ALPHA",
+        help="per-sample label smoothing up to ALPHA, from the label entropy of run KEY's late snapshots "
+        "(key or unique prefix; our reading of Datta et al.'s TGTSS)")
 
 
 _TRAIN_FIELDS = ("model", "dataset", "batch_size", "lr", "momentum", "weight_decay", "max_epochs", "target_loss",
                  "lr_milestones", "lr_gamma", "lr_scaling", "lr_base_batch", "warmup_epochs", "seed", "reading",
-                 "subset", "test_subset", "grad_norm", "save_every")
+                 "subset", "test_subset", "grad_norm", "save_every", "micro_batch", "label_smoothing",
+                 "confidence_penalty", "sample_smoothing")
 
 
 def _config_from_args(a, base: dict) -> dict:
@@ -81,6 +99,12 @@ def _config_from_args(a, base: dict) -> dict:
     cfg.update({f: getattr(a, f) for f in _TRAIN_FIELDS if hasattr(a, f)})
     if hasattr(a, "keep_last"):
         cfg["drop_last"] = not a.keep_last
+    if cfg.get("sample_smoothing"):
+        from .analysis import resolve_run
+        from .store import Store
+
+        guide = resolve_run(cfg["sample_smoothing"]["guide"], Store(a.results))
+        cfg["sample_smoothing"] = {**cfg["sample_smoothing"], "guide": guide.key}
     return cfg
 
 

@@ -249,7 +249,8 @@ def test_paper_profile_renders_from_committed_results(tmp_path, monkeypatch):
     src = build("paper", out=str(tmp_path / "build"), html=False)
     executed = sorted(p.stem for p in (src / "book").glob("*.ipynb"))
     placeholders = sorted(p.stem for p in (src / "book").glob("0*.md"))
-    assert {"01-batch-size--M1", "02-landscapes", "03-dynamics", "04-saddle-free", "07-pga-dynamics"} <= set(executed)
+    assert {"01-batch-size--M1", "02-landscapes", "03-dynamics", "04-saddle-free",
+            "05-adversarial-training", "07-pga-dynamics"} <= set(executed)
     assert not set(executed) & set(placeholders)
     assert len(executed) + len(placeholders) == len(executions(load_profile("paper")))
     nb = json.loads((src / "book" / "01-batch-size--M1.ipynb").read_text())

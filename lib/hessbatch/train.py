@@ -297,6 +297,12 @@ def train(config: TrainConfig | dict, store: Store | None = None, device="cpu", 
 def _train(cfg, cfg_dict, key, ds, store, device, progress, step_hook) -> Run:
     dev = resolve_device(device)
     ds = ds.to(dev)
+    smoothing = None
+    if cfg.sample_smoothing:
+        from .related import guided_smoothing
+
+        smoothing = guided_smoothing(Run(_parent(store, cfg.sample_smoothing["guide"], "sample_smoothing guide")),
+                                     ds, cfg.sample_smoothing["alpha"], dev)
 
     torch.manual_seed(cfg.seed)
     model = models.build_model(cfg.model, ds.input_shape, ds.num_classes, ds.mean, ds.std, cfg.reading).to(dev)
@@ -310,12 +316,6 @@ def _train(cfg, cfg_dict, key, ds, store, device, progress, step_hook) -> Run:
         from .robust import adversarial_hook
 
         step_hook = adversarial_hook(cfg.adversarial)
-    smoothing = None
-    if cfg.sample_smoothing:
-        from .related import guided_smoothing
-
-        smoothing = guided_smoothing(Run(_parent(store, cfg.sample_smoothing["guide"], "sample_smoothing guide")),
-                                     ds, cfg.sample_smoothing["alpha"], dev)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     work = store.work_dir("train", key)
     ckpt = work / "checkpoint.pt"

@@ -89,7 +89,7 @@ def test_results_root_from_environment(tmp_path, monkeypatch):
     assert Store().root == tmp_path / "r"
 
 
-def test_export_leaves_out_weights_and_stays_valid(tmp_path, tiny_cfg):
+def test_export_leaves_out_weights_and_stays_valid(tmp_path, tiny_cfg, monkeypatch):
     from hessbatch.errors import HessbatchError
     from hessbatch.train import train
 
@@ -103,5 +103,16 @@ def test_export_leaves_out_weights_and_stays_valid(tmp_path, tiny_cfg):
     assert again.cached and again.result == run.result and again.snapshot_epochs() == [1, 2, 3]
     with pytest.raises(HessbatchError, match="weights were left out"):
         again.model()
+    from hessbatch import analysis
+
+    def no_data(*a, **k):
+        raise HessbatchError("dataset 'mnist': no data in /nowhere")
+
+    monkeypatch.setattr(analysis, "run_data", no_data)
+    assert tidy.exported() and not Store(tmp_path / "full").exported()
+    with pytest.raises(HessbatchError, match="initial-state result is not in .*exported without weights.*no data in"):
+        analysis.initial_state(again, tidy)
+    with pytest.raises(HessbatchError, match="^dataset 'mnist': no data in"):
+        analysis.initial_state(run, Store(tmp_path / "full"))
     (entry.path / "history.csv").write_text("tampered")
     assert tidy.get("train", key=run.key) is None

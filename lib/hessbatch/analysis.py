@@ -53,7 +53,13 @@ def cached(store: Store, kind: str, config: dict, compute) -> Entry:
     if (entry := store.get(kind, config)) is not None:
         return entry
     t0 = time.perf_counter()
-    files, meta = compute()
+    try:
+        files, meta = compute()
+    except HessbatchError as e:
+        if store.exported():
+            raise HessbatchError(f"this {kind} result is not in {store.root}, a store exported without weights, and "
+                                 f"computing it failed: {e} (`hessbatch compute` on the full store adds it)") from None
+        raise
     meta["time_s"] = time.perf_counter() - t0
     with store.writer(kind, config) as tmp:
         for name, obj in files.items():

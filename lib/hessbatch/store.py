@@ -147,6 +147,10 @@ class Store:
             finally:
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
+    def exported(self) -> bool:
+        """Whether this store is an export without weights (``Store.export``)."""
+        return any(e.omitted() for e in self.entries("train"))
+
     def get(self, kind: str, config: dict | None = None, key: str | None = None) -> Entry | None:
         """The complete entry for this configuration (or key), or ``None``."""
         key = key or self.key(kind, config)

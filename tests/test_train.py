@@ -44,6 +44,12 @@ def test_epoch_zero_is_the_initialization(tmp_path, tiny_cfg):
     assert not all(torch.equal(init[k], run.model().state_dict()[k]) for k in init)
     more = train({**tiny_cfg, "init_from": run.key, "max_epochs": 1}, Store(tmp_path), progress=False)
     assert all(torch.equal(more.model(epoch=0).state_dict()[k], run.model().state_dict()[k]) for k in init)
+    # measurement keys: runs that differ only in how they train share their initialization
+    other = train({**tiny_cfg, "batch_size": 25, "max_epochs": 1}, Store(tmp_path), progress=False)
+    assert other.point(0) == run.point(0) and run.point(0)["init"]["seed"] == tiny_cfg.get("seed", 0)
+    assert run.point(2) == {"run": run.key, "epoch": 2} and run.point() == {"run": run.key, "epoch": None}
+    assert more.point(0) == run.point() != train({**tiny_cfg, "seed": 1, "max_epochs": 1}, Store(tmp_path),
+                                                 progress=False).point(0)
 
 
 def test_second_call_comes_from_the_store(tmp_path, tiny_cfg, monkeypatch):

@@ -86,7 +86,7 @@ def spectrum(run: Run | str, split: str = "train", k: int = 20, tol: float = 1e-
     run = resolve_run(run, store)
     check(split in ("train", "test"), f"unknown split {split!r}; choose train or test")
     check(keep_vectors >= 0, "keep_vectors must be >= 0")
-    config = {"run": run.key, "epoch": epoch, "split": split, "k": k, "tol": tol, "method": method,
+    config = {**run.point(epoch), "split": split, "k": k, "tol": tol, "method": method,
               "which": which, "subsample": subsample, "seed": seed, "keep_vectors": keep_vectors}
 
     def compute():
@@ -108,8 +108,9 @@ def spectrum(run: Run | str, split: str = "train", k: int = 20, tol: float = 1e-
 
 
 def initial_state(run: Run | str, store: Store | None = None, device="cpu", data_root=None) -> dict:
-    """A run's training loss, accuracy and full gradient norm at epoch 0 (its initialization), the
-    quantities its ``history.csv`` holds for every later epoch."""
+    """A run's training loss, accuracy and full gradient norm at epoch 0 (its initialization, shared
+    by runs that differ only in how they train), the quantities its ``history.csv`` holds for every
+    later epoch."""
     from .train import evaluate, full_gradient_norm
 
     store = store or Store()
@@ -122,7 +123,7 @@ def initial_state(run: Run | str, store: Store | None = None, device="cpu", data
         loss, acc = evaluate(model, x, y)
         return {}, {"epoch": 0, "train_loss": loss, "train_acc": acc, "grad_norm": full_gradient_norm(model, x, y)}
 
-    return cached(store, "initial-state", {"run": run.key}, compute).json()
+    return cached(store, "initial-state", run.point(0), compute).json()
 
 
 def input_curvature(run: Run | str, split: str = "train", method: str = "power", tol: float = 1e-4,

@@ -198,6 +198,18 @@ class Run:
         model.load_state_dict(self.entry.torch(name))
         return model.to(device).eval()
 
+    def point(self, epoch: int | None = None) -> dict:
+        """What identifies the weights ``model(epoch=epoch)`` returns, for the store keys of
+        measurements: the run and epoch; at epoch 0 the initialization itself (model, data, seed),
+        which runs differing only in how they train share, or the ``init_from`` run's final weights."""
+        if epoch != 0:
+            return {"run": self.key, "epoch": epoch}
+        c = self.config
+        if c.init_from:
+            return {"run": c.init_from, "epoch": None}
+        return {"run": None, "epoch": 0, "init": {"model": c.model, "reading": c.reading, "dataset": c.dataset,
+                                                  "subset": c.subset, "test_subset": c.test_subset, "seed": c.seed}}
+
     def snapshot_epochs(self) -> list[int]:
         return [int(f[len("weights-epoch"):-3]) for f in sorted(self.entry.files() + self.entry.omitted())
                 if f.startswith("weights-epoch")]

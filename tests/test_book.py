@@ -276,3 +276,14 @@ def test_compute_isolates_a_failing_chapter(tmp_path, monkeypatch):
     timings = yaml.safe_load((tmp_path / "_timings.yml").read_text())
     assert "04-saddle-free" in timings and "07-pga-dynamics" not in timings
     assert timings["_calls"][-1]["failed"] == ["chapter 07-pga-dynamics: RuntimeError: boom"]
+
+
+def test_build_timings_of_older_builds_are_read(tmp_path):
+    from hessbatch.book import _build_timings
+
+    record = tmp_path / "_timings.yml"
+    record.write_text("01-batch-size: 9.2\n08-instability:\n  device: cpu\n  seconds: 15.4\nodd: [1, 2]\n")
+    assert _build_timings(record) == {"01-batch-size": {"seconds": 9.2, "device": "unknown"},
+                                      "08-instability": {"device": "cpu", "seconds": 15.4}}
+    record.write_text("- not a mapping\n")
+    assert _build_timings(record) == {} and _build_timings(tmp_path / "absent.yml") == {}

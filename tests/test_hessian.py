@@ -147,6 +147,17 @@ def test_input_curvature_matches_per_sample_loop(kind, method):
         lam = torch.linalg.eigvalsh(Hi)[-1].item()
         assert ic.grad_norm[i] == pytest.approx(g.norm().item(), rel=1e-10)
         assert ic.lambda_max[i] == pytest.approx(lam, rel=1e-6, abs=1e-12)
+    assert ic.unconverged == 0
+
+
+def test_input_power_iteration_reports_samples_that_did_not_converge():
+    model = tiny_cnn()
+    x, y = data_for(model, n=9)
+    assert input_curvature(model, x, y, tol=1e-12, max_iter=2).unconverged == 9
+    loose = input_curvature(model, x, y, tol=1e-3, max_iter=5000)
+    exact = input_curvature(model, x, y, method="exact")
+    assert loose.unconverged == 0 and loose.iterations < 5000
+    assert np.allclose(loose.lambda_max, exact.lambda_max, rtol=1e-2)
 
 
 def _theorem1_stats(model, x, y):

@@ -109,3 +109,34 @@ def test_guided_smoothing_from_the_guide_runs_checkpoints(tmp_path, tiny_cfg):
     with pytest.raises(HessbatchError, match="needs 25 among the batch sizes"):
         stability_configs("MLP", "mnist5k", [50], opts, mitigations={"T": {"sample_smoothing": 0.3}},
                           mitigation_batch=25, snapshot_every=1)
+
+
+def _churn_ci_by_indexing(preds, n, seed=0):
+    """The same draws as churn_ci, built by copying runs and samples explicitly."""
+    rng = np.random.default_rng(seed)
+    r, m = preds.shape
+    draws = []
+    while len(draws) < n:
+        runs = rng.integers(0, r, r)
+        if len(set(runs)) < 2:
+            continue
+        cols = rng.integers(0, m, m)
+        sub = preds[runs][:, cols]
+        pairs = [(u, v) for u in range(r) for v in range(u + 1, r) if runs[u] != runs[v]]
+        draws.append(np.mean([(sub[u] != sub[v]).mean() for u, v in pairs]))
+    return tuple(np.quantile(draws, [0.025, 0.975]))
+
+
+def test_churn_ci_matches_explicit_resampling_and_sees_seed_variation():
+    rng = np.random.default_rng(1)
+    preds = rng.integers(0, 3, (5, 60))
+    assert np.allclose(stability.churn_ci(preds, n=300), _churn_ci_by_indexing(preds, 300), atol=1e-6)
+    # five identical runs and one that differs on half the samples: the mean churn is 5/15 * 0.5
+    odd = np.zeros((6, 400), dtype=int)
+    odd[5, :200] = 1
+    mean = stability.pairwise_churn(odd).mean()
+    assert np.isclose(mean, 1 / 6)
+    lo, hi = stability.churn_ci(odd)
+    s_lo, s_hi = stability.bootstrap_ci(stability.sample_disagreement(odd))
+    assert s_lo > 0.14 and s_hi < 0.19          # over samples alone: narrow
+    assert lo == 0.0 and hi > 0.25              # drawing the odd run 0 or 2+ times moves the churn a lot

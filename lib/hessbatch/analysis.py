@@ -141,7 +141,8 @@ def input_curvature(run: Run | str, split: str = "train", method: str = "power",
             x, y = x[:limit], y[:limit]
         ic = hessian.input_curvature(run.model(dev), x.to(dev), y.to(dev), method, tol, max_iter, chunk)
         table = pd.DataFrame({"grad_norm": ic.grad_norm, "lambda_max": ic.lambda_max})
-        return {"samples.csv": table}, {**ic.summary(), "iterations": ic.iterations, "n_samples": len(y)}
+        return {"samples.csv": table}, {**ic.summary(), "iterations": ic.iterations, "unconverged": ic.unconverged,
+                                         "n_samples": len(y)}
 
     return cached(store, "input-curvature", config, compute)
 

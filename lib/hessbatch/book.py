@@ -267,8 +267,7 @@ def build(profile: str = "quick", results: str | None = None, device: str = "cpu
         if not (src / "book" / f"{name}.ipynb").exists() and not (src / "book" / f"{name}.md").exists():
             shutil.copy2(root / "book" / f"{chapter}.ipynb", src / "book" / f"{name}.ipynb")
     record = src / "book" / "_timings.yml"
-    known = yaml.safe_load(record.read_text()) if record.is_file() else {}
-    known = {**(known or {}), **{n: {"seconds": round(t, 1), "device": str(device)} for n, t in timings}}
+    known = {**_build_timings(record), **{n: {"seconds": round(t, 1), "device": str(device)} for n, t in timings}}
     record.write_text(yaml.safe_dump(known))
     ordered = [(n, known[n]["seconds"], known[n]["device"]) for n, _, _, _ in every if n in known]
     computed = Path(res) / "_timings.yml"
@@ -341,6 +340,24 @@ def _kernel_options() -> dict:
             return "auto"
 
     return {"kernel_manager_class": EncryptedKernelManager}
+
+
+def _build_timings(record: Path) -> dict:
+    """The chapters' wall times of earlier builds into the same folder; entries written by older
+    versions (bare seconds, no device) are read with the device unknown."""
+    try:
+        known = yaml.safe_load(record.read_text()) if record.is_file() else {}
+    except yaml.YAMLError:
+        return {}
+    if not isinstance(known, dict):
+        return {}
+    out = {}
+    for name, v in known.items():
+        if isinstance(v, dict) and "seconds" in v:
+            out[str(name)] = v
+        elif isinstance(v, (int, float)):
+            out[str(name)] = {"seconds": v, "device": "unknown"}
+    return out
 
 
 def fetch_data(runs, data_root) -> list[str]:

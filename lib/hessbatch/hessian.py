@@ -363,6 +363,7 @@ class InputCurvature:
     lambda_max: np.ndarray
     iterations: int
     method: str
+    unconverged: int = 0
 
     def summary(self) -> dict:
         return {"grad_norm": float(self.grad_norm.mean()), "lambda_max": float(self.lambda_max.mean())}
@@ -383,7 +384,7 @@ def input_curvature(model: nn.Module, inputs: torch.Tensor, targets: torch.Tenso
     model.eval()
     chunk = chunk or default_chunk(inputs.device, 512, 4096)
     g = torch.Generator().manual_seed(seed)
-    norms, lams, iters = [], [], 0
+    norms, lams, iters, unconverged = [], [], 0, 0
     for i in range(0, len(inputs), chunk):
         x = inputs[i:i + chunk].detach().clone().requires_grad_(True)
         y = targets[i:i + chunk]
@@ -391,30 +392,46 @@ def input_curvature(model: nn.Module, inputs: torch.Tensor, targets: torch.Tenso
         loss = F.cross_entropy(out, y, reduction="sum")
         if method == "exact":
             grad = torch.autograd.grad(loss, x, retain_graph=True)[0]
-            lam = _exact_input_lambda(out, x)
-            it = out.shape[1]
+            lam, it, left = _exact_input_lambda(out, x), out.shape[1], 0
         else:
             grad = torch.autograd.grad(loss, x, create_graph=True)[0]
-            lam, it = _batched_power(grad, x, g, tol, max_iter)
+            lam, it, left = _batched_power(model, x, y, grad, g, tol, max_iter)
         norms.append(grad.detach().flatten(1).norm(dim=1).cpu())
         lams.append(lam.detach().cpu())
-        iters = max(iters, it)
-    return InputCurvature(torch.cat(norms).double().numpy(), torch.cat(lams).double().numpy(), iters, method)
+        iters, unconverged = max(iters, it), unconverged + left
+    return InputCurvature(torch.cat(norms).double().numpy(), torch.cat(lams).double().numpy(), iters, method,
+                          unconverged)
 
 
-def _batched_power(grad, x, g, tol, max_iter):
-    v = torch.randn(x.shape, generator=g, dtype=torch.float64).to(x.device, x.dtype)
-    v = v / v.flatten(1).norm(dim=1).view(-1, *[1] * (x.dim() - 1))
-    prev = None
+def _batched_power(model, x, y, grad, g, tol, max_iter):
+    """Power iteration on every sample's input Hessian at once. A sample stops when its estimate
+    changes by at most ``tol`` (relative); the graph is rebuilt for the samples still iterating
+    once they are at most half of it. Returns the estimates, the iterations of the slowest sample
+    and the number of samples that did not converge in ``max_iter``."""
+    def unit(t):
+        return t / t.flatten(1).norm(dim=1).clamp_min(1e-30).view(-1, *[1] * (x.dim() - 1))
+
+    v = unit(torch.randn(x.shape, generator=g, dtype=torch.float64).to(x.device, x.dtype))
+    lam = torch.zeros(len(x), dtype=x.dtype, device=x.device)
+    prev = torch.full_like(lam, float("nan"))
+    live = torch.ones(len(x), dtype=torch.bool, device=x.device)
+    rows, xa, ga, it = torch.arange(len(x), device=x.device), x, grad, 0
     for it in range(1, max_iter + 1):
-        hv = torch.autograd.grad(grad, x, grad_outputs=v, retain_graph=True)[0]
-        lam = (hv * v).flatten(1).sum(1)
-        nrm = hv.flatten(1).norm(dim=1).clamp_min(1e-30)
-        v = hv / nrm.view(-1, *[1] * (x.dim() - 1))
-        if prev is not None and bool(((lam - prev).abs() <= tol * (prev.abs() + 1e-6)).all()):
+        hv = torch.autograd.grad(ga, xa, grad_outputs=v[rows], retain_graph=True)[0].detach()
+        sel = live[rows]
+        idx, hv = rows[sel], hv[sel]
+        new = (hv * v[idx]).flatten(1).sum(1)
+        done = (new - prev[idx]).abs() <= tol * (prev[idx].abs() + 1e-6)
+        lam[idx], prev[idx], v[idx] = new, new, unit(hv)
+        live[idx[done]] = False
+        n_live = int(live.sum())
+        if not n_live:
             break
-        prev = lam
-    return lam, it
+        if n_live <= len(rows) // 2:
+            rows = live.nonzero().flatten()
+            xa = x.detach()[rows].clone().requires_grad_(True)
+            ga = torch.autograd.grad(F.cross_entropy(model(xa), y[rows], reduction="sum"), xa, create_graph=True)[0]
+    return lam, it, int(live.sum())
 
 
 def _exact_input_lambda(out, x):

@@ -203,7 +203,7 @@ def stability_study(model, dataset, batch_sizes, train_options=None, seeds=6, mi
                "unstable": unstable.mean(), "mean_le": le.mean(), "churn": disagree.mean(),
                "ensemble_churn": ens.mean() if len(ens) else np.nan}
         row["unstable_lo"], row["unstable_hi"] = stability.bootstrap_ci(unstable.astype(float), seed=seed)
-        row["churn_lo"], row["churn_hi"] = stability.bootstrap_ci(disagree, seed=seed)
+        row["churn_lo"], row["churn_hi"] = stability.churn_ci(preds, seed=seed)
         if unstable.any() and (~unstable).any():
             row["nb_le_unstable"], row["nb_le_stable"] = nb[unstable].mean(), nb[~unstable].mean()
             row["nb_p"] = stability.permutation_test(nb[unstable], nb[~unstable], n=5000, seed=seed)

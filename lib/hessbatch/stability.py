@@ -128,3 +128,27 @@ def bootstrap_ci(values, stat=np.mean, n: int = 2000, level: float = 0.95, seed:
     draws = [stat(v[rng.integers(0, len(v), len(v))]) for _ in range(n)]
     lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
+
+
+def churn_ci(preds, n: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean pairwise churn, resampling runs and samples
+    together: each draw takes runs and samples with replacement and averages the churn of every
+    pair of drawn runs that are different runs (a copy of a run paired with itself is no pair).
+    Unlike a bootstrap over samples alone, its width includes the seed-to-seed variation."""
+    p = _preds(preds)
+    r = p.shape[0]
+    check(r >= 2, "churn needs at least 2 runs")
+    pairs = list(itertools.combinations(range(r), 2))
+    d = np.stack([p[i] != p[j] for i, j in pairs]).astype(np.float32)
+    a, b = np.array(pairs).T
+    rng = np.random.default_rng(seed)
+    draws = []
+    while len(draws) < n:
+        runs = np.bincount(rng.integers(0, r, r), minlength=r)
+        w = (runs[a] * runs[b]).astype(np.float32)
+        if not w.any():
+            continue
+        samples = np.bincount(rng.integers(0, p.shape[1], p.shape[1]), minlength=p.shape[1]).astype(np.float32)
+        draws.append(float(w @ (d @ samples)) / (w.sum() * p.shape[1]))
+    lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)

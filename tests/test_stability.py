@@ -106,9 +106,11 @@ def test_guided_smoothing_from_the_guide_runs_checkpoints(tmp_path, tiny_cfg):
         train({**tiny_cfg, "sample_smoothing": {"guide": plain.key, "alpha": 0.1}}, store, progress=False)
     with pytest.raises(HessbatchError, match="sample_smoothing guide run 0123 is not in the store"):
         train({**tiny_cfg, "sample_smoothing": {"guide": "0123", "alpha": 0.1}}, store, progress=False)
-    with pytest.raises(HessbatchError, match="needs 25 among the batch sizes"):
-        stability_configs("MLP", "mnist5k", [50], opts, mitigations={"T": {"sample_smoothing": 0.3}},
+    with pytest.raises(HessbatchError, match="plain runs at batch size 25: it must be one of the batch sizes"):
+        stability_configs("MLP", "mnist5k", [50], opts, mitigations={"L": {"label_smoothing": 0.1}},
                           mitigation_batch=25, snapshot_every=1)
+    with pytest.raises(HessbatchError, match="needs snapshot_every > 0"):
+        stability_configs("MLP", "mnist5k", [50], opts, mitigations={"T": {"sample_smoothing": 0.3}})
 
 
 def _churn_ci_by_indexing(preds, n, seed=0):
@@ -116,11 +118,11 @@ def _churn_ci_by_indexing(preds, n, seed=0):
     rng = np.random.default_rng(seed)
     r, m = preds.shape
     draws = []
-    while len(draws) < n:
-        runs = rng.integers(0, r, r)
-        if len(set(runs)) < 2:
-            continue
+    for _ in range(n):
         cols = rng.integers(0, m, m)
+        runs = rng.integers(0, r, r)
+        while len(set(runs)) < 2:
+            runs = rng.integers(0, r, r)
         sub = preds[runs][:, cols]
         pairs = [(u, v) for u in range(r) for v in range(u + 1, r) if runs[u] != runs[v]]
         draws.append(np.mean([(sub[u] != sub[v]).mean() for u, v in pairs]))
@@ -140,3 +142,35 @@ def test_churn_ci_matches_explicit_resampling_and_sees_seed_variation():
     s_lo, s_hi = stability.bootstrap_ci(stability.sample_disagreement(odd))
     assert s_lo > 0.14 and s_hi < 0.19          # over samples alone: narrow
     assert lo == 0.0 and hi > 0.25              # drawing the odd run 0 or 2+ times moves the churn a lot
+
+
+def test_churn_difference_ci():
+    rng = np.random.default_rng(3)
+    truth = rng.integers(0, 4, 500)
+    noisy = np.where(rng.random((8, 500)) < 0.2, rng.integers(0, 4, (8, 500)), truth)
+    quiet = np.where(rng.random((8, 500)) < 0.02, rng.integers(0, 4, (8, 500)), truth)
+    lo, hi = stability.churn_difference_ci(noisy, quiet)
+    diff = stability.pairwise_churn(noisy).mean() - stability.pairwise_churn(quiet).mean()
+    assert 0 < lo < diff < hi
+    lo, hi = stability.churn_difference_ci(noisy[:4], noisy[4:])
+    assert lo < 0 < hi
+    with pytest.raises(HessbatchError, match="different numbers of samples"):
+        stability.churn_difference_ci(noisy, quiet[:, :10])
+
+
+def test_mitigations_are_compared_with_the_plain_runs_at_their_batch_size():
+    import pandas as pd
+
+    from hessbatch.related import stability_claims
+
+    groups = pd.DataFrame({"group": ["B=32", "B=256", "B=256 + LS"], "batch_size": [32, 256, 256],
+                           "unstable": [0.1, 0.2, 0.15], "churn": [0.05, 0.10, 0.07],
+                           "ensemble_churn": [0.03, 0.06, 0.05], "acc_std": [0.001] * 3,
+                           "churn_change": [np.nan, np.nan, -0.03], "churn_change_lo": [np.nan, np.nan, -0.05],
+                           "churn_change_hi": [np.nan, np.nan, -0.01]})
+    runs = pd.DataFrame({"group": ["B=32", "B=256"], "batch_size": [32, 256], "lambda_max": [1.0, 2.0]})
+    _, reported = stability_claims(groups, runs, {"max_le": 0.0, "identical_weights": True}, ["B=32", "B=256"])
+    rows = reported.set_index("quantity")
+    assert np.isclose(rows.loc["share of the ensembling gain in churn recovered by B=256 + LS", "value"], 0.75)
+    change = rows.loc["churn of B=256 + LS minus churn of B=256 (95% interval over runs and samples)"]
+    assert np.allclose(change[["value", "lo", "hi"]].astype(float), [-0.03, -0.05, -0.01])

@@ -123,14 +123,16 @@ def stability_configs(model, dataset, batch_sizes, train_options=None, seeds=6, 
     def config(b, s, extra=None):
         return {**base, **(extra or {}), "batch_size": b, "seed": s, "save_every": snapshot_every if s == 0 else 0}
 
+    check(not mitigations or mb in batch_sizes,
+          f"mitigations are compared with the plain runs at batch size {mb}: it must be one of the batch sizes "
+          f"{list(batch_sizes)}")
     out = []
     groups = [(f"B={b}", b, {}) for b in batch_sizes]
     for label, opts in (mitigations or {}).items():
         opts = dict(opts)
         if "sample_smoothing" in opts:
-            check(mb in batch_sizes and snapshot_every,
-                  f"mitigation {label!r} (sample_smoothing) is guided by the run of seed 0 at batch size {mb}: "
-                  f"it needs {mb} among the batch sizes and snapshot_every > 0")
+            check(snapshot_every, f"mitigation {label!r} (sample_smoothing) is guided by the snapshots of the run "
+                                  f"of seed 0 at batch size {mb}: it needs snapshot_every > 0")
             opts["sample_smoothing"] = {"guide": config_key(config(mb, 0)), "alpha": opts["sample_smoothing"]}
         groups.append((f"B={mb} + {label}", mb, opts))
     for label, b, extra in groups:
@@ -188,11 +190,11 @@ def stability_study(model, dataset, batch_sizes, train_options=None, seeds=6, mi
     runs = [(g, b, s, train(cfg, store, device=device, data_root=data_root, progress=progress))
             for g, b, s, cfg in _bar(specs, "training", progress)]
     x_test, y_test = test_inputs(runs[0][3], data_root)
-    per_run, per_sample, groups = [], [], []
+    per_run, per_sample, groups, group_preds = [], [], [], {}
     for g, items in pd.Series(runs).groupby([r[0] for r in runs], sort=False):
         items = list(items)
         probs = np.stack([_probs(r, store, device, data_root) for *_, r in items])
-        preds = probs.argmax(2)
+        preds = group_preds[g] = probs.argmax(2)
         le = stability.label_entropy(preds)
         unstable = le > 0
         nb = stability.neighbour_mean(x_test, le, neighbours)
@@ -224,6 +226,13 @@ def stability_study(model, dataset, batch_sizes, train_options=None, seeds=6, mi
         per_sample.append(pd.DataFrame({"group": g, "sample": np.arange(len(le)), "label": y_test, "le": le,
                                         "neighbour_le": nb, "majority": [np.bincount(c).argmax() for c in preds.T]}))
     table = pd.DataFrame(groups)
+    plain = {f"B={b}" for b in batch_sizes}
+    for i, row in table.iterrows():
+        base = f"B={row['batch_size']}"
+        if row["group"] not in plain and base in group_preds:
+            table.loc[i, "churn_change"] = row["churn"] - table.set_index("group").loc[base, "churn"]
+            table.loc[i, ["churn_change_lo", "churn_change_hi"]] = stability.churn_difference_ci(
+                group_preds[row["group"]], group_preds[base], seed=seed)
     sanity = _stability_sanity(runs[0][3], store, device, data_root)
     out = {"groups": table, "runs": pd.DataFrame(per_run), "samples": pd.concat(per_sample, ignore_index=True),
            "sanity": sanity, "used": [r for *_, r in runs]}
@@ -274,11 +283,16 @@ def stability_claims(groups: pd.DataFrame, runs: pd.DataFrame, sanity: dict, bat
     rows.append(claims.claim("ensembling (the gold standard) reduces churn", f"{src}, abstract",
                              "ensemble churn / single churn", ratio, bool(pd.notna(ratio) and ratio < 1)))
     reported = []
-    base = groups[groups["group"] == batch_groups[0]].iloc[0]
+    plain = groups[groups["group"].isin(batch_groups)].set_index("batch_size")
     for _, g in groups[~groups["group"].isin(batch_groups)].iterrows():
+        base = plain.loc[g["batch_size"]]
         gain = base["churn"] - base["ensemble_churn"]
         reported.append({"quantity": f"share of the ensembling gain in churn recovered by {g['group']}",
                          "value": (base["churn"] - g["churn"]) / gain if gain > 0 else np.nan})
+        if "churn_change" in g and pd.notna(g["churn_change"]):
+            reported.append({"quantity": f"churn of {g['group']} minus churn of {base['group']} "
+                                         "(95% interval over runs and samples)",
+                             "value": g["churn_change"], "lo": g["churn_change_lo"], "hi": g["churn_change_hi"]})
     batch = runs[runs["group"].isin(batch_groups)]
     reported.append({"quantity": "Spearman ρ(batch size, top Hessian eigenvalue) over runs",
                      "value": claims.spearman(batch["batch_size"], batch["lambda_max"])})
@@ -287,7 +301,7 @@ def stability_claims(groups: pd.DataFrame, runs: pd.DataFrame, sanity: dict, bat
                                  f"{bg['group'].iloc[0]})", "value": bg["unstable"].iloc[-1] - bg["unstable"].iloc[0]})
     reported.append({"quantity": "Spearman ρ(batch size, share of unstable samples) over batch sizes (≥ 3 sizes)",
                      "value": claims.spearman(bg["batch_size"], bg["unstable"])})
-    return claims.table(rows), pd.DataFrame(reported, columns=["quantity", "value"])
+    return claims.table(rows), pd.DataFrame(reported, columns=["quantity", "value", "lo", "hi"])
 
 
 def late_training_sentence(reported: pd.DataFrame) -> str:

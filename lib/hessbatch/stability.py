@@ -125,9 +125,7 @@ def bootstrap_ci(values, stat=np.mean, n: int = 2000, level: float = 0.95, seed:
     v = np.asarray(values)
     check(len(v) > 0, "bootstrap needs at least one value")
     rng = np.random.default_rng(seed)
-    draws = [stat(v[rng.integers(0, len(v), len(v))]) for _ in range(n)]
-    lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
+    return _quantiles([stat(v[rng.integers(0, len(v), len(v))]) for _ in range(n)], level)
 
 
 def churn_ci(preds, n: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
@@ -135,20 +133,49 @@ def churn_ci(preds, n: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[
     together: each draw takes runs and samples with replacement and averages the churn of every
     pair of drawn runs that are different runs (a copy of a run paired with itself is no pair).
     Unlike a bootstrap over samples alone, its width includes the seed-to-seed variation."""
-    p = _preds(preds)
-    r = p.shape[0]
-    check(r >= 2, "churn needs at least 2 runs")
-    pairs = list(itertools.combinations(range(r), 2))
-    d = np.stack([p[i] != p[j] for i, j in pairs]).astype(np.float32)
-    a, b = np.array(pairs).T
+    group = _Pairs(preds)
+    rng = np.random.default_rng(seed)
+    return _quantiles([group.draw(rng, _sample_weights(rng, group.m)) for _ in range(n)], level)
+
+
+def churn_difference_ci(preds_a, preds_b, n: int = 2000, level: float = 0.95,
+                        seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of mean churn(a) − mean churn(b) for two groups of runs on the
+    same samples: runs are resampled within each group, samples once for both (as ``churn_ci``)."""
+    a, b = _Pairs(preds_a), _Pairs(preds_b)
+    check(a.m == b.m, f"the two groups predict different numbers of samples: {a.m} vs {b.m}")
     rng = np.random.default_rng(seed)
     draws = []
-    while len(draws) < n:
-        runs = np.bincount(rng.integers(0, r, r), minlength=r)
-        w = (runs[a] * runs[b]).astype(np.float32)
-        if not w.any():
-            continue
-        samples = np.bincount(rng.integers(0, p.shape[1], p.shape[1]), minlength=p.shape[1]).astype(np.float32)
-        draws.append(float(w @ (d @ samples)) / (w.sum() * p.shape[1]))
+    for _ in range(n):
+        w = _sample_weights(rng, a.m)
+        draws.append(a.draw(rng, w) - b.draw(rng, w))
+    return _quantiles(draws, level)
+
+
+class _Pairs:
+    """Per pair of runs, the samples on which they disagree."""
+
+    def __init__(self, preds):
+        p = _preds(preds)
+        check(p.shape[0] >= 2, "churn needs at least 2 runs")
+        self.r, self.m = p.shape
+        pairs = list(itertools.combinations(range(self.r), 2))
+        self.d = np.stack([p[i] != p[j] for i, j in pairs]).astype(np.float32)
+        self.a, self.b = np.array(pairs).T
+
+    def draw(self, rng, samples: np.ndarray) -> float:
+        """Mean churn over the pairs of distinct runs of one draw of runs, samples weighted."""
+        while True:
+            runs = np.bincount(rng.integers(0, self.r, self.r), minlength=self.r)
+            w = (runs[self.a] * runs[self.b]).astype(np.float32)
+            if w.any():
+                return float(w @ (self.d @ samples)) / (w.sum() * samples.sum())
+
+
+def _sample_weights(rng, m: int) -> np.ndarray:
+    return np.bincount(rng.integers(0, m, m), minlength=m).astype(np.float32)
+
+
+def _quantiles(draws, level: float) -> tuple[float, float]:
     lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)

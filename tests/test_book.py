@@ -224,6 +224,14 @@ def test_smoke_book_builds(smoke_book):
     for name in CHAPTERS:
         assert (html / "book" / f"{name}.html").is_file()
     assert (html / "book" / "figures" / "fig-spectrum-batch.pdf").is_file()
+    import pandas as pd
+
+    groups = pd.read_csv(html / "book" / "figures" / "fig-instability.csv")
+    mitigated = groups["group"].str.contains(r"\+")
+    assert mitigated.any() and groups.loc[mitigated, "churn_change"].notna().all()
+    assert (groups["churn_lo"] <= groups["churn"]).all() and (groups["churn"] <= groups["churn_hi"]).all()
+    change = groups.loc[mitigated]
+    assert ((change["churn_change_lo"] <= change["churn_change"]) & (change["churn_change"] <= change["churn_change_hi"])).all()
 
 
 @pytest.mark.parametrize("name", CHAPTERS)

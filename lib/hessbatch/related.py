@@ -226,13 +226,12 @@ def stability_study(model, dataset, batch_sizes, train_options=None, seeds=6, mi
         per_sample.append(pd.DataFrame({"group": g, "sample": np.arange(len(le)), "label": y_test, "le": le,
                                         "neighbour_le": nb, "majority": [np.bincount(c).argmax() for c in preds.T]}))
     table = pd.DataFrame(groups)
-    plain = {f"B={b}" for b in batch_sizes}
-    for i, row in table.iterrows():
-        base = f"B={row['batch_size']}"
-        if row["group"] not in plain and base in group_preds:
-            table.loc[i, "churn_change"] = row["churn"] - table.set_index("group").loc[base, "churn"]
-            table.loc[i, ["churn_change_lo", "churn_change_hi"]] = stability.churn_difference_ci(
-                group_preds[row["group"]], group_preds[base], seed=seed)
+    churn = table.set_index("group")["churn"]
+    for i, row in table[~table["group"].isin([f"B={b}" for b in batch_sizes])].iterrows():
+        base = f"B={row['batch_size']}"  # a plain group: stability_configs checks the mitigation batch
+        table.loc[i, "churn_change"] = row["churn"] - churn[base]
+        table.loc[i, ["churn_change_lo", "churn_change_hi"]] = stability.churn_difference_ci(
+            group_preds[row["group"]], group_preds[base], seed=seed)
     sanity = _stability_sanity(runs[0][3], store, device, data_root)
     out = {"groups": table, "runs": pd.DataFrame(per_run), "samples": pd.concat(per_sample, ignore_index=True),
            "sanity": sanity, "used": [r for *_, r in runs]}

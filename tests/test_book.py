@@ -4,8 +4,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from hessbatch import HessbatchError
 from hessbatch.book import build, chapter_parameters, coerce, compute, executions, load_profile
 
 ROOT = Path(__file__).resolve().parents[1]
+LIB = ROOT / "lib"
 CHAPTERS = sorted(p.stem for p in (ROOT / "book").glob("*.ipynb"))
 FIGURES = {"01-batch-size": 2, "02-landscapes": 2, "03-dynamics": 1, "04-saddle-free": 1,
            "05-adversarial-training": 2, "06-large-batch-robust": 1, "07-pga-dynamics": 3, "08-instability": 3}
@@ -284,6 +287,40 @@ def test_compute_isolates_a_failing_chapter(tmp_path, monkeypatch):
     timings = yaml.safe_load((tmp_path / "_timings.yml").read_text())
     assert "04-saddle-free" in timings and "07-pga-dynamics" not in timings
     assert timings["_calls"][-1]["failed"] == ["chapter 07-pga-dynamics: RuntimeError: boom"]
+
+
+def test_compute_records_an_interrupted_call(tmp_path, monkeypatch):
+    """Ctrl-C during training: the call's wall time is recorded (all of it training), marked interrupted."""
+    import hessbatch.book as book_mod
+
+    def slow(*a, **k):
+        time.sleep(0.3)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(book_mod, "_train_profile", slow)
+    with pytest.raises(KeyboardInterrupt):
+        compute("smoke", results=str(tmp_path), chapters=["04-saddle-free"])
+    call = yaml.safe_load((tmp_path / "_timings.yml").read_text())["_calls"][-1]
+    assert call["interrupted"] and call["seconds"] >= 0.3 and call["train_seconds"] >= 0.3
+    assert "1 call(s) (1 interrupted)" in "\n".join(book_mod.computed_summary({"_calls": [call]}))
+
+
+def test_compute_records_a_call_stopped_by_sigterm(tmp_path):
+    """What `timeout` does: SIGTERM still kills the call, after its wall time is recorded."""
+    script = ("import time, hessbatch.book as b\n"
+              "b._train_profile = lambda *a, **k: (time.sleep(60), (0.0, []))[1]\n"
+              f"b.compute('smoke', results={str(tmp_path)!r}, chapters=['04-saddle-free'])\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(LIB)})
+    record = tmp_path / "_timings.yml"
+    for _ in range(600):
+        if record.is_file():
+            break
+        time.sleep(0.1)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == -signal.SIGTERM
+    call = yaml.safe_load(record.read_text())["_calls"][-1]
+    assert call["interrupted"] and call["train_seconds"] == call["seconds"] >= 0.5
 
 
 def test_build_timings_of_older_builds_are_read(tmp_path):

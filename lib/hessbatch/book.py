@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -183,7 +184,9 @@ def computed_summary(computed: dict) -> list[str]:
     lines = ["The results were computed by `hessbatch compute`:", ""]
     for hw in sorted({c["hardware"] for c in calls}):
         mine = [c for c in calls if c["hardware"] == hw]
-        lines.append(f"- on {hw}: {len(mine)} call(s), {sum(c['seconds'] for c in mine) / 60:.1f} min of wall time, "
+        stopped = sum(bool(c.get("interrupted")) for c in mine)
+        lines.append(f"- on {hw}: {len(mine)} call(s)" + (f" ({stopped} interrupted)" if stopped else "") +
+                     f", {sum(c['seconds'] for c in mine) / 60:.1f} min of wall time, "
                      f"of which training {sum(c['train_seconds'] for c in mine) / 60:.1f} min, "
                      f"{max(c['workers'] for c in mine)} worker(s)")
     lines += ["", "| chapter | device | compute wall time |", "|---|---|---:|"]
@@ -447,11 +450,10 @@ def compute(profile: str, results: str | None = None, device: str = "cpu", data_
     A failed training run or chapter is reported (in the timings too) and the others go on;
     the call then raises, naming what failed. A chapter found complete in the store keeps the
     timing of the call that computed it; one that was missing some results, on the same hardware,
-    adds this call's time to it (``calls`` counts them).
+    adds this call's time to it (``calls`` counts them). A call stopped by Ctrl-C or SIGTERM (a
+    ``timeout``) still records its wall time, marked ``interrupted``.
     """
     import platform
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    import multiprocessing as mp
 
     import torch
 
@@ -480,10 +482,34 @@ def compute(profile: str, results: str | None = None, device: str = "cpu", data_
         Path(res).mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(record, yaml.safe_dump(timings, sort_keys=False).encode())
 
-    save()
-    seconds, errors = _train_profile(runs, res, str(dev), data_root, "processes" if workers > 1 else "local",
-                                     workers=workers, keep_going=True, progress=progress)
-    call["train_seconds"] = round(seconds, 1)
+    training = [True]
+
+    def interrupted():
+        call["interrupted"] = True
+        if training[0]:
+            call["train_seconds"] = round(time.perf_counter() - t0, 1)
+        save()
+
+    with _on_sigterm(interrupted):
+        try:
+            save()
+            seconds, errors = _train_profile(runs, res, str(dev), data_root, "processes" if workers > 1 else "local",
+                                             workers=workers, keep_going=True, progress=progress)
+            call["train_seconds"], training[0] = round(seconds, 1), False
+            _compute_chapters(runs, res, dev, data_root, workers, timings, hardware, call, errors, save)
+        except KeyboardInterrupt:
+            interrupted()
+            raise
+    if errors:
+        raise HessbatchError(f"{len(errors)} failure(s) in this call (the rest is stored): {errors[0]}")
+    return timings
+
+
+def _compute_chapters(runs, res, dev, data_root, workers, timings, hardware, call, errors, save) -> None:
+    """The measurement part of :func:`compute`: each chapter's results, its timing recorded as it ends."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    import multiprocessing as mp
+
     for e in errors:
         print(f"failed: {e}", flush=True)
     save()
@@ -519,6 +545,26 @@ def compute(profile: str, results: str | None = None, device: str = "cpu", data_
                 except Exception as e:  # noqa: BLE001 — the worker process died
                     done(futures[fut], 0.0, f"{type(e).__name__}: {e}".splitlines()[0])
     save()
-    if errors:
-        raise HessbatchError(f"{len(errors)} failure(s) in this call (the rest is stored): {errors[0]}")
-    return timings
+
+
+@contextmanager
+def _on_sigterm(record):
+    """Within the block, SIGTERM (what ``timeout`` sends) first calls ``record()``, then kills the
+    process as before; outside the main thread nothing changes."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        record()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

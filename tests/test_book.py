@@ -235,6 +235,9 @@ def test_smoke_book_builds(smoke_book):
     assert (groups["churn_lo"] <= groups["churn"]).all() and (groups["churn"] <= groups["churn_hi"]).all()
     change = groups.loc[mitigated]
     assert ((change["churn_change_lo"] <= change["churn_change"]) & (change["churn_change"] <= change["churn_change_hi"])).all()
+    plain = groups.loc[~mitigated].sort_values("batch_size")["group"]
+    page = (html / "book" / "08-instability.html").read_text()
+    assert f"churn of {plain.iloc[-1]} minus churn of {plain.iloc[0]} (95% interval over runs and samples)" in page
 
 
 @pytest.mark.parametrize("name", CHAPTERS)

@@ -169,8 +169,11 @@ def test_mitigations_are_compared_with_the_plain_runs_at_their_batch_size():
                            "churn_change": [np.nan, np.nan, -0.03], "churn_change_lo": [np.nan, np.nan, -0.05],
                            "churn_change_hi": [np.nan, np.nan, -0.01]})
     runs = pd.DataFrame({"group": ["B=32", "B=256"], "batch_size": [32, 256], "lambda_max": [1.0, 2.0]})
-    _, reported = stability_claims(groups, runs, {"max_le": 0.0, "identical_weights": True}, ["B=32", "B=256"])
+    _, reported = stability_claims(groups, runs, {"max_le": 0.0, "identical_weights": True}, ["B=32", "B=256"],
+                                   ("B=256", "B=32", 0.05, 0.01, 0.09))
     rows = reported.set_index("quantity")
+    batch = rows.loc["churn of B=256 minus churn of B=32 (95% interval over runs and samples)"]
+    assert np.allclose(batch[["value", "lo", "hi"]].astype(float), [0.05, 0.01, 0.09])
     assert np.isclose(rows.loc["share of the ensembling gain in churn recovered by B=256 + LS", "value"], 0.75)
     change = rows.loc["churn of B=256 + LS minus churn of B=256 (95% interval over runs and samples)"]
     assert np.allclose(change[["value", "lo", "hi"]].astype(float), [-0.03, -0.05, -0.01])

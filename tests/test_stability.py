@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from hessbatch import HessbatchError, stability
@@ -159,8 +160,6 @@ def test_churn_difference_ci():
 
 
 def test_mitigations_are_compared_with_the_plain_runs_at_their_batch_size():
-    import pandas as pd
-
     from hessbatch.related import stability_claims
 
     groups = pd.DataFrame({"group": ["B=32", "B=256", "B=256 + LS"], "batch_size": [32, 256, 256],
@@ -177,3 +176,31 @@ def test_mitigations_are_compared_with_the_plain_runs_at_their_batch_size():
     assert np.isclose(rows.loc["share of the ensembling gain in churn recovered by B=256 + LS", "value"], 0.75)
     change = rows.loc["churn of B=256 + LS minus churn of B=256 (95% interval over runs and samples)"]
     assert np.allclose(change[["value", "lo", "hi"]].astype(float), [-0.03, -0.05, -0.01])
+
+
+def test_stability_study_renders_from_an_export_without_predictions(tmp_path, tiny_cfg):
+    """Chapter 8 is one summary entry: an export keeps it (and leaves out the per-sample predictions),
+    and the study read from the export equals the one computed; a new measure on the export fails
+    with one clear line."""
+    from hessbatch.related import stability_study
+    from hessbatch.store import Store
+
+    opts = {k: v for k, v in tiny_cfg.items() if k not in ("model", "dataset", "batch_size")}
+    args = ("MLP", "mnist5k", [10, 50], opts)
+    kw = dict(seeds=3, mitigations={"LS": {"label_smoothing": 0.1}}, ensemble_k=1, neighbours=2, hessian_samples=20,
+              show=4, progress=False)
+    full = stability_study(*args, **kw, store=Store(tmp_path / "full"))
+    Store(tmp_path / "full").export(tmp_path / "tidy")
+    assert list((tmp_path / "full").rglob("probs.csv")) and not list((tmp_path / "tidy").rglob("probs.csv"))
+    tidy = stability_study(*args, **kw, store=Store(tmp_path / "tidy"))
+    for name in ("groups", "runs", "samples", "top", "claims", "reported"):
+        pd.testing.assert_frame_equal(tidy[name], full[name])
+    assert (full["samples"]["le"] > 0).all() and len(full["top"]) == len(full["images"]) <= 4
+    assert full["images"].shape[1:] == (28, 28) and 0 <= full["images"].min() and full["images"].max() <= 1
+    rows = full["reported"].set_index("quantity")
+    change = rows.loc["churn of B=50 minus churn of B=10 (95% interval over runs and samples)"]
+    groups = full["groups"].set_index("group")
+    assert np.isclose(change["value"], groups.loc["B=50", "churn"] - groups.loc["B=10", "churn"])
+    assert change["lo"] <= change["value"] <= change["hi"]
+    with pytest.raises(HessbatchError, match="predictions of run .* were left out of"):
+        stability_study(*args, **{**kw, "neighbours": 3}, store=Store(tmp_path / "tidy"))

@@ -231,9 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="training runs, then chapters, computed at once, one process each (default: 1)")
     _common(co)
 
-    ex = sub.add_parser("export", help="copy a store without its weight files (small enough to commit)",
+    ex = sub.add_parser("export", help="copy a store without its weight files and per-sample predictions (small enough to commit)",
                         description="Copy every complete entry of the store to DEST, leaving out weight files "
-                        "(*.pt); the book renders from such a store, but cannot measure anything new with it.")
+                        "(*.pt) and chapter 8's per-sample test predictions (probs.csv, summarized in its "
+                        "`stability` entry); the book renders from such a store, but cannot measure anything new with it.")
     ex.add_argument("dest", metavar="DEST")
     _common(ex, data=False)
 

@@ -172,23 +172,49 @@ def _probs(run: Run, store, device, data_root, epoch=None) -> np.ndarray:
         return {"probs.csv": pd.DataFrame(p.double().numpy()).rename(columns=lambda c: f"p{c}")}, {}
 
     entry = analysis.cached(store, "predictions", {"run": run.key, "split": "test", "epoch": epoch}, compute)
+    check("probs.csv" not in entry.omitted(),
+          f"the test-set predictions of run {run.key} were left out of {store.root} (an export keeps chapter 8's "
+          "summary, not the predictions it was computed from)")
     return entry.csv("probs.csv").to_numpy()
 
 
 def stability_study(model, dataset, batch_sizes, train_options=None, seeds=6, mitigations=None, mitigation_batch=None,
-                    snapshot_every=0, ensemble_k=3, neighbours=5, hessian_samples=None, seed=0, store=None,
+                    snapshot_every=0, ensemble_k=3, neighbours=5, hessian_samples=None, seed=0, show=12, store=None,
                     device="cpu", data_root=None, progress=True) -> dict:
     """Datta et al. 2023 on our models: per-sample label entropy across seeds, churn, clustering
-    of unstable samples, ensembles, temporal LE of one run, and each run's top Hessian eigenvalue."""
-    from . import stability
+    of unstable samples, ensembles, temporal LE of one run, and each run's top Hessian eigenvalue.
 
+    The measures are stored as one summary entry (``stability``), so a store exported without the
+    per-run predictions still renders the chapter: ``samples`` holds the unstable test samples
+    (LE > 0) of every group, ``top`` and ``images`` the ``show`` of highest LE in the first group."""
     store = store or Store()
     check(isinstance(ensemble_k, int) and ensemble_k >= 1, f"ensemble_k must be an integer >= 1, got {ensemble_k!r}")
     check(isinstance(neighbours, int) and neighbours >= 1, f"neighbours must be an integer >= 1, got {neighbours!r}")
+    check(isinstance(show, int) and show >= 0, f"show must be an integer >= 0, got {show!r}")
     specs = stability_configs(model, dataset, batch_sizes, train_options, seeds, mitigations, mitigation_batch,
                               snapshot_every)
     runs = [(g, b, s, train(cfg, store, device=device, data_root=data_root, progress=progress))
             for g, b, s, cfg in _bar(specs, "training", progress)]
+    plain = [f"B={b}" for b in batch_sizes]
+    config = {"runs": [[g, b, s, r.key] for g, b, s, r in runs], "plain": plain, "ensemble_k": ensemble_k,
+              "neighbours": neighbours, "hessian_samples": hessian_samples, "seed": seed, "show": show}
+    entry = analysis.cached(store, "stability", config, lambda: _stability_measures(
+        runs, plain, ensemble_k, neighbours, hessian_samples, seed, show, store, device, data_root))
+    meta = entry.json()
+    table, per_run = entry.csv("groups.csv"), entry.csv("runs.csv")
+    pixels = entry.csv("images.csv")
+    images = pixels.drop(columns="sample").to_numpy(np.float32).reshape(-1, *meta["image_shape"]) / 255
+    images = np.moveaxis(images, 1, -1).squeeze(-1) if images.shape[1] == 1 else np.moveaxis(images, 1, -1)
+    out = {"groups": table, "runs": per_run, "samples": entry.csv("samples.csv"), "top": entry.csv("top.csv"),
+           "images": images, "sanity": meta["sanity"], "used": [r for *_, r in runs]}
+    out["claims"], out["reported"] = stability_claims(table, per_run, meta["sanity"], plain, meta["batch_change"])
+    return out
+
+
+def _stability_measures(runs, plain, ensemble_k, neighbours, hessian_samples, seed, show, store, device, data_root):
+    """The files and metadata of a ``stability`` entry (see :func:`stability_study`)."""
+    from . import stability
+
     x_test, y_test = test_inputs(runs[0][3], data_root)
     per_run, per_sample, groups, group_preds = [], [], [], {}
     for g, items in pd.Series(runs).groupby([r[0] for r in runs], sort=False):
@@ -232,18 +258,21 @@ def stability_study(model, dataset, batch_sizes, train_options=None, seeds=6, mi
         return (churn[group] - churn[base], *stability.churn_difference_ci(group_preds[group], group_preds[base],
                                                                            seed=seed))
 
-    plain = [f"B={b}" for b in batch_sizes]
     for i, row in table[~table["group"].isin(plain)].iterrows():
         # its plain group exists: stability_configs checks the mitigation batch
         table.loc[i, ["churn_change", "churn_change_lo", "churn_change_hi"]] = change(row["group"],
                                                                                       f"B={row['batch_size']}")
     by_batch = table[table["group"].isin(plain)].sort_values("batch_size")["group"].tolist()
-    batch_change = (by_batch[-1], by_batch[0], *change(by_batch[-1], by_batch[0])) if len(by_batch) >= 2 else None
+    batch_change = [by_batch[-1], by_batch[0], *change(by_batch[-1], by_batch[0])] if len(by_batch) >= 2 else None
+    samples = pd.concat(per_sample, ignore_index=True)
+    top = samples[samples["group"] == table["group"].iloc[0]].nlargest(show, "le")
+    pixels = np.rint(x_test[top["sample"].to_numpy()].reshape(len(top), x_test[0].size) * 255).astype(np.uint8)
+    images = pd.concat([top[["sample"]].reset_index(drop=True),
+                        pd.DataFrame(pixels, columns=[f"x{i}" for i in range(pixels.shape[1])])], axis=1)
     sanity = _stability_sanity(runs[0][3], store, device, data_root)
-    out = {"groups": table, "runs": pd.DataFrame(per_run), "samples": pd.concat(per_sample, ignore_index=True),
-           "sanity": sanity, "used": [r for *_, r in runs]}
-    out["claims"], out["reported"] = stability_claims(table, out["runs"], sanity, plain, batch_change)
-    return out
+    files = {"groups.csv": table, "runs.csv": pd.DataFrame(per_run), "samples.csv": samples[samples["le"] > 0],
+             "top.csv": top, "images.csv": images}
+    return files, {"sanity": sanity, "batch_change": batch_change, "image_shape": list(x_test.shape[1:])}
 
 
 def test_inputs(run: Run, data_root=None) -> tuple[np.ndarray, np.ndarray]:

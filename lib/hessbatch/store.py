@@ -212,10 +212,11 @@ class Store:
         return out
 
 
-    def export(self, dest: str | os.PathLike, omit: tuple[str, ...] = ("*.pt",)) -> tuple[int, int]:
+    def export(self, dest: str | os.PathLike, omit: tuple[str, ...] = ("*.pt", "probs.csv")) -> tuple[int, int]:
         """Copy every complete entry to the store at ``dest``, leaving out files matching ``omit``
-        (weights: a tidy store small enough to commit, from which the book renders). Left-out
-        files stay listed in the manifest under ``omitted``. Returns (entries, bytes) written."""
+        (weights, and the per-sample test predictions that chapter 8 summarizes: a tidy store small
+        enough to commit, from which the book renders). Left-out files stay listed in the manifest
+        under ``omitted``. Returns (entries, bytes) written."""
         import fnmatch
 
         target = Store(dest)

@@ -39,6 +39,15 @@ def test_ensemble_averages_probabilities():
     assert set(np.unique(churn)) == {1.0}
 
 
+def test_nearest_neighbours_in_chunks_match_a_full_sort():
+    x = np.random.default_rng(0).normal(size=(50, 3))
+    d = np.linalg.norm(x[:, None] - x[None], axis=2)
+    np.fill_diagonal(d, np.inf)
+    expected = np.argsort(d, axis=1)[:, :4]
+    for chunk in (7, 2048):
+        assert np.array_equal(np.sort(stability.nearest_neighbours(x, 4, chunk=chunk), 1), np.sort(expected, 1))
+
+
 def test_neighbour_mean_by_hand():
     x = np.array([[0.0], [1.0], [2.0], [10.0]])
     v = np.array([1.0, 2.0, 3.0, 4.0])

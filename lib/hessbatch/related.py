@@ -216,6 +216,7 @@ def _stability_measures(runs, plain, ensemble_k, neighbours, hessian_samples, se
     from . import stability
 
     x_test, y_test = test_inputs(runs[0][3], data_root)
+    near = stability.nearest_neighbours(x_test, neighbours)
     per_run, per_sample, groups, group_preds = [], [], [], {}
     for g, items in pd.Series(runs).groupby([r[0] for r in runs], sort=False):
         items = list(items)
@@ -223,7 +224,7 @@ def _stability_measures(runs, plain, ensemble_k, neighbours, hessian_samples, se
         preds = group_preds[g] = probs.argmax(2)
         le = stability.label_entropy(preds)
         unstable = le > 0
-        nb = stability.neighbour_mean(x_test, le, neighbours)
+        nb = le[near].mean(1)
         disagree = stability.sample_disagreement(preds)
         ens = stability.ensemble_churn(probs, ensemble_k, seed=seed) if len(items) >= 2 * ensemble_k else np.array([])
         acc = (preds == y_test).mean(1)

@@ -87,15 +87,23 @@ def ensemble_churn(probs, k: int, draws: int = 50, seed: int = 0) -> np.ndarray:
     return np.array(out)
 
 
+def nearest_neighbours(features, k: int = 5, chunk: int = 2048) -> np.ndarray:
+    """Indices of each sample's ``k`` nearest neighbours (Euclidean, itself excluded), one row per sample."""
+    x = torch.as_tensor(np.asarray(features, dtype=np.float64)).flatten(1)
+    check(k >= 1 and len(x) > k, f"need more than k={k} samples")
+    rows = []
+    for i in range(0, len(x), chunk):
+        d = torch.cdist(x[i:i + chunk], x)
+        d[torch.arange(len(d)), torch.arange(i, i + len(d))] = float("inf")
+        rows.append(d.topk(k, largest=False).indices)
+    return torch.cat(rows).numpy()
+
+
 def neighbour_mean(features, values, k: int = 5) -> np.ndarray:
     """Mean of ``values`` over each sample's ``k`` nearest neighbours (Euclidean, itself excluded)."""
-    x = torch.as_tensor(np.asarray(features, dtype=np.float64)).flatten(1)
     v = np.asarray(values, dtype=float)
-    check(len(x) == len(v) and k >= 1 and len(x) > k, f"need more than k={k} samples with one value each")
-    d = torch.cdist(x, x)
-    d.fill_diagonal_(float("inf"))
-    idx = d.topk(k, largest=False).indices.numpy()
-    return v[idx].mean(1)
+    check(len(features) == len(v), "need one value per sample")
+    return v[nearest_neighbours(features, k)].mean(1)
 
 
 def permutation_test(a, b, n: int = 10_000, seed: int = 0) -> float:

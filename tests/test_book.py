@@ -264,12 +264,14 @@ def test_paper_profile_renders_from_committed_results(tmp_path, monkeypatch):
     executed = sorted(p.stem for p in (src / "book").glob("*.ipynb"))
     placeholders = sorted(p.stem for p in (src / "book").glob("0*.md"))
     assert {"01-batch-size--M1", "02-landscapes", "03-dynamics", "04-saddle-free",
-            "05-adversarial-training", "07-pga-dynamics"} <= set(executed)
+            "05-adversarial-training", "07-pga-dynamics", "08-instability"} <= set(executed)
     assert not set(executed) & set(placeholders)
     assert len(executed) + len(placeholders) == len(executions(load_profile("paper")))
     nb = json.loads((src / "book" / "01-batch-size--M1.ipynb").read_text())
     text = json.dumps(nb["cells"])
     assert "MNIST; used: 60,000 train / 10,000 test" in text and "device* cuda" in text
+    ch8 = json.dumps(json.loads((src / "book" / "08-instability.ipynb").read_text())["cells"])
+    assert "0.0205" in ch8 and "B=2048 \\u2212 B=128" in ch8
     assert "## The paper profile: what differs" in (src / "book" / "_profile-notes.md").read_text()
 
 

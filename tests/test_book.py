@@ -104,7 +104,9 @@ def test_optional_variant_runs_only_when_named():
     assert names(chapters=["01-batch-size"], optional=False) == ["01-batch-size", "01-batch-size--C2",
                                                                  "01-batch-size--M1"]
     assert names(chapters=["01-batch-size--ResNet18"], optional=False) == ["01-batch-size--ResNet18"]
-    with pytest.raises(HessbatchError, match="no chapter.*01-batch-size--nope"):
+    assert names(chapters=["01-batch-size--C1", "02-landscapes"], optional=False) == ["01-batch-size",
+                                                                                     "02-landscapes"]
+    with pytest.raises(HessbatchError, match="no chapter.*01-batch-size--nope; it has 01-batch-size, .*--C1"):
         compute("paper", chapters=["01-batch-size--nope"])
 
 

@@ -86,9 +86,10 @@ def executions(profile: dict, chapters: list[str] | None = None,
                optional: bool = True) -> list[tuple[str, str, dict, str | None]]:
     """``(executed name, chapter, parameters, title)`` of every notebook execution of a profile.
 
-    ``chapters`` names chapters (all their variants) or executed names (``01-batch-size--C2``).
+    ``chapters`` names chapters (all their variants) or single variants as ``chapter--label``
+    (``01-batch-size--C2``); the first variant's executed name is the chapter's own.
     A variant marked ``optional: true`` (it needs data a user may not have) is left out when
-    ``optional`` is false, unless named by its executed name."""
+    ``optional`` is false, unless named."""
     out = []
     for chapter, ch in profile["chapters"].items():
         variants = ch.get("variants") or {}
@@ -97,7 +98,7 @@ def executions(profile: dict, chapters: list[str] | None = None,
                 out.append((chapter, chapter, chapter_parameters(profile, chapter), None))
         for i, (label, var) in enumerate(variants.items()):
             name = chapter if i == 0 else f"{chapter}--{label}"
-            named = bool(chapters) and name in chapters
+            named = bool(chapters) and f"{chapter}--{label}" in chapters
             if chapters and not named and chapter not in chapters:
                 continue
             if var.get("optional") and not optional and not named:
@@ -383,8 +384,11 @@ def fetch_data(runs, data_root) -> list[str]:
 
 def _check_chapters(prof: dict, chapters: list[str] | None) -> None:
     if chapters:
-        unknown = sorted(set(chapters) - set(prof["chapters"]) - {n for n, *_ in executions(prof)})
-        check(not unknown, f"profile {prof['profile']!r} has no chapter(s) {', '.join(unknown)}")
+        known = [*prof["chapters"], *(f"{c}--{label}" for c, ch in prof["chapters"].items()
+                                      for label in (ch.get("variants") or {}))]
+        unknown = sorted(set(chapters) - set(known))
+        check(not unknown, f"profile {prof['profile']!r} has no chapter(s) {', '.join(unknown)}; "
+                           f"it has {', '.join(known)}")
 
 
 def _train_profile(runs, res, device, data_root, executor, scheduler=None, workers=None,

@@ -44,7 +44,8 @@ def _common(p: argparse.ArgumentParser, data: bool = True) -> None:
 def _profile_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", default="quick", help="smoke, quick (default), paper, or a path to a profile YAML")
     p.add_argument("--chapters", type=lambda v: [c for c in v.split(",") if c], action="extend", default=None,
-                   help="chapter names, comma-separated or flag repeated (default: all)")
+                   help="chapters (all their variants) or single variants as chapter--label, comma-separated "
+                        "or flag repeated (default: all)")
 
 
 def _train_flags(p: argparse.ArgumentParser, d, suppress: bool = False) -> None:

@@ -45,8 +45,9 @@ def validate(configs: list[dict], data_root=None, download=False) -> list:
 
 
 def run_one(config: dict, results: str, device="cpu", data_root=None, download=False, threads: int | None = None,
-            dataset=None) -> dict:
-    """Train one configuration (the task of every executor); never raises."""
+            dataset=None, progress: bool = False) -> dict:
+    """Train one configuration (the task of every executor); never raises. ``progress``: its own
+    bar of epochs (the local executor's, under the sweep's bar of runs)."""
     import torch
 
     if threads:
@@ -55,7 +56,7 @@ def run_one(config: dict, results: str, device="cpu", data_root=None, download=F
     store = Store(results)
     try:
         run = train_mod.train(config, store, device=device, data_root=data_root, download=download,
-                              progress=False, dataset=dataset)
+                              progress=progress, dataset=dataset)
         return {"key": run.key, "state": "cached" if run.cached else "done", "status": run.status,
                 "seconds": round(time.perf_counter() - t0, 1), "error": None}
     except Exception as e:  # one failing run must not lose the rest of the sweep
@@ -82,7 +83,8 @@ def run_sweep(configs: list[dict], store: Store, device="cpu", data_root=None, d
         for cfg, ds in prepared:
             if bar is not None:
                 bar.set_postfix_str(f"{cfg.model}/{cfg.dataset} B={cfg.batch_size} seed={cfg.seed}")
-            outcomes.append(run_one(cfg.to_dict(), root, device, data_root, download, threads, dataset=ds))
+            outcomes.append(run_one(cfg.to_dict(), root, device, data_root, download, threads, dataset=ds,
+                                    progress=bar is not None))
             if bar is not None:
                 bar.update(1)
     elif executor == "processes":

@@ -437,5 +437,5 @@ def _bar(progress: bool, cfg: TrainConfig, start: int):
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=cfg.max_epochs, initial=start, unit="epoch", dynamic_ncols=True,
+    return tqdm(total=cfg.max_epochs, initial=start, unit="epoch", dynamic_ncols=True, leave=False,
                 desc=f"{cfg.model}/{cfg.dataset} B={cfg.batch_size}")

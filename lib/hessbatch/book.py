@@ -98,7 +98,7 @@ def executions(profile: dict, chapters: list[str] | None = None,
                 out.append((chapter, chapter, chapter_parameters(profile, chapter), None))
         for i, (label, var) in enumerate(variants.items()):
             name = chapter if i == 0 else f"{chapter}--{label}"
-            named = bool(chapters) and f"{chapter}--{label}" in chapters
+            named = bool(chapters) and (name in chapters or f"{chapter}--{label}" in chapters)
             if chapters and not named and chapter not in chapters:
                 continue
             if var.get("optional") and not optional and not named:

@@ -269,6 +269,7 @@ def test_paper_profile_renders_from_committed_results(tmp_path, monkeypatch):
             "05-adversarial-training", "07-pga-dynamics", "08-instability"} <= set(executed)
     assert not set(executed) & set(placeholders)
     assert len(executed) + len(placeholders) == len(executions(load_profile("paper")))
+    assert "--chapters 01-batch-size--C1 " in (src / "book" / "01-batch-size.md").read_text()
     nb = json.loads((src / "book" / "01-batch-size--M1.ipynb").read_text())
     text = json.dumps(nb["cells"])
     assert "MNIST; used: 60,000 train / 10,000 test" in text and "device* cuda" in text

@@ -248,7 +248,9 @@ def build(profile: str = "quick", results: str | None = None, device: str = "cpu
         runs, absent = _stored_only(runs, res)
         for name, chapter, _, title in absent:
             print(f"[-] {name}: not computed in {res}; a placeholder page says how to compute it", flush=True)
-            _placeholder(src / "book", name, chapter, title, prof["profile"])
+            variants = list(prof["chapters"][chapter].get("variants") or {})
+            only = f"{chapter}--{variants[0]}" if name == chapter and variants else name
+            _placeholder(src / "book", name, chapter, title, prof["profile"], only)
     for i, (name, chapter, params, title) in enumerate(runs, 1):
         params = {**params, "results": res, "device": device, "data_root": data_root}
         print(f"[{i}/{len(runs)}] {name}", flush=True)
@@ -312,8 +314,9 @@ def _stored_only(runs, res):
     return have, absent
 
 
-def _placeholder(folder: Path, name: str, chapter: str, title: str | None, profile: str) -> None:
-    """A page standing in for a chapter whose results are not in the profile's committed store."""
+def _placeholder(folder: Path, name: str, chapter: str, title: str | None, profile: str, only: str) -> None:
+    """A page standing in for a chapter whose results are not in the profile's committed store;
+    ``only`` is what ``--chapters`` takes to compute just this page."""
     stale = folder / f"{name}.ipynb"
     if stale.exists():
         stale.unlink()
@@ -324,7 +327,7 @@ def _placeholder(folder: Path, name: str, chapter: str, title: str | None, profi
         f"{heading}{f' — {title}' if title else ''}\n\n"
         f"```{{note}}\nThis chapter has not been computed at the scale of the `{profile}` profile yet: its results "
         f"are not among the committed ones. On a GPU machine with the data, run\n\n"
-        f"    hessbatch compute --profile {profile} --chapters {name} --device cuda --data-root DATA --workers 6\n"
+        f"    hessbatch compute --profile {profile} --chapters {only} --device cuda --data-root DATA --workers 6\n"
         f"    hessbatch export --results RESULTS paper-results\n\n"
         f"then build the book again. The `quick` profile's book has this chapter on the embedded MNIST digits.\n```\n")
 

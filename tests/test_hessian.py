@@ -65,6 +65,20 @@ def test_hvp_matches_explicit_hessian(problem, hvp, cache):
 
 
 @pytest.mark.parametrize("method", ["lanczos", "power"])
+def test_progress_bar_leaves_the_result_alone(problem, method, capsys):
+    model, data, _, _ = problem
+    kw = dict(k=3, tol=1e-8, method=method, which="magnitude", max_iter=500, chunk=8)
+    quiet = top_eigen(model, data, **kw)
+    assert capsys.readouterr().err == ""
+    shown = top_eigen(model, data, progress=True, **kw)
+    err = capsys.readouterr().err
+    assert ("Lanczos top-3" if method == "lanczos" else "power iteration") in err
+    assert ("HVP" if method == "lanczos" else "eigenvalue") in err
+    np.testing.assert_array_equal(shown.eigenvalues, quiet.eigenvalues)
+    assert shown.n_hvp == quiet.n_hvp
+
+
+@pytest.mark.parametrize("method", ["lanczos", "power"])
 def test_top_eigenvalues_match_eigvalsh(problem, method):
     model, data, H, ev = problem
     k = 5

@@ -76,11 +76,12 @@ def cached(store: Store, kind: str, config: dict, compute) -> Entry:
 def spectrum(run: Run | str, split: str = "train", k: int = 20, tol: float = 1e-4, method: str = "lanczos",
              which: str = "largest", subsample: int | None = None, seed: int = 0, epoch: int | None = None,
              keep_vectors: int = 2, store: Store | None = None, device="cpu", data_root=None,
-             chunk: int | None = None, hvp: str = "backward") -> Entry:
+             chunk: int | None = None, hvp: str = "backward", progress: bool = False) -> Entry:
     """Top-k Hessian eigenvalues of a run's loss on its train or test set (or a subsample).
 
     Stores ``eigenvalues.csv`` (rank, eigenvalue, residual), the first ``keep_vectors``
-    eigenvectors in ``vectors.pt`` and the gradient norm at that point.
+    eigenvectors in ``vectors.pt`` and the gradient norm at that point. ``progress``: a bar
+    of Hessian-vector products while it computes.
     """
     store = store or Store()
     run = resolve_run(run, store)
@@ -95,7 +96,8 @@ def spectrum(run: Run | str, split: str = "train", k: int = 20, tol: float = 1e-
         data = tuple(t.to(dev) for t in run_data(run, data_root).split(split))
         if subsample:
             data = hessian.subsample(data, subsample, seed)
-        e = hessian.top_eigen(model, data, k=k, tol=tol, method=method, which=which, chunk=chunk, hvp=hvp, seed=seed)
+        e = hessian.top_eigen(model, data, k=k, tol=tol, method=method, which=which, chunk=chunk, hvp=hvp, seed=seed,
+                              progress=progress)
         grad_norm = hessian.HessianOperator(model, data, chunk=chunk).gradient().norm().item()
         table = pd.DataFrame({"rank": np.arange(1, len(e) + 1), "eigenvalue": e.eigenvalues, "residual": e.residuals})
         files = {"eigenvalues.csv": table}

@@ -427,9 +427,10 @@ def _retitle(path: Path, title: str) -> None:
 
 
 def _compute_one(name: str, chapter: str, params: dict, res: str, device: str, data_root,
-                 threads: int | None = None) -> tuple[str, float, str | None, int]:
+                 threads: int | None = None, progress: bool = False) -> tuple[str, float, str | None, int]:
     """Compute one chapter's results; never raises (the error comes back as text). Returns the
-    name, wall time, error and the number of store entries written."""
+    name, wall time, error and the number of store entries written. ``progress``: bars of the
+    chapter's runs and of each spectrum's HVPs (for one chapter at a time)."""
     import torch
 
     from .experiments import run_chapter
@@ -440,7 +441,7 @@ def _compute_one(name: str, chapter: str, params: dict, res: str, device: str, d
     t0 = time.perf_counter()
     store = Store(res)
     try:
-        run_chapter(chapter, params, store, device=device, data_root=data_root, progress=False)
+        run_chapter(chapter, params, store, device=device, data_root=data_root, progress=progress)
         error = None
     except Exception as e:  # noqa: BLE001 — reported per chapter; the others go on
         error = f"{type(e).__name__}: {e}".splitlines()[0]
@@ -503,7 +504,7 @@ def compute(profile: str, results: str | None = None, device: str = "cpu", data_
             seconds, errors = _train_profile(runs, res, str(dev), data_root, "processes" if workers > 1 else "local",
                                              workers=workers, keep_going=True, progress=progress)
             call["train_seconds"], training[0] = round(seconds, 1), False
-            _compute_chapters(runs, res, dev, data_root, workers, timings, hardware, call, errors, save)
+            _compute_chapters(runs, res, dev, data_root, workers, timings, hardware, call, errors, save, progress)
         except KeyboardInterrupt:
             interrupted()
             raise
@@ -512,7 +513,8 @@ def compute(profile: str, results: str | None = None, device: str = "cpu", data_
     return timings
 
 
-def _compute_chapters(runs, res, dev, data_root, workers, timings, hardware, call, errors, save) -> None:
+def _compute_chapters(runs, res, dev, data_root, workers, timings, hardware, call, errors, save,
+                      progress=False) -> None:
     """The measurement part of :func:`compute`: each chapter's results, its timing recorded as it ends."""
     from concurrent.futures import ProcessPoolExecutor, as_completed
     import multiprocessing as mp
@@ -540,7 +542,7 @@ def _compute_chapters(runs, res, dev, data_root, workers, timings, hardware, cal
 
     if workers == 1:
         for name, chapter, params, _ in runs:
-            done(*_compute_one(name, chapter, params, res, str(dev), data_root))
+            done(*_compute_one(name, chapter, params, res, str(dev), data_root, progress=progress))
     else:
         with ProcessPoolExecutor(max_workers=min(workers, len(runs)), mp_context=mp.get_context("spawn")) as pool:
             threads = max(1, (os.cpu_count() or 1) // min(workers, len(runs)))

@@ -334,7 +334,7 @@ def _cmd_spectrum(a) -> int:
     from .store import Store
 
     entry = spectrum(a.run, a.split, a.k, a.tol, a.method, a.which, a.subsample, a.seed, a.epoch,
-                     store=Store(a.results), device=a.device, data_root=a.data_root)
+                     store=Store(a.results), device=a.device, data_root=a.data_root, progress=not a.no_progress)
     r = entry.json()
     print(entry.csv("eigenvalues.csv").to_string(index=False))
     print(f"{r['n_hvp']} Hessian-vector products, gradient norm {r['grad_norm']:.4g}; stored at {entry.path}")

@@ -77,7 +77,7 @@ def batch_size_study(model, dataset, batch_sizes, train_options=None, seed=0, k=
             continue
         for split in ("train", "test"):
             spec = analysis.spectrum(run, split, k=k, tol=tol, subsample=_subsample(run, hessian_samples, split),
-                                     store=store, device=device, data_root=data_root)
+                                     store=store, device=device, data_root=data_root, progress=progress)
             ev = spec.csv("eigenvalues.csv")
             spectra += [{"batch_size": b, "split": split, "rank": int(i), "eigenvalue": float(v)}
                         for i, v in zip(ev["rank"], ev["eigenvalue"])]
@@ -196,7 +196,7 @@ def dynamics_study(model, dataset, batch_sizes, train_options=None, adversarial=
             for ep in _bar([0, *run.snapshot_epochs()], f"λ_max B={b} {method}", progress):
                 spec = analysis.spectrum(run, "train", k=k, tol=tol, epoch=ep, keep_vectors=0,
                                          subsample=_subsample(run, hessian_samples, "train"), store=store,
-                                         device=device, data_root=data_root)
+                                         device=device, data_root=data_root, progress=progress)
                 state = analysis.initial_state(run, store, device, data_root) if ep == 0 else hist.loc[ep]
                 rows.append({"batch_size": b, "method": method, "epoch": ep,
                              "lambda_max": float(spec.csv("eigenvalues.csv")["eigenvalue"].iloc[0]),
@@ -354,7 +354,8 @@ def adversarial_training_study(model, dataset, base_train, eps_linf, eps_l2, rob
         for size in [None, *subsample_sizes]:
             n = _subsample(run, size if size else hessian_samples, "train")
             spec = analysis.spectrum(run, "train", k=k, tol=tol, which="magnitude" if size else "largest",
-                                     subsample=n, keep_vectors=0, store=store, device=device, data_root=data_root)
+                                     subsample=n, keep_vectors=0, store=store, device=device, data_root=data_root,
+                                     progress=progress)
             ev = spec.csv("eigenvalues.csv")
             spectra += [{"model": label, "hessian": f"|B_H| = {size}" if size else "full", "subsample": size or 0,
                          "rank": int(r), "eigenvalue": float(v)} for r, v in zip(ev["rank"], ev["eigenvalue"])]

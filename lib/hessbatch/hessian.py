@@ -184,13 +184,22 @@ def _tridiag(alphas, betas) -> np.ndarray:
     return np.diag(alphas) + np.diag(betas[:len(alphas) - 1], 1) + np.diag(betas[:len(alphas) - 1], -1)
 
 
-def _lanczos_run(op, q: torch.Tensor, max_iter: int, stop=None, check_every: int = 5):
+def _bar(progress: bool, total: int, desc: str, unit: str = "HVP"):
+    """A progress bar that leaves no line behind (a do-nothing one without ``progress``)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=not progress)
+
+
+def _lanczos_run(op, q: torch.Tensor, max_iter: int, stop=None, check_every: int = 5, bar=None):
     """Lanczos with full reorthogonalization from ``q``; ``stop(alphas, betas)`` is asked
     every ``check_every`` steps. Returns the recurrence coefficients and the basis."""
     q = (q / q.norm()).to(op.device, op.dtype)
     basis, alphas, betas = [q], [], []
     for j in range(max_iter):
         w = op.matvec(basis[j])
+        if bar is not None:
+            bar.update()
         alphas.append(torch.dot(w, basis[j]).item())
         w = _orthogonalize(w, basis)
         betas.append(w.norm().item())
@@ -203,13 +212,14 @@ def _lanczos_run(op, q: torch.Tensor, max_iter: int, stop=None, check_every: int
 
 
 def lanczos(op, k: int = 20, tol: float = 1e-4, which: str = "largest", max_iter: int | None = None,
-            seed: int = 0, check_every: int = 5) -> Eigen:
+            seed: int = 0, check_every: int = 5, progress: bool = False) -> Eigen:
     """Top-``k`` eigenpairs by Lanczos with full reorthogonalization.
 
     Stops when every wanted Ritz pair has residual ‖Hv − θv‖ ≤ ``tol``·|θ| (estimated from
     the Lanczos recurrence), which bounds each eigenvalue's relative error by ``tol``.
     Like every single-vector Krylov method it finds one copy of an exactly repeated
     eigenvalue (rare for trained networks); ``power_iteration`` finds repeats.
+    ``progress`` shows a bar of HVPs (out of ``max_iter``) with the number of converged pairs.
     """
     check(which in WHICH, f"unknown which={which!r}; choose one of {', '.join(WHICH)}")
     n = op.dim
@@ -228,10 +238,13 @@ def lanczos(op, k: int = 20, tol: float = 1e-4, which: str = "largest", max_iter
             return False
         theta, _, idx, res = ritz(alphas, betas)
         history.append((len(alphas), theta[idx].copy(), res.copy()))
-        return bool(np.all(res <= tol * np.maximum(np.abs(theta[idx]), 1e-30)))
+        ok = res <= tol * np.maximum(np.abs(theta[idx]), 1e-30)
+        bar.set_postfix_str(f"{int(ok.sum())}/{len(ok)} converged", refresh=False)
+        return bool(np.all(ok))
 
     q0 = torch.randn(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    alphas, betas, basis = _lanczos_run(op, q0, max_iter, converged, check_every)
+    with _bar(progress, max_iter, f"Lanczos top-{k}") as bar:
+        alphas, betas, basis = _lanczos_run(op, q0, max_iter, converged, check_every, bar)
     theta, S, idx, res = ritz(alphas, betas)
     done = len(alphas) == n or bool(np.all(res <= tol * np.maximum(np.abs(theta[idx]), 1e-30)))
     order = np.argsort(theta[idx])[::-1]
@@ -240,17 +253,20 @@ def lanczos(op, k: int = 20, tol: float = 1e-4, which: str = "largest", max_iter
     return Eigen(theta[idx], vecs, op.n_hvp - start, res, "lanczos", done, history)
 
 
-def power_iteration(op, k: int = 20, tol: float = 1e-4, max_iter: int = 100, seed: int = 0) -> Eigen:
+def power_iteration(op, k: int = 20, tol: float = 1e-4, max_iter: int = 100, seed: int = 0,
+                    progress: bool = False) -> Eigen:
     """The paper's method: power iteration with deflation by projection (as PyHessian).
 
     Finds eigenvalues of largest magnitude one at a time; each stops when its value
-    changes by less than ``tol`` relatively between two iterations.
+    changes by less than ``tol`` relatively between two iterations. ``progress`` shows a
+    bar of eigenvalues found, with the HVPs used.
     """
     n = op.dim
     check(1 <= k <= n, f"k must be in 1..{n}, got {k}")
     start = op.n_hvp
     g = torch.Generator(device="cpu").manual_seed(seed)
     vecs, vals, res, ok = [], [], [], True
+    bar = _bar(progress, k, "power iteration", "eigenvalue")
     for _ in range(k):
         v = _orthogonalize(torch.randn(n, generator=g, dtype=torch.float64).to(op.device, op.dtype), vecs)
         v = v / v.norm()
@@ -269,6 +285,9 @@ def power_iteration(op, k: int = 20, tol: float = 1e-4, max_iter: int = 100, see
         vals.append(lam)
         vecs.append(v)
         res.append(r)
+        bar.set_postfix_str(f"{op.n_hvp - start} HVPs", refresh=False)
+        bar.update()
+    bar.close()
     order = np.argsort(vals)[::-1]
     return Eigen(np.asarray(vals)[order], torch.stack(vecs)[torch.as_tensor(order.copy())],
                  op.n_hvp - start, np.asarray(res)[order], "power", ok)
@@ -276,19 +295,20 @@ def power_iteration(op, k: int = 20, tol: float = 1e-4, max_iter: int = 100, see
 
 def top_eigen(model: nn.Module, data, k: int = 20, tol: float = 1e-4, method: str = "lanczos",
               which: str = "largest", chunk: int | None = None, hvp: str = "backward", seed: int = 0,
-              max_iter: int | None = None, cache_graph: bool | None = None) -> Eigen:
+              max_iter: int | None = None, cache_graph: bool | None = None, progress: bool = False) -> Eigen:
     """Top-``k`` eigenpairs of the weight Hessian of the mean loss over ``data``.
 
     ``data``: an ``(inputs, targets)`` pair or an iterable of batches. ``method``:
     ``"lanczos"`` (default) or ``"power"`` (the paper's; largest magnitude only).
+    ``progress``: a progress bar (worth it where one HVP takes seconds, as on a CPU).
     """
     check(method in ("lanczos", "power"), f"unknown eigen-solver {method!r}; choose lanczos or power")
     check(tol > 0, f"tol must be > 0, got {tol}")
     op = HessianOperator(model, data, chunk=chunk, hvp=hvp, cache_graph=cache_graph)
     if method == "power":
         check(which in ("largest", "magnitude"), "power iteration finds eigenvalues of largest magnitude only")
-        return power_iteration(op, k, tol, max_iter or 100, seed)
-    return lanczos(op, k, tol, which, max_iter, seed)
+        return power_iteration(op, k, tol, max_iter or 100, seed, progress)
+    return lanczos(op, k, tol, which, max_iter, seed, progress=progress)
 
 
 @dataclass

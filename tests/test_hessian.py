@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from hessbatch.hessian import (HessianOperator, input_curvature, input_hessian, lanczos,
+from hessbatch.hessian import (HessianOperator, _free_memory, input_curvature, input_hessian, lanczos,
                                spectral_density, top_eigen, trace)
 
 
@@ -62,6 +62,27 @@ def test_hvp_matches_explicit_hessian(problem, hvp, cache):
     op = HessianOperator(model, data, chunk=7, hvp=hvp, cache_graph=cache)
     v = torch.randn(op.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(op.matvec(v), H @ v, rtol=1e-10, atol=1e-12)
+
+
+def test_graphs_are_cached_within_the_memory_budget(problem):
+    model, data, H, _ = problem
+    v = torch.randn(H.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    every = HessianOperator(model, data, chunk=7, cache_graph=True)
+    none = HessianOperator(model, data, chunk=7, cache_graph=False)
+    assert torch.equal(every.matvec(v), none.matvec(v))  # results do not depend on the memory free
+    assert every.cached_chunks == 5 and every.graph_bytes > 0 and none.cached_chunks == 0
+    for budget, cached in [(0, 0), (every.graph_bytes // 2, None), (every.graph_bytes, 5)]:
+        op = HessianOperator(model, data, chunk=7, memory_budget=budget)
+        torch.testing.assert_close(op.matvec(v), H @ v, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(op.matvec(v), H @ v, rtol=1e-10, atol=1e-12)
+        assert op.graph_bytes <= budget
+        if cached is None:
+            assert 0 < op.cached_chunks < 5
+        else:
+            assert op.cached_chunks == cached
+    default = HessianOperator(model, data, chunk=7)  # budget: half the free memory, plenty here
+    default.matvec(v)
+    assert default.cached_chunks == (5 if _free_memory(default.device) is not None else 0)
 
 
 @pytest.mark.parametrize("method", ["lanczos", "power"])

@@ -89,7 +89,7 @@ class HessianOperator:
     an iterable of such batches. ``hvp="backward"`` differentiates twice with autograd;
     ``hvp="func"`` uses ``torch.func`` forward-over-reverse. A cached chunk keeps the
     graph of its gradient, so each product is one backward pass instead of a forward and
-    two (1.4x faster for C1 on a CPU, more for small models), at the memory of the graph.
+    two (1.4x faster for M1 and C1 on a CPU), at the memory of the graph.
     ``cache_graph``: ``None`` (default) caches chunks while their graphs fit in
     ``memory_budget`` bytes (default: half the memory free when the first product is taken:
     the GPU's, or the host's on Linux; where that is unknown, data of one chunk is cached);

@@ -245,8 +245,12 @@ def _tridiag(alphas, betas) -> np.ndarray:
 
 
 def _bar(progress: bool, total: int, desc: str, unit: str = "HVP"):
-    """A progress bar that leaves no line behind (a do-nothing one without ``progress``)."""
-    from tqdm.auto import tqdm
+    """A progress bar that leaves no line behind (a do-nothing one without ``progress``;
+    ``tqdm.auto`` is not imported then: in a notebook without widgets it warns on import)."""
+    if progress:
+        from tqdm.auto import tqdm
+    else:
+        from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=not progress)
 

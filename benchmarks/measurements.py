@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import platform
 import shutil
 import statistics
@@ -50,8 +51,9 @@ def _spectrum(run, store, dev, data_root, samples, chunk, seed=0):
                              device=dev, data_root=data_root, chunk=chunk)
 
 
-def _concurrent_worker(results, key, data_root, samples, chunk, device, barrier, seed, queue):
+def _concurrent_worker(results, key, data_root, samples, chunk, device, barrier, seed, queue, share):
     torch.set_num_threads(1)
+    os.environ["HESSBATCH_GRAPH_MEMORY"] = str(share)
     store = Store(results)
     run = analysis.resolve_run(key, store)
     dev = resolve_device(device)
@@ -103,7 +105,8 @@ def main():
         ctx = mp.get_context("spawn")
         barrier, queue = ctx.Barrier(p), ctx.Queue()
         procs = [ctx.Process(target=_concurrent_worker, args=(results, run.key, a.data_root, a.samples, a.chunks[-1],
-                                                              str(dev), barrier, 100 + i, queue)) for i in range(p)]
+                                                              str(dev), barrier, 100 + i, queue, 0.5 / p))
+                 for i in range(p)]
         t0 = time.perf_counter()
         for pr in procs:
             pr.start()

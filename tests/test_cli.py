@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -83,6 +84,15 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, argv, msg):
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("hessbatch: error: ") and msg in lines[0]
+    assert not (tmp_path / "r").exists()
+
+
+def test_bad_graph_memory_share_is_one_line_before_compute(tmp_path):
+    env = {**os.environ, "HESSBATCH_GRAPH_MEMORY": "2"}
+    res = subprocess.run([sys.executable, "-m", "hessbatch.cli", "compute", "--profile", "smoke", "--results",
+                          str(tmp_path / "r")], capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 2
+    assert res.stderr.strip() == "hessbatch: error: HESSBATCH_GRAPH_MEMORY must be a number in [0, 1], got '2'"
     assert not (tmp_path / "r").exists()
 
 

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from hessbatch.errors import HessbatchError
 from hessbatch.hessian import (HessianOperator, _free_memory, input_curvature, input_hessian, lanczos,
                                spectral_density, top_eigen, trace)
 
@@ -83,6 +84,29 @@ def test_graphs_are_cached_within_the_memory_budget(problem):
     default = HessianOperator(model, data, chunk=7)  # budget: half the free memory, plenty here
     default.matvec(v)
     assert default.cached_chunks == (5 if _free_memory(default.device) is not None else 0)
+
+
+def test_processes_at_once_split_the_graph_memory(problem, monkeypatch):
+    import hessbatch.hessian as hh
+
+    model, data, H, _ = problem
+    v = torch.randn(H.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    every = HessianOperator(model, data, chunk=7, cache_graph=True)
+    every.matvec(v)
+    per_chunk = every.graph_bytes / 5
+    monkeypatch.setattr(hh, "_free_memory", lambda device: int(10 * per_chunk))
+    counts = {}
+    for share in ["0.5", "0.25", "0"]:
+        monkeypatch.setenv("HESSBATCH_GRAPH_MEMORY", share)
+        op = HessianOperator(model, data, chunk=7)
+        torch.testing.assert_close(op.matvec(v), H @ v, rtol=1e-10, atol=1e-12)
+        counts[share] = op.cached_chunks
+        assert op.graph_bytes <= 10 * per_chunk * float(share)
+    assert counts == {"0.5": 5, "0.25": 2, "0": 0}
+    for bad in ["half", "2", "-0.1"]:
+        monkeypatch.setenv("HESSBATCH_GRAPH_MEMORY", bad)
+        with pytest.raises(HessbatchError, match="HESSBATCH_GRAPH_MEMORY must be a number in"):
+            HessianOperator(model, data, chunk=7).matvec(v)
 
 
 @pytest.mark.parametrize("method", ["lanczos", "power"])

@@ -427,10 +427,12 @@ def _retitle(path: Path, title: str) -> None:
 
 
 def _compute_one(name: str, chapter: str, params: dict, res: str, device: str, data_root,
-                 threads: int | None = None, progress: bool = False) -> tuple[str, float, str | None, int]:
+                 threads: int | None = None, progress: bool = False,
+                 graph_memory: float | None = None) -> tuple[str, float, str | None, int]:
     """Compute one chapter's results; never raises (the error comes back as text). Returns the
     name, wall time, error and the number of store entries written. ``progress``: bars of the
-    chapter's runs and of each spectrum's HVPs (for one chapter at a time)."""
+    chapter's runs and of each spectrum's HVPs (for one chapter at a time). ``graph_memory``: this
+    process's share of the free memory for cached gradient graphs (in a worker process)."""
     import torch
 
     from .experiments import run_chapter
@@ -438,6 +440,8 @@ def _compute_one(name: str, chapter: str, params: dict, res: str, device: str, d
 
     if threads:
         torch.set_num_threads(threads)
+    if graph_memory is not None:
+        os.environ["HESSBATCH_GRAPH_MEMORY"] = str(graph_memory)
     t0 = time.perf_counter()
     store = Store(res)
     try:
@@ -465,12 +469,14 @@ def compute(profile: str, results: str | None = None, device: str = "cpu", data_
 
     import torch
 
+    from .hessian import graph_memory_share
     from .store import atomic_write_bytes
     from .train import resolve_device
 
     prof = load_profile(profile)
     _check_chapters(prof, chapters)
     check(workers >= 1, f"workers must be >= 1, got {workers}")
+    graph_memory_share()
     dev = resolve_device(device)
     runs = executions(prof, chapters, optional=False)
     res = profile_results(prof, results)
@@ -544,9 +550,13 @@ def _compute_chapters(runs, res, dev, data_root, workers, timings, hardware, cal
         for name, chapter, params, _ in runs:
             done(*_compute_one(name, chapter, params, res, str(dev), data_root, progress=progress))
     else:
-        with ProcessPoolExecutor(max_workers=min(workers, len(runs)), mp_context=mp.get_context("spawn")) as pool:
-            threads = max(1, (os.cpu_count() or 1) // min(workers, len(runs)))
-            futures = {pool.submit(_compute_one, n, c, p, res, str(dev), data_root, threads): n
+        from .hessian import graph_memory_share
+
+        at_once = min(workers, len(runs))
+        share = graph_memory_share() / at_once
+        with ProcessPoolExecutor(max_workers=at_once, mp_context=mp.get_context("spawn")) as pool:
+            threads = max(1, (os.cpu_count() or 1) // at_once)
+            futures = {pool.submit(_compute_one, n, c, p, res, str(dev), data_root, threads, graph_memory=share): n
                        for n, c, p, _ in runs}
             for fut in as_completed(futures):
                 try:

@@ -16,6 +16,7 @@ dominant eigenvalue of ∇²ₓℓ for a whole batch at once.
 from __future__ import annotations
 
 import math
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
@@ -64,6 +65,19 @@ def _free_memory(device: torch.device) -> int | None:
     return None
 
 
+def graph_memory_share() -> float:
+    """The share of the free memory that cached gradient graphs may take by default:
+    ``$HESSBATCH_GRAPH_MEMORY``, else 0.5. Processes that take Hessian products on one device at
+    the same time should split it (``hessbatch compute --workers P`` gives each 0.5 / P)."""
+    raw = os.environ.get("HESSBATCH_GRAPH_MEMORY", "0.5")
+    try:
+        share = float(raw)
+    except ValueError:
+        share = math.nan
+    check(0 <= share <= 1, f"HESSBATCH_GRAPH_MEMORY must be a number in [0, 1], got {raw!r}")
+    return share
+
+
 @contextmanager
 def _saved_bytes(exclude=()):
     """Within the block, count the bytes of the tensors autograd saves for backward (a
@@ -91,8 +105,9 @@ class HessianOperator:
     graph of its gradient, so each product is one backward pass instead of a forward and
     two (1.4x faster for M1 and C1 on a CPU), at the memory of the graph.
     ``cache_graph``: ``None`` (default) caches chunks while their graphs fit in
-    ``memory_budget`` bytes (default: half the memory free when the first product is taken:
-    the GPU's, or the host's on Linux; where that is unknown, data of one chunk is cached);
+    ``memory_budget`` bytes (default: :func:`graph_memory_share`, half, of the memory free when the
+    first product is taken: the GPU's, or the host's on Linux; where that is unknown, data of one
+    chunk is cached);
     ``True`` caches every chunk, ``False`` none. ``graph_bytes`` and ``cached_chunks`` say
     what was cached. Vectors are flat tensors.
     """
@@ -158,7 +173,10 @@ class HessianOperator:
             budget = math.inf
         elif budget is None:
             free = _free_memory(self.device)
-            budget = free // 2 if free is not None else (math.inf if len(self.batches) == 1 else 0)
+            if free is not None:
+                budget = int(free * graph_memory_share())
+            else:
+                budget = math.inf if len(self.batches) == 1 else 0
         for xb, yb in self.batches:
             xb = xb.to(self.device)
             with _saved_bytes(exclude=[*self.params, xb]) as size:

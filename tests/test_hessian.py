@@ -86,6 +86,21 @@ def test_graphs_are_cached_within_the_memory_budget(problem):
     assert default.cached_chunks == (5 if _free_memory(default.device) is not None else 0)
 
 
+@pytest.mark.parametrize("method,cap", [("lanczos", 6), ("power", 3)])
+def test_eigenpairs_short_of_the_tolerance_warn(problem, method, cap):
+    from hessbatch.hessian import NotConvergedWarning
+
+    model, data, _, _ = problem
+    kw = dict(k=4, tol=1e-10, method=method, which="magnitude", chunk=8)
+    with pytest.warns(NotConvergedWarning, match=r"only [0-3] of 4 eigenpairs reached the relative tolerance 1e-10"):
+        e = top_eigen(model, data, max_iter=cap, **kw)
+    assert not e.converged
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NotConvergedWarning)
+        assert top_eigen(model, data, max_iter=5000, **kw).converged
+
+
 def test_processes_at_once_split_the_graph_memory(problem, monkeypatch):
     import hessbatch.hessian as hh
 

@@ -82,6 +82,24 @@ def test_stored_spectrum_and_landscapes(tmp_path, tiny_cfg):
     assert ic.csv("samples.csv").shape == (20, 2) and ic.json()["lambda_max"] > 0
 
 
+def test_an_unconverged_spectrum_warns_when_computed_and_when_read(tmp_path, tiny_cfg):
+    from hessbatch.hessian import NotConvergedWarning
+
+    store = Store(tmp_path)
+    run = train(tiny_cfg, store, progress=False)
+    with pytest.warns(NotConvergedWarning, match=r"Lanczos: only \d+ of 10 eigenpairs .* in 12 Hessian-vector"):
+        short = analysis.spectrum(run, k=10, max_iter=12, store=store)
+    assert short.json()["converged"] is False and short.json()["n_hvp"] == 12
+    ev = short.csv("eigenvalues.csv")
+    n_ok = int((ev["residual"] <= 1e-4 * ev["eigenvalue"].abs()).sum())
+    assert n_ok < 10
+    with pytest.warns(NotConvergedWarning, match=f"stored spectrum {short.key}.* {n_ok} of 10 eigenpairs"):
+        assert analysis.spectrum(run, k=10, max_iter=12, store=store).key == short.key
+    full = analysis.spectrum(run, k=10, store=store)  # the default cap: another entry, converged
+    assert full.key != short.key and full.json()["converged"]
+    assert full.key == analysis.spectrum(run, k=10, max_iter=None, store=store).key
+
+
 def test_unknown_run_key(tmp_path):
     with pytest.raises(HessbatchError, match="no training run"):
         analysis.spectrum("feedbeef", store=Store(tmp_path))

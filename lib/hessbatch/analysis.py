@@ -10,6 +10,7 @@ import functools
 import json
 import os
 import time
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -76,19 +77,25 @@ def cached(store: Store, kind: str, config: dict, compute) -> Entry:
 def spectrum(run: Run | str, split: str = "train", k: int = 20, tol: float = 1e-4, method: str = "lanczos",
              which: str = "largest", subsample: int | None = None, seed: int = 0, epoch: int | None = None,
              keep_vectors: int = 2, store: Store | None = None, device="cpu", data_root=None,
-             chunk: int | None = None, hvp: str = "backward", progress: bool = False) -> Entry:
+             chunk: int | None = None, hvp: str = "backward", progress: bool = False,
+             max_iter: int | None = None) -> Entry:
     """Top-k Hessian eigenvalues of a run's loss on its train or test set (or a subsample).
 
     Stores ``eigenvalues.csv`` (rank, eigenvalue, residual), the first ``keep_vectors``
     eigenvectors in ``vectors.pt`` and the gradient norm at that point. ``progress``: a bar
-    of Hessian-vector products while it computes.
+    of Hessian-vector products while it computes. ``max_iter``: the solver's cap (its default
+    when None). A result short of ``tol`` gives a :class:`~hessbatch.hessian.NotConvergedWarning`,
+    also when it is read back from the store.
     """
     store = store or Store()
     run = resolve_run(run, store)
     check(split in ("train", "test"), f"unknown split {split!r}; choose train or test")
     check(keep_vectors >= 0, "keep_vectors must be >= 0")
+    check(max_iter is None or max_iter >= 1, f"max_iter must be >= 1, got {max_iter}")
     config = {**run.point(epoch), "split": split, "k": k, "tol": tol, "method": method,
-              "which": which, "subsample": subsample, "seed": seed, "keep_vectors": keep_vectors}
+              "which": which, "subsample": subsample, "seed": seed, "keep_vectors": keep_vectors,
+              **({"max_iter": max_iter} if max_iter is not None else {})}
+    computed = []
 
     def compute():
         dev = resolve_device(device)
@@ -96,8 +103,9 @@ def spectrum(run: Run | str, split: str = "train", k: int = 20, tol: float = 1e-
         data = tuple(t.to(dev) for t in run_data(run, data_root).split(split))
         if subsample:
             data = hessian.subsample(data, subsample, seed)
+        computed.append(True)
         e = hessian.top_eigen(model, data, k=k, tol=tol, method=method, which=which, chunk=chunk, hvp=hvp, seed=seed,
-                              progress=progress)
+                              max_iter=max_iter, progress=progress)
         grad_norm = hessian.HessianOperator(model, data, chunk=chunk).gradient().norm().item()
         table = pd.DataFrame({"rank": np.arange(1, len(e) + 1), "eigenvalue": e.eigenvalues, "residual": e.residuals})
         files = {"eigenvalues.csv": table}
@@ -106,7 +114,16 @@ def spectrum(run: Run | str, split: str = "train", k: int = 20, tol: float = 1e-
         return files, {"n_hvp": e.n_hvp, "converged": e.converged, "grad_norm": grad_norm,
                        "lambda_max": float(e.eigenvalues[0]), "n_samples": len(data[1]), "device": str(dev)}
 
-    return cached(store, "spectrum", config, compute)
+    entry = cached(store, "spectrum", config, compute)
+    r = entry.json()
+    if not computed and not r["converged"]:
+        ev = entry.csv("eigenvalues.csv")
+        n_ok = int((ev["residual"] <= tol * ev["eigenvalue"].abs()).sum()) if method == "lanczos" else None
+        warnings.warn(f"stored spectrum {entry.path.name} ({run.key}, {split}) did not converge: "
+                      + (f"{n_ok} of {len(ev)} eigenpairs" if n_ok is not None else "some eigenvalues")
+                      + f" reached the relative tolerance {tol:g} in {r['n_hvp']} Hessian-vector products; "
+                      "raise max_iter", hessian.NotConvergedWarning, stacklevel=2)
+    return entry
 
 
 def initial_state(run: Run | str, store: Store | None = None, device="cpu", data_root=None) -> dict:

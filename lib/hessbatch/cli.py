@@ -187,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--subsample", type=int, default=None, help="Hessian of a random subset of this size (|B_H|)")
     sp.add_argument("--epoch", type=int, default=None, help="a weight snapshot saved during training")
     sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--max-iter", type=int, default=None,
+                    help="cap on Hessian-vector products (lanczos, default max(3k+60, 200)) or per eigenvalue "
+                    "(power, default 100)")
     _common(sp)
 
     la = sub.add_parser("landscape", help="loss along Hessian eigenvectors of a trained run (cached)",
@@ -334,10 +337,13 @@ def _cmd_spectrum(a) -> int:
     from .store import Store
 
     entry = spectrum(a.run, a.split, a.k, a.tol, a.method, a.which, a.subsample, a.seed, a.epoch,
-                     store=Store(a.results), device=a.device, data_root=a.data_root, progress=not a.no_progress)
+                     store=Store(a.results), device=a.device, data_root=a.data_root, progress=not a.no_progress,
+                     max_iter=a.max_iter)
     r = entry.json()
     print(entry.csv("eigenvalues.csv").to_string(index=False))
-    print(f"{r['n_hvp']} Hessian-vector products, gradient norm {r['grad_norm']:.4g}; stored at {entry.path}")
+    state = "converged" if r["converged"] else "NOT converged (see the warning)"
+    print(f"{r['n_hvp']} Hessian-vector products, {state}, gradient norm {r['grad_norm']:.4g}; "
+          f"stored at {entry.path}")
     return 0
 
 
@@ -419,7 +425,14 @@ COMMANDS = {"train": _cmd_train, "robust-train": _cmd_robust_train, "attack": _c
             "ls": _cmd_ls}
 
 
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    return f"hessbatch: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    warnings.formatwarning = _warning_line
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
@@ -293,6 +294,16 @@ def _lanczos_run(op, q: torch.Tensor, max_iter: int, stop=None, check_every: int
     return alphas, betas, basis[:len(alphas)]
 
 
+class NotConvergedWarning(UserWarning):
+    """Some wanted eigenpairs did not reach the tolerance within the iteration cap."""
+
+
+def _warn_unconverged(method: str, n_ok: int, k: int, tol: float, n_hvp: int, cap: str) -> None:
+    warnings.warn(f"{method}: only {n_ok} of {k} eigenpairs reached the relative tolerance {tol:g} in {n_hvp} "
+                  f"Hessian-vector products ({cap}); the others are estimates: raise max_iter",
+                  NotConvergedWarning, stacklevel=3)
+
+
 def lanczos(op, k: int = 20, tol: float = 1e-4, which: str = "largest", max_iter: int | None = None,
             seed: int = 0, check_every: int = 5, progress: bool = False) -> Eigen:
     """Top-``k`` eigenpairs by Lanczos with full reorthogonalization.
@@ -301,7 +312,8 @@ def lanczos(op, k: int = 20, tol: float = 1e-4, which: str = "largest", max_iter
     the Lanczos recurrence), which bounds each eigenvalue's relative error by ``tol``.
     Like every single-vector Krylov method it finds one copy of an exactly repeated
     eigenvalue (rare for trained networks); ``power_iteration`` finds repeats.
-    ``progress`` shows a bar of HVPs (out of ``max_iter``) with the number of converged pairs.
+    ``progress`` shows a bar of HVPs (out of ``max_iter``, default max(3k + 60, 200)) with the
+    number of converged pairs. Pairs short of ``tol`` at the cap give a :class:`NotConvergedWarning`.
     """
     check(which in WHICH, f"unknown which={which!r}; choose one of {', '.join(WHICH)}")
     n = op.dim
@@ -328,7 +340,10 @@ def lanczos(op, k: int = 20, tol: float = 1e-4, which: str = "largest", max_iter
     with _bar(progress, max_iter, f"Lanczos top-{k}") as bar:
         alphas, betas, basis = _lanczos_run(op, q0, max_iter, converged, check_every, bar)
     theta, S, idx, res = ritz(alphas, betas)
-    done = len(alphas) == n or bool(np.all(res <= tol * np.maximum(np.abs(theta[idx]), 1e-30)))
+    ok = res <= tol * np.maximum(np.abs(theta[idx]), 1e-30)
+    done = len(alphas) == n or bool(np.all(ok))
+    if not done:
+        _warn_unconverged("Lanczos", int(ok.sum()), len(idx), tol, op.n_hvp - start, f"max_iter={max_iter}")
     order = np.argsort(theta[idx])[::-1]
     idx, res = idx[order], res[order]
     vecs = torch.as_tensor(S[:, idx].T.copy(), dtype=op.dtype, device=op.device) @ torch.stack(basis)
@@ -340,14 +355,15 @@ def power_iteration(op, k: int = 20, tol: float = 1e-4, max_iter: int = 100, see
     """The paper's method: power iteration with deflation by projection (as PyHessian).
 
     Finds eigenvalues of largest magnitude one at a time; each stops when its value
-    changes by less than ``tol`` relatively between two iterations. ``progress`` shows a
-    bar of eigenvalues found, with the HVPs used.
+    changes by less than ``tol`` relatively between two iterations (at most ``max_iter``
+    products each; one that reaches the cap gives a :class:`NotConvergedWarning`). ``progress``
+    shows a bar of eigenvalues found, with the HVPs used.
     """
     n = op.dim
     check(1 <= k <= n, f"k must be in 1..{n}, got {k}")
     start = op.n_hvp
     g = torch.Generator(device="cpu").manual_seed(seed)
-    vecs, vals, res, ok = [], [], [], True
+    vecs, vals, res, n_ok = [], [], [], 0
     bar = _bar(progress, k, "power iteration", "eigenvalue")
     for _ in range(k):
         v = _orthogonalize(torch.randn(n, generator=g, dtype=torch.float64).to(op.device, op.dtype), vecs)
@@ -363,16 +379,18 @@ def power_iteration(op, k: int = 20, tol: float = 1e-4, max_iter: int = 100, see
                 conv = True
                 break
             lam_prev = lam
-        ok &= conv
+        n_ok += conv
         vals.append(lam)
         vecs.append(v)
         res.append(r)
         bar.set_postfix_str(f"{op.n_hvp - start} HVPs", refresh=False)
         bar.update()
     bar.close()
+    if n_ok < k:
+        _warn_unconverged("power iteration", n_ok, k, tol, op.n_hvp - start, f"max_iter={max_iter} per eigenvalue")
     order = np.argsort(vals)[::-1]
     return Eigen(np.asarray(vals)[order], torch.stack(vecs)[torch.as_tensor(order.copy())],
-                 op.n_hvp - start, np.asarray(res)[order], "power", ok)
+                 op.n_hvp - start, np.asarray(res)[order], "power", n_ok == k)
 
 
 def top_eigen(model: nn.Module, data, k: int = 20, tol: float = 1e-4, method: str = "lanczos",

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import os
 import platform
 import shutil
 import statistics
@@ -27,7 +26,7 @@ import time
 
 import torch
 
-from hessbatch import analysis
+from hessbatch import analysis, hessian
 from hessbatch.store import Store
 from hessbatch.train import resolve_device, train
 
@@ -51,9 +50,9 @@ def _spectrum(run, store, dev, data_root, samples, chunk, seed=0):
                              device=dev, data_root=data_root, chunk=chunk)
 
 
-def _concurrent_worker(results, key, data_root, samples, chunk, device, barrier, seed, queue, share):
+def _concurrent_worker(results, key, data_root, samples, chunk, device, barrier, seed, queue, processes):
     torch.set_num_threads(1)
-    os.environ["HESSBATCH_GRAPH_MEMORY"] = str(share)
+    hessian.split_graph_memory(processes)
     store = Store(results)
     run = analysis.resolve_run(key, store)
     dev = resolve_device(device)
@@ -105,7 +104,7 @@ def main():
         ctx = mp.get_context("spawn")
         barrier, queue = ctx.Barrier(p), ctx.Queue()
         procs = [ctx.Process(target=_concurrent_worker, args=(results, run.key, a.data_root, a.samples, a.chunks[-1],
-                                                              str(dev), barrier, 100 + i, queue, 0.5 / p))
+                                                              str(dev), barrier, 100 + i, queue, p))
                  for i in range(p)]
         t0 = time.perf_counter()
         for pr in procs:

@@ -340,3 +340,16 @@ def test_build_timings_of_older_builds_are_read(tmp_path):
                                       "08-instability": {"device": "cpu", "seconds": 15.4}}
     record.write_text("- not a mapping\n")
     assert _build_timings(record) == {} and _build_timings(tmp_path / "absent.yml") == {}
+
+
+def test_chapters_computed_at_once_split_the_graph_memory(tmp_path, monkeypatch):
+    import hessbatch.experiments as experiments
+    from hessbatch.book import _compute_one
+    from hessbatch.hessian import graph_memory_share
+
+    seen = []
+    monkeypatch.setattr(experiments, "run_chapter", lambda *a, **kw: seen.append(graph_memory_share()))
+    monkeypatch.setenv("HESSBATCH_GRAPH_MEMORY", "0.6")
+    assert _compute_one("a", "04-saddle-free", {}, str(tmp_path), "cpu", None)[2] is None
+    assert _compute_one("b", "04-saddle-free", {}, str(tmp_path), "cpu", None, processes=3)[2] is None
+    assert seen == [0.6, pytest.approx(0.2)]

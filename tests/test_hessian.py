@@ -118,6 +118,12 @@ def test_processes_at_once_split_the_graph_memory(problem, monkeypatch):
         counts[share] = op.cached_chunks
         assert op.graph_bytes <= 10 * per_chunk * float(share)
     assert counts == {"0.5": 5, "0.25": 2, "0": 0}
+    monkeypatch.setenv("HESSBATCH_GRAPH_MEMORY", "0.5")
+    hh.split_graph_memory(4)  # one of 4 worker processes, under a parent's share of 0.5
+    assert hh.graph_memory_share() == 0.125
+    op = HessianOperator(model, data, chunk=7)
+    op.matvec(v)
+    assert op.cached_chunks == 1
     for bad in ["half", "2", "-0.1"]:
         monkeypatch.setenv("HESSBATCH_GRAPH_MEMORY", bad)
         with pytest.raises(HessbatchError, match="HESSBATCH_GRAPH_MEMORY must be a number in"):

@@ -111,18 +111,17 @@ def spectrum(run: Run | str, split: str = "train", k: int = 20, tol: float = 1e-
         files = {"eigenvalues.csv": table}
         if keep_vectors:
             files["vectors.pt"] = e.eigenvectors[:keep_vectors].detach().float().cpu().contiguous()
-        return files, {"n_hvp": e.n_hvp, "converged": e.converged, "grad_norm": grad_norm,
+        return files, {"n_hvp": e.n_hvp, "converged": e.converged, "n_converged": e.n_converged,
+                       "grad_norm": grad_norm,
                        "lambda_max": float(e.eigenvalues[0]), "n_samples": len(data[1]), "device": str(dev)}
 
     entry = cached(store, "spectrum", config, compute)
     r = entry.json()
     if not computed and not r["converged"]:
-        ev = entry.csv("eigenvalues.csv")
-        n_ok = int((ev["residual"] <= tol * ev["eigenvalue"].abs()).sum()) if method == "lanczos" else None
-        warnings.warn(f"stored spectrum {entry.path.name} ({run.key}, {split}) did not converge: "
-                      + (f"{n_ok} of {len(ev)} eigenpairs" if n_ok is not None else "some eigenvalues")
-                      + f" reached the relative tolerance {tol:g} in {r['n_hvp']} Hessian-vector products; "
-                      "raise max_iter", hessian.NotConvergedWarning, stacklevel=2)
+        reached = f"{r['n_converged']} of {k} eigenpairs" if r.get("n_converged") is not None else "not every eigenpair"
+        warnings.warn(f"stored spectrum {entry.path.name} ({run.key}, {split}) did not converge: {reached} reached "
+                      f"the relative tolerance {tol:g} in {r['n_hvp']} Hessian-vector products; raise max_iter",
+                      hessian.NotConvergedWarning, stacklevel=2)
     return entry
 
 

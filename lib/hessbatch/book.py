@@ -428,11 +428,11 @@ def _retitle(path: Path, title: str) -> None:
 
 def _compute_one(name: str, chapter: str, params: dict, res: str, device: str, data_root,
                  threads: int | None = None, progress: bool = False,
-                 graph_memory: float | None = None) -> tuple[str, float, str | None, int]:
+                 processes: int = 1) -> tuple[str, float, str | None, int]:
     """Compute one chapter's results; never raises (the error comes back as text). Returns the
     name, wall time, error and the number of store entries written. ``progress``: bars of the
-    chapter's runs and of each spectrum's HVPs (for one chapter at a time). ``graph_memory``: this
-    process's share of the free memory for cached gradient graphs (in a worker process)."""
+    chapter's runs and of each spectrum's HVPs (for one chapter at a time). ``processes``: how
+    many run at once (they split the memory for cached gradient graphs)."""
     import torch
 
     from .experiments import run_chapter
@@ -440,8 +440,10 @@ def _compute_one(name: str, chapter: str, params: dict, res: str, device: str, d
 
     if threads:
         torch.set_num_threads(threads)
-    if graph_memory is not None:
-        os.environ["HESSBATCH_GRAPH_MEMORY"] = str(graph_memory)
+    if processes > 1:
+        from .hessian import split_graph_memory
+
+        split_graph_memory(processes)
     t0 = time.perf_counter()
     store = Store(res)
     try:
@@ -550,13 +552,10 @@ def _compute_chapters(runs, res, dev, data_root, workers, timings, hardware, cal
         for name, chapter, params, _ in runs:
             done(*_compute_one(name, chapter, params, res, str(dev), data_root, progress=progress))
     else:
-        from .hessian import graph_memory_share
-
         at_once = min(workers, len(runs))
-        share = graph_memory_share() / at_once
         with ProcessPoolExecutor(max_workers=at_once, mp_context=mp.get_context("spawn")) as pool:
             threads = max(1, (os.cpu_count() or 1) // at_once)
-            futures = {pool.submit(_compute_one, n, c, p, res, str(dev), data_root, threads, graph_memory=share): n
+            futures = {pool.submit(_compute_one, n, c, p, res, str(dev), data_root, threads, processes=at_once): n
                        for n, c, p, _ in runs}
             for fut in as_completed(futures):
                 try:

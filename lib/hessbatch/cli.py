@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from . import __version__
-from .errors import HessbatchError, check
+from .errors import HessbatchError, NotConvergedWarning, check
 
 EXIT_USAGE = 2
 
@@ -425,14 +425,17 @@ COMMANDS = {"train": _cmd_train, "robust-train": _cmd_robust_train, "attack": _c
             "ls": _cmd_ls}
 
 
-def _warning_line(message, category, filename, lineno, line=None) -> str:
-    return f"hessbatch: warning: {message}\n"
-
-
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
-    warnings.formatwarning = _warning_line
+    plain = warnings.formatwarning
+
+    def line(message, category, *args, **kw):
+        if issubclass(category, NotConvergedWarning):
+            return f"hessbatch: warning: {message}\n"
+        return plain(message, category, *args, **kw)
+
+    warnings.formatwarning = line
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)

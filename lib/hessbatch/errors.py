@@ -1,8 +1,12 @@
-"""The one error type users see: a bad name, value, file or data root."""
+"""The one error type users see (a bad name, value, file or data root), and the one warning."""
 
 
 class HessbatchError(ValueError):
     """Bad input, reported as one line before any compute starts."""
+
+
+class NotConvergedWarning(UserWarning):
+    """Some wanted eigenpairs did not reach the tolerance within the iteration cap."""
 
 
 def check(condition: bool, message: str) -> None:

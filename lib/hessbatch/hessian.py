@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import check
+from .errors import NotConvergedWarning, check
 
 WHICH = ("largest", "smallest", "magnitude", "both")
 
@@ -77,6 +77,12 @@ def graph_memory_share() -> float:
         share = math.nan
     check(0 <= share <= 1, f"HESSBATCH_GRAPH_MEMORY must be a number in [0, 1], got {raw!r}")
     return share
+
+
+def split_graph_memory(processes: int) -> None:
+    """In one of ``processes`` processes taking Hessian products on one device at once: take
+    1/``processes`` of the share inherited from the parent, so that together they keep to it."""
+    os.environ["HESSBATCH_GRAPH_MEMORY"] = repr(graph_memory_share() / processes)
 
 
 @contextmanager
@@ -234,6 +240,7 @@ class Eigen:
     method: str
     converged: bool
     history: list = field(default_factory=list, repr=False)
+    n_converged: int | None = None
 
     def __len__(self):
         return len(self.eigenvalues)
@@ -294,10 +301,6 @@ def _lanczos_run(op, q: torch.Tensor, max_iter: int, stop=None, check_every: int
     return alphas, betas, basis[:len(alphas)]
 
 
-class NotConvergedWarning(UserWarning):
-    """Some wanted eigenpairs did not reach the tolerance within the iteration cap."""
-
-
 def _warn_unconverged(method: str, n_ok: int, k: int, tol: float, n_hvp: int, cap: str) -> None:
     warnings.warn(f"{method}: only {n_ok} of {k} eigenpairs reached the relative tolerance {tol:g} in {n_hvp} "
                   f"Hessian-vector products ({cap}); the others are estimates: raise max_iter",
@@ -327,12 +330,15 @@ def lanczos(op, k: int = 20, tol: float = 1e-4, which: str = "largest", max_iter
         idx = _select(theta, k, which)
         return theta, S, idx, betas[len(alphas) - 1] * np.abs(S[-1, idx])
 
+    def within(theta, res):
+        return res <= tol * np.maximum(np.abs(theta), 1e-30)
+
     def converged(alphas, betas):
         if len(alphas) < k:
             return False
         theta, _, idx, res = ritz(alphas, betas)
         history.append((len(alphas), theta[idx].copy(), res.copy()))
-        ok = res <= tol * np.maximum(np.abs(theta[idx]), 1e-30)
+        ok = within(theta[idx], res)
         bar.set_postfix_str(f"{int(ok.sum())}/{len(ok)} converged", refresh=False)
         return bool(np.all(ok))
 
@@ -340,14 +346,15 @@ def lanczos(op, k: int = 20, tol: float = 1e-4, which: str = "largest", max_iter
     with _bar(progress, max_iter, f"Lanczos top-{k}") as bar:
         alphas, betas, basis = _lanczos_run(op, q0, max_iter, converged, check_every, bar)
     theta, S, idx, res = ritz(alphas, betas)
-    ok = res <= tol * np.maximum(np.abs(theta[idx]), 1e-30)
+    ok = within(theta[idx], res)
     done = len(alphas) == n or bool(np.all(ok))
     if not done:
         _warn_unconverged("Lanczos", int(ok.sum()), len(idx), tol, op.n_hvp - start, f"max_iter={max_iter}")
     order = np.argsort(theta[idx])[::-1]
     idx, res = idx[order], res[order]
     vecs = torch.as_tensor(S[:, idx].T.copy(), dtype=op.dtype, device=op.device) @ torch.stack(basis)
-    return Eigen(theta[idx], vecs, op.n_hvp - start, res, "lanczos", done, history)
+    return Eigen(theta[idx], vecs, op.n_hvp - start, res, "lanczos", done, history,
+                 len(idx) if done else int(ok.sum()))
 
 
 def power_iteration(op, k: int = 20, tol: float = 1e-4, max_iter: int = 100, seed: int = 0,
@@ -390,7 +397,7 @@ def power_iteration(op, k: int = 20, tol: float = 1e-4, max_iter: int = 100, see
         _warn_unconverged("power iteration", n_ok, k, tol, op.n_hvp - start, f"max_iter={max_iter} per eigenvalue")
     order = np.argsort(vals)[::-1]
     return Eigen(np.asarray(vals)[order], torch.stack(vecs)[torch.as_tensor(order.copy())],
-                 op.n_hvp - start, np.asarray(res)[order], "power", n_ok == k)
+                 op.n_hvp - start, np.asarray(res)[order], "power", n_ok == k, n_converged=n_ok)
 
 
 def top_eigen(model: nn.Module, data, k: int = 20, tol: float = 1e-4, method: str = "lanczos",

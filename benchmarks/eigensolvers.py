@@ -21,8 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from hessbatch.analysis import run_data
-from hessbatch.hessian import HessianOperator, lanczos, power_iteration, subsample
+from hessbatch.eigensolvers import lanczos, power_iteration
+from hessbatch.hessian import HessianOperator, subsample
+from hessbatch.measurements import run_data
 from hessbatch.store import Store
 from hessbatch.train import train
 

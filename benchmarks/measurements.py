@@ -26,9 +26,12 @@ import time
 
 import torch
 
-from hessbatch import analysis, hessian
+from hessbatch import hessian
+from hessbatch import measurements as analysis
+from hessbatch.devices import resolve_device
+from hessbatch.runs import resolve_run
 from hessbatch.store import Store
-from hessbatch.train import resolve_device, train
+from hessbatch.train import train
 
 
 def _timed(dev, fn, keep=False):
@@ -54,7 +57,7 @@ def _concurrent_worker(results, key, data_root, samples, chunk, device, barrier,
     torch.set_num_threads(1)
     hessian.split_graph_memory(processes)
     store = Store(results)
-    run = analysis.resolve_run(key, store)
+    run = resolve_run(key, store)
     dev = resolve_device(device)
     analysis.run_data(run, data_root)
     barrier.wait()

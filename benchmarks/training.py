@@ -32,8 +32,10 @@ import torch.nn.functional as F
 import yaml
 
 from hessbatch import data, models
-from hessbatch.book import computed_summary
-from hessbatch.train import TrainConfig, resolve_device, train_epoch
+from hessbatch.config import TrainConfig
+from hessbatch.devices import resolve_device
+from hessbatch.paper.book import computed_summary
+from hessbatch.train import train_epoch
 
 
 def _sync(dev):

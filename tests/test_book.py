@@ -15,7 +15,10 @@ import yaml
 
 from conftest import make_cifar_root, make_mnist_root
 from hessbatch import HessbatchError
-from hessbatch.book import build, chapter_parameters, coerce, compute, executions, load_profile
+from hessbatch.paper.book import build
+from hessbatch.paper.compute import compute
+from hessbatch.paper.notebook import coerce
+from hessbatch.paper.profiles import chapter_parameters, executions, load_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 LIB = ROOT / "lib"
@@ -113,8 +116,9 @@ def test_optional_variant_runs_only_when_named():
 def test_table2_on_generated_cifar100(tmp_path, no_md5):
     """Table 2 (ResNet-18, CIFAR-100) end to end on a generated CIFAR-100, computed only when named,
     its table beside the published one."""
-    from hessbatch import published
-    from hessbatch.experiments import published_comparison, run_chapter
+    from hessbatch.paper import published
+    from hessbatch.paper.presentation import published_comparison
+    from hessbatch.paper.registry import run_chapter
     from hessbatch.store import Store
 
     paper = load_profile("paper")["chapters"]["01-batch-size"]["variants"]["ResNet18"]
@@ -140,7 +144,7 @@ def test_table2_on_generated_cifar100(tmp_path, no_md5):
 
 
 def test_download_fetches_missing_data_before_compute(tmp_path, mnist_download):
-    from hessbatch.book import fetch_data
+    from hessbatch.paper.compute import fetch_data
 
     calls = mnist_download
     smoke = load_profile("smoke")
@@ -202,7 +206,7 @@ def _chromium():
 @pytest.fixture(scope="module")
 def smoke_book(tmp_path_factory):
     out = tmp_path_factory.mktemp("book")
-    res = subprocess.run([sys.executable, "-m", "hessbatch.cli", "book", "--profile", "smoke", "--out", str(out / "build"),
+    res = subprocess.run([sys.executable, "-m", "hessbatch.paper.cli", "book", "--profile", "smoke", "--out", str(out / "build"),
                           "--results", str(out / "results")], capture_output=True, text=True, timeout=1200, cwd=ROOT)
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     index = Path(res.stdout.strip().splitlines()[-1].split("book built: ")[1])
@@ -211,9 +215,9 @@ def smoke_book(tmp_path_factory):
 
 def test_profile_runs_are_exactly_what_the_book_trains(smoke_book):
     """The Dask stage of `hessbatch book` trains the profile's runs first: they must be the notebooks' runs."""
-    from hessbatch.experiments import profile_train_configs
+    from hessbatch.paper.registry import profile_train_configs
     from hessbatch.store import Store
-    from hessbatch.train import TrainConfig
+    from hessbatch.config import TrainConfig
 
     results = smoke_book.parents[3] / "results"
     prof = load_profile("smoke")
@@ -280,16 +284,16 @@ def test_paper_profile_renders_from_committed_results(tmp_path, monkeypatch):
 
 def test_compute_isolates_a_failing_chapter(tmp_path, monkeypatch):
     """One chapter that raises does not stop the others: their timings are kept, the call then fails."""
-    import hessbatch.book as book_mod
-    import hessbatch.experiments as exp
+    import hessbatch.paper.compute as compute_mod
+    import hessbatch.paper.registry as registry
 
     def fake(chapter, params, store=None, device="cpu", data_root=None, progress=False):
         if chapter.startswith("07"):
             raise RuntimeError("boom")
         return {}
 
-    monkeypatch.setattr(exp, "run_chapter", fake)
-    monkeypatch.setattr(book_mod, "_train_profile", lambda *a, **k: (0.0, []))
+    monkeypatch.setattr(registry, "run_chapter", fake)
+    monkeypatch.setattr(compute_mod, "train_profile", lambda *a, **k: (0.0, []))
     with pytest.raises(HessbatchError, match="1 failure.*07-pga-dynamics: RuntimeError: boom"):
         compute("smoke", results=str(tmp_path), chapters=["04-saddle-free", "07-pga-dynamics"])
     timings = yaml.safe_load((tmp_path / "_timings.yml").read_text())
@@ -299,13 +303,14 @@ def test_compute_isolates_a_failing_chapter(tmp_path, monkeypatch):
 
 def test_compute_records_an_interrupted_call(tmp_path, monkeypatch):
     """Ctrl-C during training: the call's wall time is recorded (all of it training), marked interrupted."""
-    import hessbatch.book as book_mod
+    import hessbatch.paper.book as book_mod
+    import hessbatch.paper.compute as compute_mod
 
     def slow(*a, **k):
         time.sleep(0.3)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(book_mod, "_train_profile", slow)
+    monkeypatch.setattr(compute_mod, "train_profile", slow)
     with pytest.raises(KeyboardInterrupt):
         compute("smoke", results=str(tmp_path), chapters=["04-saddle-free"])
     call = yaml.safe_load((tmp_path / "_timings.yml").read_text())["_calls"][-1]
@@ -315,8 +320,8 @@ def test_compute_records_an_interrupted_call(tmp_path, monkeypatch):
 
 def test_compute_records_a_call_stopped_by_sigterm(tmp_path):
     """What `timeout` does: SIGTERM still kills the call, after its wall time is recorded."""
-    script = ("import time, hessbatch.book as b\n"
-              "b._train_profile = lambda *a, **k: (time.sleep(60), (0.0, []))[1]\n"
+    script = ("import time, hessbatch.paper.compute as b\n"
+              "b.train_profile = lambda *a, **k: (time.sleep(60), (0.0, []))[1]\n"
               f"b.compute('smoke', results={str(tmp_path)!r}, chapters=['04-saddle-free'])\n")
     proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(LIB)})
     record = tmp_path / "_timings.yml"
@@ -332,7 +337,7 @@ def test_compute_records_a_call_stopped_by_sigterm(tmp_path):
 
 
 def test_build_timings_of_older_builds_are_read(tmp_path):
-    from hessbatch.book import _build_timings
+    from hessbatch.paper.book import build_timings as _build_timings
 
     record = tmp_path / "_timings.yml"
     record.write_text("01-batch-size: 9.2\n08-instability:\n  device: cpu\n  seconds: 15.4\nodd: [1, 2]\n")
@@ -343,12 +348,12 @@ def test_build_timings_of_older_builds_are_read(tmp_path):
 
 
 def test_chapters_computed_at_once_split_the_graph_memory(tmp_path, monkeypatch):
-    import hessbatch.experiments as experiments
-    from hessbatch.book import _compute_one
+    import hessbatch.paper.registry as registry
     from hessbatch.hessian import graph_memory_share
+    from hessbatch.paper.compute import compute_one as _compute_one
 
     seen = []
-    monkeypatch.setattr(experiments, "run_chapter", lambda *a, **kw: seen.append(graph_memory_share()))
+    monkeypatch.setattr(registry, "run_chapter", lambda *a, **kw: seen.append(graph_memory_share()))
     monkeypatch.setenv("HESSBATCH_GRAPH_MEMORY", "0.6")
     assert _compute_one("a", "04-saddle-free", {}, str(tmp_path), "cpu", None)[2] is None
     assert _compute_one("b", "04-saddle-free", {}, str(tmp_path), "cpu", None, processes=3)[2] is None

@@ -4,7 +4,7 @@ import math
 
 import pandas as pd
 
-from hessbatch.experiments import dynamics_claims
+from hessbatch.paper.chapters.dynamics import dynamics_claims
 
 
 def _trajectory(big_lam, big_grad, robust_lam):

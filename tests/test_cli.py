@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from hessbatch.cli import main
+from hessbatch.paper.cli import main
 from hessbatch.store import Store
 
 TINY = ["--model", "MLP", "--dataset", "mnist5k", "--subset", "10", "--test-subset", "5", "--batch-size", "25",
@@ -79,7 +79,7 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, argv, msg):
     (tmp_path / "bad.yaml").write_text("train:\n  model: [M1\n")
     (tmp_path / "unknown.yaml").write_text("train: {colour: red}\n")
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
-    res = subprocess.run([sys.executable, "-m", "hessbatch.cli", *argv, "--results", str(tmp_path / "r")],
+    res = subprocess.run([sys.executable, "-m", "hessbatch.paper.cli", *argv, "--results", str(tmp_path / "r")],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
@@ -89,7 +89,7 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, argv, msg):
 
 def test_bad_graph_memory_share_is_one_line_before_compute(tmp_path):
     env = {**os.environ, "HESSBATCH_GRAPH_MEMORY": "2"}
-    res = subprocess.run([sys.executable, "-m", "hessbatch.cli", "compute", "--profile", "smoke", "--results",
+    res = subprocess.run([sys.executable, "-m", "hessbatch.paper.cli", "compute", "--profile", "smoke", "--results",
                           str(tmp_path / "r")], capture_output=True, text=True, timeout=120, env=env)
     assert res.returncode == 2
     assert res.stderr.strip() == "hessbatch: error: HESSBATCH_GRAPH_MEMORY must be a number in [0, 1], got '2'"
@@ -97,7 +97,7 @@ def test_bad_graph_memory_share_is_one_line_before_compute(tmp_path):
 
 
 def test_chapters_flag_comma_separated_or_repeated():
-    from hessbatch.cli import build_parser
+    from hessbatch.paper.cli import build_parser
 
     parse = build_parser().parse_args
     assert parse(["compute", "--chapters", "01-batch-size,02-landscapes", "--chapters", "03-dynamics"]).chapters == [
@@ -108,7 +108,7 @@ def test_chapters_flag_comma_separated_or_repeated():
 def test_compute_no_progress_is_quiet(tmp_path, capsys):
     import yaml
 
-    from hessbatch.book import load_profile
+    from hessbatch.paper.profiles import load_profile
 
     smoke = load_profile("smoke")
     prof = {"profile": "q", "common": smoke["common"], "chapters": {"04-saddle-free": smoke["chapters"]["04-saddle-free"]}}
@@ -151,3 +151,46 @@ def test_bad_attack_input(tmp_path, capsys, argv, msg):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and msg in err[0]
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def test_verify_lists_and_removes_corrupt_entries(tmp_path, capsys, monkeypatch):
+    import hessbatch.store as store_mod
+
+    monkeypatch.setattr(store_mod, "HASHED_ON_READ", 1000)  # the tiny run's weights count as large
+    r = ["--results", str(tmp_path)]
+    assert main(["train", *TINY, *r]) == 0
+    assert main(["verify", *r]) == 0 and "1 entries checked, 0 corrupt" in capsys.readouterr().out
+    weights = next(tmp_path.rglob("weights.pt"))
+    blob = bytearray(weights.read_bytes())
+    blob[-50] ^= 1
+    weights.write_bytes(bytes(blob))
+    assert main(["ls", *r]) == 0 and "MLP" in capsys.readouterr().out  # listing checks sizes only
+    assert main(["verify", *r]) == 1 and "1 entries checked, 1 corrupt" in capsys.readouterr().out
+    assert main(["verify", "--remove", *r]) == 0 and not weights.exists()
+    assert main(["train", *TINY, *r]) == 0 and "found in the store" not in capsys.readouterr().out
+
+
+def test_the_toolkit_command_line_has_no_paper_commands():
+    import hessbatch.cli as toolkit
+
+    with pytest.raises(SystemExit):
+        toolkit.build_parser().parse_args(["book"])
+    assert build_parser_paper().parse_args(["book"]).command == "book"
+
+
+def build_parser_paper():
+    from hessbatch.paper.cli import build_parser
+
+    return build_parser()
+
+
+def test_a_chapter_rejects_a_parameter_it_does_not_have():
+    from hessbatch.errors import HessbatchError
+    from hessbatch.paper.registry import chapter, run_chapter
+
+    p = chapter("01-batch-size--C2").params({"model": "C2", "k": 3, "profile": "x", "results": None})
+    assert (p.model, p.k, p.tol) == ("C2", 3, 1e-4)
+    with pytest.raises(HessbatchError, match="chapter 01-batch-size has no parameter.*colour; it takes: model"):
+        run_chapter("01-batch-size", {"colour": "red"})
+    with pytest.raises(HessbatchError, match="no chapter '99-nope'"):
+        chapter("99-nope")

@@ -8,8 +8,9 @@ from torch import nn
 from torch.func import functional_call
 
 from hessbatch.errors import HessbatchError
-from hessbatch.hessian import (HessianOperator, _free_memory, input_curvature, input_hessian, lanczos,
-                               spectral_density, top_eigen, trace)
+from hessbatch.eigensolvers import lanczos, spectral_density, top_eigen, trace
+from hessbatch.hessian import HessianOperator, free_memory
+from hessbatch.input_curvature import input_curvature, input_hessian
 
 
 def tiny_mlp(act=nn.ReLU):
@@ -83,12 +84,12 @@ def test_graphs_are_cached_within_the_memory_budget(problem):
             assert op.cached_chunks == cached
     default = HessianOperator(model, data, chunk=7)  # budget: half the free memory, plenty here
     default.matvec(v)
-    assert default.cached_chunks == (5 if _free_memory(default.device) is not None else 0)
+    assert default.cached_chunks == (5 if free_memory(default.device) is not None else 0)
 
 
 @pytest.mark.parametrize("method,cap", [("lanczos", 6), ("power", 3)])
 def test_eigenpairs_short_of_the_tolerance_warn(problem, method, cap):
-    from hessbatch.hessian import NotConvergedWarning
+    from hessbatch.errors import NotConvergedWarning
 
     model, data, _, _ = problem
     kw = dict(k=4, tol=1e-10, method=method, which="magnitude", chunk=8)
@@ -109,7 +110,7 @@ def test_processes_at_once_split_the_graph_memory(problem, monkeypatch):
     every = HessianOperator(model, data, chunk=7, cache_graph=True)
     every.matvec(v)
     per_chunk = every.graph_bytes / 5
-    monkeypatch.setattr(hh, "_free_memory", lambda device: int(10 * per_chunk))
+    monkeypatch.setattr(hh, "free_memory", lambda device: int(10 * per_chunk))
     counts = {}
     for share in ["0.5", "0.25", "0"]:
         monkeypatch.setenv("HESSBATCH_GRAPH_MEMORY", share)
@@ -289,7 +290,7 @@ def test_agrees_with_pyhessian_on_a_trained_model(tmp_path):
 
 
 def test_default_chunk_depends_on_the_device():
-    from hessbatch.hessian import default_chunk
+    from hessbatch.devices import default_chunk
 
     assert default_chunk("cpu") == 1024 and default_chunk(torch.device("cuda", 0)) == 8192
     assert default_chunk("cuda", 512, 4096) == 4096

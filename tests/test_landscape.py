@@ -4,10 +4,12 @@ import pytest
 import torch
 from torch import nn
 
-from hessbatch import HessbatchError, analysis
+from hessbatch import HessbatchError
+from hessbatch import measurements as analysis
 from hessbatch.landscape import along_direction, interpolate, plane, second_difference
 from hessbatch.store import Store
-from hessbatch.train import evaluate, train
+from hessbatch.evaluation import evaluate
+from hessbatch.train import train
 
 
 def _model(seed):
@@ -83,7 +85,7 @@ def test_stored_spectrum_and_landscapes(tmp_path, tiny_cfg):
 
 
 def test_an_unconverged_spectrum_warns_when_computed_and_when_read(tmp_path, tiny_cfg):
-    from hessbatch.hessian import NotConvergedWarning
+    from hessbatch.errors import NotConvergedWarning
 
     store = Store(tmp_path)
     run = train(tiny_cfg, store, progress=False)
@@ -103,3 +105,20 @@ def test_an_unconverged_spectrum_warns_when_computed_and_when_read(tmp_path, tin
 def test_unknown_run_key(tmp_path):
     with pytest.raises(HessbatchError, match="no training run"):
         analysis.spectrum("feedbeef", store=Store(tmp_path))
+
+
+def test_speed_only_settings_are_not_part_of_a_measurements_key(tmp_path, tiny_cfg):
+    """The measurement decorator keys by every argument but the speed-only ones (device, chunk,
+    HVP method, progress, data folder), and accepts a run as an object, a key or a prefix;
+    the body runs only for a missing entry."""
+    store = Store(tmp_path)
+    run = train(tiny_cfg, store, progress=False)
+    a = analysis.spectrum(run, k=2, store=store)
+    b = analysis.spectrum(run.key[:6], k=2, store=store, chunk=7, hvp="func", device="cpu", progress=True)
+    assert a.key == b.key and store.written == 2  # the run and one spectrum
+    assert analysis.spectrum(run, k=3, store=store).key != a.key
+    c = analysis.input_curvature(run, limit=5, store=store, chunk=2)
+    assert c.config["config"] == {"run": run.key, "split": "train", "method": "power", "tol": 1e-4,
+                                  "max_iter": 100, "limit": 5}
+    with pytest.raises(HessbatchError, match="unknown split 'val'"):
+        analysis.spectrum(run, "val", store=store)

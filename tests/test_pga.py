@@ -117,7 +117,8 @@ def test_l2_pga_and_scaled_training():
 
 
 def test_chapter_options_fail_before_compute(tmp_path):
-    from hessbatch.related import pga_study, stability_study
+    from hessbatch.paper.chapters.instability import stability_study
+    from hessbatch.paper.chapters.pga_dynamics import pga_study
     from hessbatch.store import Store
 
     with pytest.raises(HessbatchError, match="pga_sweep has no option.*colour"):
@@ -132,7 +133,7 @@ def test_chapter_options_fail_before_compute(tmp_path):
 
 
 def test_provenance_of_a_chapter_without_training_runs():
-    from hessbatch.experiments import provenance
+    from hessbatch.paper.presentation import provenance
 
     line = provenance({"profile": "smoke", "model": None, "dataset": None})
     assert "*device* cpu" in line and "training time" not in line
@@ -141,7 +142,7 @@ def test_provenance_of_a_chapter_without_training_runs():
 def test_late_training_sentence():
     import pandas as pd
 
-    from hessbatch.related import late_training_sentence
+    from hessbatch.paper.chapters.pga_dynamics import late_training_sentence
 
     rep = pd.DataFrame([{"case": "relu", "quantity": "x", "value": 0.1, "p": None},
                         {"case": "training, epoch 5", "quantity": "Spearman ρ(c, robust test accuracy)", "value": 0.6,

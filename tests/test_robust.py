@@ -1,10 +1,12 @@
 import pytest
 
 from hessbatch import HessbatchError
-from hessbatch.analysis import adversarial_accuracy
-from hessbatch.robust import check_adversarial, table8_configs
+from hessbatch.measurements import adversarial_accuracy
+from hessbatch.paper.chapters.large_batch_robust import table8_configs
+from hessbatch.robust import check_adversarial
 from hessbatch.store import Store
-from hessbatch.train import TrainConfig, train
+from hessbatch.config import TrainConfig
+from hessbatch.train import train
 
 BASE = dict(model="M1", dataset="mnist5k", subset=100, test_subset=30, batch_size=50, lr=0.02, target_loss=None)
 
@@ -48,6 +50,6 @@ def test_table8_recipes():
                           base_batch=128)
     assert [m for m, _ in rows] == ["baseline", "FB", "robust"]
     fb = TrainConfig.from_dict(rows[1][1])
-    from hessbatch.train import lr_at
+    from hessbatch.config import lr_at
     assert lr_at(fb, 5) == pytest.approx(0.02 * 8000 / 128)
     assert rows[2][1]["adversarial"]["attack"] == "fgsm" and "lr_scaling" not in rows[2][1]

@@ -90,9 +90,11 @@ def test_guided_smoothing_from_the_guide_runs_checkpoints(tmp_path, tiny_cfg):
     import torch
 
     from hessbatch.data import load_dataset
-    from hessbatch.related import guided_smoothing, stability_configs
+    from hessbatch.paper.chapters.instability import stability_configs
+    from hessbatch.sample_smoothing import guided_smoothing
     from hessbatch.store import Store
-    from hessbatch.train import config_key, train
+    from hessbatch.config import run_key as config_key
+    from hessbatch.train import train
 
     opts = {k: v for k, v in tiny_cfg.items() if k not in ("model", "dataset", "batch_size")} | {"max_epochs": 4}
     specs = stability_configs("MLP", "mnist5k", [50, 100], opts, seeds=2,
@@ -169,7 +171,7 @@ def test_churn_difference_ci():
 
 
 def test_mitigations_are_compared_with_the_plain_runs_at_their_batch_size():
-    from hessbatch.related import stability_claims
+    from hessbatch.paper.chapters.instability import stability_claims
 
     groups = pd.DataFrame({"group": ["B=32", "B=256", "B=256 + LS"], "batch_size": [32, 256, 256],
                            "unstable": [0.1, 0.2, 0.15], "churn": [0.05, 0.10, 0.07],
@@ -191,7 +193,7 @@ def test_stability_study_renders_from_an_export_without_predictions(tmp_path, ti
     """Chapter 8 is one summary entry: an export keeps it (and leaves out the per-sample predictions),
     and the study read from the export equals the one computed; a new measure on the export fails
     with one clear line."""
-    from hessbatch.related import stability_study
+    from hessbatch.paper.chapters.instability import stability_study
     from hessbatch.store import Store
 
     opts = {k: v for k, v in tiny_cfg.items() if k not in ("model", "dataset", "batch_size")}

@@ -103,7 +103,7 @@ def test_export_leaves_out_weights_and_stays_valid(tmp_path, tiny_cfg, monkeypat
     assert again.cached and again.result == run.result and again.snapshot_epochs() == [1, 2, 3]
     with pytest.raises(HessbatchError, match="weights were left out"):
         again.model()
-    from hessbatch import analysis
+    from hessbatch import measurements as analysis
 
     def no_data(*a, **k):
         raise HessbatchError("dataset 'mnist': no data in /nowhere")
@@ -116,3 +116,49 @@ def test_export_leaves_out_weights_and_stays_valid(tmp_path, tiny_cfg, monkeypat
         analysis.initial_state(run, Store(tmp_path / "full"))
     (entry.path / "history.csv").write_text("tampered")
     assert tidy.get("train", key=run.key) is None
+
+
+def _big(store, cfg, blob):
+    with store.writer("demo", cfg) as tmp:
+        (tmp / "weights.bin").write_bytes(blob)
+        (tmp / "small.txt").write_text("hello")
+    return store.get("demo", cfg)
+
+
+def test_reads_do_not_hash_large_files_verify_and_export_do(tmp_path, monkeypatch):
+    """Listing is cheap: a file over HASHED_ON_READ is checked by size on every read, by SHA-256
+    only in ``verify``, ``get(verify=True)`` and export; a same-size corruption of it is found there."""
+    import hessbatch.store as store_mod
+
+    monkeypatch.setattr(store_mod, "HASHED_ON_READ", 10)
+    store = Store(tmp_path / "s")
+    e = _big(store, {"a": 1}, b"x" * 100)
+    hashed = []
+    real = store_mod._sha256
+    monkeypatch.setattr(store_mod, "_sha256", lambda p: hashed.append(p.name) or real(p))
+    assert [x.key for x in store.entries()] == [e.key] and "weights.bin" not in hashed
+    (e.path / "weights.bin").write_bytes(b"y" * 100)  # same size: only a hash tells
+    assert store.get("demo", {"a": 1}) is not None
+    assert store.get("demo", {"a": 1}, verify=True) is None
+    n, bad = store.verify()
+    assert n == 1 and [b.key for b in bad] == [e.key]
+    assert store.export(tmp_path / "copy") == (0, 0)
+    (e.path / "small.txt").write_text("jello")  # small files are hashed on every read
+    assert store.get("demo", {"a": 1}) is None
+
+
+def test_a_corrupt_tensor_file_is_refused_when_loaded(tmp_path):
+    import torch
+
+    from hessbatch.errors import HessbatchError
+
+    store = Store(tmp_path)
+    with store.writer("demo", {"a": 1}) as tmp:
+        torch.save({"w": torch.arange(300000.0)}, tmp / "weights.pt")
+    e = store.get("demo", {"a": 1})
+    assert torch.equal(e.torch()["w"], torch.arange(300000.0))
+    blob = bytearray((e.path / "weights.pt").read_bytes())
+    blob[-100] ^= 1
+    (e.path / "weights.pt").write_bytes(bytes(blob))
+    with pytest.raises(HessbatchError, match="is corrupt"):
+        e.torch()

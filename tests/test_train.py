@@ -10,7 +10,8 @@ import torch
 
 from hessbatch import HessbatchError
 from hessbatch.store import Store
-from hessbatch.train import TrainConfig, lr_at, prepare, train
+from hessbatch.config import TrainConfig, lr_at
+from hessbatch.train import prepare, train
 
 
 def _same_weights(a, b):
@@ -46,10 +47,10 @@ def test_epoch_zero_is_the_initialization(tmp_path, tiny_cfg):
     assert all(torch.equal(more.model(epoch=0).state_dict()[k], run.model().state_dict()[k]) for k in init)
     # measurement keys: runs that differ only in how they train share their initialization
     other = train({**tiny_cfg, "batch_size": 25, "max_epochs": 1}, Store(tmp_path), progress=False)
-    assert other.point(0) == run.point(0) and run.point(0)["init"]["seed"] == tiny_cfg.get("seed", 0)
-    assert run.point(2) == {"run": run.key, "epoch": 2} and run.point() == {"run": run.key, "epoch": None}
-    assert more.point(0) == run.point() != train({**tiny_cfg, "seed": 1, "max_epochs": 1}, Store(tmp_path),
-                                                 progress=False).point(0)
+    assert other.weights_id(0) == run.weights_id(0) and run.weights_id(0)["init"]["seed"] == tiny_cfg.get("seed", 0)
+    assert run.weights_id(2) == {"run": run.key, "epoch": 2} and run.weights_id() == {"run": run.key, "epoch": None}
+    assert more.weights_id(0) == run.weights_id() != train({**tiny_cfg, "seed": 1, "max_epochs": 1}, Store(tmp_path),
+                                                 progress=False).weights_id(0)
 
 
 def test_second_call_comes_from_the_store(tmp_path, tiny_cfg, monkeypatch):

@@ -22,7 +22,7 @@ inside the ε-ball, so the final perturbation can be smaller than FGSM's; this i
 consistent with the paper's Table 3 (FGSM-10 weaker than FGSM on MNIST) and Table 4
 (stronger on CIFAR-10). It is a default, not the paper's value.
 
-All attacks put the model in eval mode and return detached adversarial inputs. Gradients
+All attacks run the model in eval mode (restoring its mode after) and return detached adversarial inputs. Gradients
 are per sample (of the summed loss), so a sample's attack does not depend on its batch.
 (torchattacks differentiates the batch-mean loss; with its 1e-10 guard in L2 steps, the
 two agree one sample at a time.)
@@ -32,6 +32,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
+import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -39,16 +42,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import HessbatchError, check, choose
-
-ATTACKS = ("fgsm", "fgsm10", "grad", "fhsm", "hess")
-ALIASES = {"ifgsm": "fgsm10", "bim": "fgsm10", "l2grad": "grad", "l2hess": "hess", "fgsm-10": "fgsm10"}
-NORMS = {"fgsm": "linf", "fgsm10": "linf", "grad": "l2", "fhsm": "linf", "hess": "l2"}
-LABELS = {"fgsm": "FGSM", "fgsm10": "FGSM10", "grad": "L2GRAD", "fhsm": "FHSM", "hess": "L2HESS"}
+from .evaluation import accuracy, eval_mode
 
 
-def canonical(name: str) -> str:
-    key = ALIASES.get(name.lower(), name.lower())
-    return choose("attack", key, ATTACKS) if key in ATTACKS else choose("attack", name, ATTACKS)
+def check_eps(eps) -> float:
+    """An attack radius: a finite number >= 0 (0 gives the clean inputs)."""
+    check(isinstance(eps, (int, float)) and not isinstance(eps, bool) and math.isfinite(eps) and eps >= 0,
+          f"epsilon must be >= 0 and finite, got {eps!r}")
+    return float(eps)
 
 
 def _loss_sum(out, y):
@@ -70,10 +71,9 @@ def trusted():
 
 
 def _check(model, x, y, eps):
-    model.eval()
     if _TRUSTED.get():
         return
-    check(isinstance(eps, (int, float)) and eps >= 0, f"epsilon must be >= 0, got {eps!r}")
+    check_eps(eps)
     check(len(x) == len(y), f"{len(x)} inputs but {len(y)} targets")
     try:
         with torch.no_grad():
@@ -85,6 +85,18 @@ def _check(model, x, y, eps):
         raise HessbatchError(f"labels must be in 0..{out.shape[1] - 1} for this model, got {int(y.max())}")
 
 
+def _attack(fn):
+    """What every attack shares: its inputs checked (outside ``trusted``), the model in eval mode
+    while it runs and in the caller's mode after."""
+    @functools.wraps(fn)
+    def wrapper(model, x, y, eps, *args, **options):
+        with eval_mode(model):
+            _check(model, x, y, eps)
+            return fn(model, x, y, eps, *args, **options)
+
+    return wrapper
+
+
 def _bshape(x):
     return (-1,) + (1,) * (x.dim() - 1)
 
@@ -94,17 +106,17 @@ def _grad(model, x, y, loss_fn=_loss_sum):
     return torch.autograd.grad(loss_fn(model(x), y), x)[0]
 
 
+@_attack
 def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
     """Fast gradient sign method: x + ε·sign(∇ₓℓ), clipped to [0, 1]."""
-    _check(model, x, y, eps)
     return (x + eps * _grad(model, x, y).sign()).clamp(0, 1).detach()
 
 
+@_attack
 def ifgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int = 10,
           alpha: float | None = None) -> torch.Tensor:
     """Iterative FGSM (the paper's FGSM-10): ``steps`` sign steps of ``alpha`` (default ε/steps),
     each projected onto the L∞ ball of radius ε around x and onto [0, 1]."""
-    _check(model, x, y, eps)
     check(isinstance(steps, int) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
     alpha = eps / steps if alpha is None else alpha
     check(alpha >= 0, f"alpha must be >= 0, got {alpha}")
@@ -126,9 +138,9 @@ def _l2_step(x, direction, eps):
     return (x + delta * factor.view(_bshape(x))).clamp(0, 1).detach()
 
 
+@_attack
 def grad_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
     """The paper's GRAD: x + ε·g/‖g‖₂ per sample, clipped to [0, 1]."""
-    _check(model, x, y, eps)
     return _l2_step(x, _grad(model, x, y), eps)
 
 
@@ -139,7 +151,11 @@ def newton_direction(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cg_iter
     A sample whose curvature along a CG direction is not positive stops there; if that
     happens at the first step its direction falls back to g.
     """
-    model.eval()
+    with eval_mode(model):
+        return _newton(model, x, y, cg_iters, cg_tol, damping, loss_fn)
+
+
+def _newton(model, x, y, cg_iters, cg_tol, damping, loss_fn):
     xg = x.detach().clone().requires_grad_(True)
     g = torch.autograd.grad(loss_fn(model(xg), y), xg, create_graph=True)[0]
 
@@ -171,37 +187,62 @@ def newton_direction(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cg_iter
     return torch.where(empty.view(_bshape(x)), rhs, s).detach()
 
 
+@_attack
 def fhsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, cg_iters: int = 20, cg_tol: float = 1e-3,
          damping: float = 0.0) -> torch.Tensor:
     """Second-order L∞ attack: x + ε·sign(H⁻¹g), clipped to [0, 1]."""
-    _check(model, x, y, eps)
     s = newton_direction(model, x, y, cg_iters, cg_tol, damping)
     return (x + eps * s.sign()).clamp(0, 1).detach()
 
 
+@_attack
 def hess(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, cg_iters: int = 20, cg_tol: float = 1e-3,
          damping: float = 0.0) -> torch.Tensor:
     """Second-order L2 attack: x + ε·H⁻¹g/‖H⁻¹g‖₂, clipped to [0, 1]."""
-    _check(model, x, y, eps)
     return _l2_step(x, newton_direction(model, x, y, cg_iters, cg_tol, damping), eps)
 
 
-FUNCTIONS = {"fgsm": fgsm, "fgsm10": ifgsm, "grad": grad_l2, "fhsm": fhsm, "hess": hess}
+@dataclass(frozen=True)
+class Attack:
+    """One attack of the registry: its name, the other names it answers to, its norm, its label
+    in tables, and the function (``fn(model, x, y, eps, **options)``)."""
+
+    name: str
+    label: str
+    norm: str
+    function: Callable
+    aliases: tuple[str, ...] = ()
+
+
+REGISTRY = {a.name: a for a in (
+    Attack("fgsm", "FGSM", "linf", fgsm),
+    Attack("fgsm10", "FGSM10", "linf", ifgsm, ("ifgsm", "bim", "fgsm-10")),
+    Attack("grad", "L2GRAD", "l2", grad_l2, ("l2grad",)),
+    Attack("fhsm", "FHSM", "linf", fhsm),
+    Attack("hess", "L2HESS", "l2", hess, ("l2hess",)),
+)}
+ATTACKS = tuple(REGISTRY)
+
+
+def get(name: str) -> Attack:
+    """The attack called ``name`` or one of its aliases (any case); one error line otherwise."""
+    key = str(name).lower()
+    for a in REGISTRY.values():
+        if key == a.name or key in a.aliases:
+            return a
+    return REGISTRY[choose("attack", name, ATTACKS)]
+
+
+def canonical(name: str) -> str:
+    return get(name).name
 
 
 def attack(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, chunk: int = 1000,
            **kwargs) -> torch.Tensor:
     """Run attack ``name`` over ``x`` in chunks of ``chunk`` samples."""
-    fn = FUNCTIONS[canonical(name)]
-    check(isinstance(eps, (int, float)) and eps >= 0, f"epsilon must be >= 0, got {eps!r}")
+    fn = get(name).function
+    check_eps(eps)
     return torch.cat([fn(model, x[i:i + chunk], y[i:i + chunk], eps, **kwargs) for i in range(0, len(x), chunk)])
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 1000) -> float:
-    from .models import predict
-
-    return (predict(model, x, chunk).argmax(1) == y.to(next(model.parameters()).device)).sum().item() / len(y)
 
 
 def adversarial_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, name: str, eps: float,

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from . import __version__
 from .errors import HessbatchError, NotConvergedWarning, check
 
 EXIT_USAGE = 2
+
+
+def _number(s: str) -> float:
+    try:
+        return float(s)
+    except ValueError:
+        raise HessbatchError(f"expected a number, got {s!r}") from None
 
 
 def _float_or_none(s: str):
@@ -32,20 +40,14 @@ def _int_list(s: str) -> tuple:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
 
 
-def _common(p: argparse.ArgumentParser, data: bool = True) -> None:
+def common_flags(p: argparse.ArgumentParser, data: bool = True) -> None:
+    """The store flag, and with ``data`` the data, device and progress flags every computing command takes."""
     p.add_argument("--results", metavar="DIR", help="results folder (default: $HESSBATCH_RESULTS or ./results)")
     if data:
         p.add_argument("--data-root", metavar="DIR", help="torchvision data root (default: $HESSBATCH_DATA or ./data)")
         p.add_argument("--download", action="store_true", help="let torchvision download a missing dataset")
         p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
         p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-
-
-def _profile_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--profile", default="quick", help="smoke, quick (default), paper, or a path to a profile YAML")
-    p.add_argument("--chapters", type=lambda v: [c for c in v.split(",") if c], action="extend", default=None,
-                   help="chapters (all their variants) or single variants as chapter--label, comma-separated "
-                        "or flag repeated (default: all)")
 
 
 def _train_flags(p: argparse.ArgumentParser, d, suppress: bool = False) -> None:
@@ -89,19 +91,18 @@ def _train_flags(p: argparse.ArgumentParser, d, suppress: bool = False) -> None:
         "(key or unique prefix; our reading of Datta et al.'s TGTSS)")
 
 
-_TRAIN_FIELDS = ("model", "dataset", "batch_size", "lr", "momentum", "weight_decay", "max_epochs", "target_loss",
-                 "lr_milestones", "lr_gamma", "lr_scaling", "lr_base_batch", "warmup_epochs", "seed", "reading",
-                 "subset", "test_subset", "grad_norm", "save_every", "micro_batch", "label_smoothing",
-                 "confidence_penalty", "sample_smoothing")
+_NOT_FLAGS = ("drop_last", "adversarial", "init_from")  # --keep-last; robust-train's --attack/--eps and --from
 
 
 def _config_from_args(a, base: dict) -> dict:
+    from .config import TrainConfig
+
     cfg = dict(base)
-    cfg.update({f: getattr(a, f) for f in _TRAIN_FIELDS if hasattr(a, f)})
+    cfg.update({f: getattr(a, f) for f in TrainConfig.fields() if f not in _NOT_FLAGS and hasattr(a, f)})
     if hasattr(a, "keep_last"):
         cfg["drop_last"] = not a.keep_last
     if cfg.get("sample_smoothing"):
-        from .analysis import resolve_run
+        from .runs import resolve_run
         from .store import Store
 
         guide = resolve_run(cfg["sample_smoothing"]["guide"], Store(a.results))
@@ -118,22 +119,20 @@ def _attack_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _attack_options(a, name: str) -> dict:
-    import inspect
+    from . import attacks
+    from .errors import check_options
 
-    from .attacks import FUNCTIONS, canonical
-
-    name = canonical(name)
-    allowed = set(inspect.signature(FUNCTIONS[name]).parameters)
+    attack = attacks.get(name)
     given = {k: getattr(a, k) for k in ("steps", "alpha", "cg_iters", "cg_tol", "damping") if getattr(a, k) is not None}
-    bad = sorted(set(given) - set(allowed))
-    if bad:
-        raise HessbatchError(f"attack {name} takes no option --{bad[0].replace('_', '-')}")
+    check_options(attack.function, given, f"attack {attack.name}", spell=lambda n: "--" + n.replace("_", "-"))
     return given
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(extensions=()) -> argparse.ArgumentParser:
+    """The parser of the toolkit's commands; each of ``extensions`` adds its own subcommands
+    (``extension(subparsers)``, as the paper layer adds ``book`` and ``compute``)."""
+    from .config import TrainConfig
     from .sweep import EXECUTORS
-    from .train import TrainConfig
 
     d = TrainConfig()
     parser = argparse.ArgumentParser(
@@ -146,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train one model with SGD until the training loss reaches --target-loss "
                        "or --max-epochs; the result is stored under a hash of the full configuration.")
     _train_flags(t, d)
-    _common(t)
+    common_flags(t)
 
     r = sub.add_parser("robust-train", help="adversarial training, from scratch or continuing a trained run",
                        description="Train on adversarial examples generated on the fly (the paper's §3.4). "
@@ -158,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--clean-fraction", type=float, default=0.0, help="share of each batch left clean (default: 0)")
     _attack_flags(r)
     _train_flags(r, d, suppress=True)
-    _common(r)
+    common_flags(r)
 
     s = sub.add_parser("sweep", help="train every configuration of a parameter file's grid",
                        description="Train the grid of a parameter file (see `hessbatch.params`); "
@@ -171,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Dask scheduler, e.g. tcp://host:8786 (default: start a LocalCluster)")
     s.add_argument("--workers", type=int, default=None, help="LocalCluster worker processes (default: one per core)")
     s.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores / workers)")
-    _common(s)
+    common_flags(s)
 
     sp = sub.add_parser("spectrum", help="top-k Hessian eigenvalues of a trained run (cached)",
                         description="Top-k eigenvalues of the Hessian of a trained run's loss w.r.t. its weights, "
@@ -190,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--max-iter", type=int, default=None,
                     help="cap on Hessian-vector products (lanczos, default max(3k+60, 200)) or per eigenvalue "
                     "(power, default 100)")
-    _common(sp)
+    common_flags(sp)
 
     la = sub.add_parser("landscape", help="loss along Hessian eigenvectors of a trained run (cached)",
                         description="Loss and accuracy on the train and test sets along the dominant Hessian "
@@ -199,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     la.add_argument("--mode", choices=("1d", "2d"), default="1d", help="(default: 1d)")
     la.add_argument("--radius", type=float, default=0.5, help="perturbations in [-r, r] (default: 0.5)")
     la.add_argument("--points", type=int, default=None, help="points per axis (default: 21 in 1d, 11 in 2d)")
-    _common(la)
+    common_flags(la)
 
     at = sub.add_parser("attack", help="accuracy of a trained run under attack (cached)",
                         description="Accuracy of a trained run on adversarial versions of its train or test set, "
@@ -212,45 +211,36 @@ def build_parser() -> argparse.ArgumentParser:
                     help="craft the examples against this run instead (transfer, as Tables 3/4)")
     at.add_argument("--limit", type=int, default=None, help="only the first N samples")
     _attack_flags(at)
-    _common(at)
-
-    bk = sub.add_parser("book", help="run every chapter with papermill and build the Jupyter Book",
-                        description="Execute the book's notebooks with a profile's parameters (papermill; results "
-                        "come from the store when they exist), then build the HTML with Jupyter Book. Executed "
-                        "copies and the HTML go to _build/<profile>/; the sources in book/ stay clean.")
-    _profile_flags(bk)
-    bk.add_argument("--out", default=None, metavar="DIR", help="build folder (default: _build/<profile>)")
-    bk.add_argument("--executor", choices=EXECUTORS, default="local",
-                    help="processes or dask: train the profile's runs as a sweep first (default: local)")
-    bk.add_argument("--scheduler", default=None, metavar="ADDRESS", help="Dask scheduler (default: a LocalCluster)")
-    bk.add_argument("--workers", type=int, default=None, help="worker processes (processes executor, or a Dask LocalCluster)")
-    _common(bk)
-
-    co = sub.add_parser("compute", help="compute a book profile's results without notebooks (e.g. on a GPU)",
-                        description="Train every run of a profile (several at once with --workers), then compute "
-                        "each chapter's measurements into the profile's store; `hessbatch book` then only reads them. "
-                        "Resumes from the store; each chapter's wall time goes to <results>/_timings.yml.")
-    _profile_flags(co)
-    co.add_argument("--workers", type=int, default=1,
-                    help="training runs, then chapters, computed at once, one process each (default: 1)")
-    _common(co)
+    common_flags(at)
 
     ex = sub.add_parser("export", help="copy a store without its weight files and per-sample predictions (small enough to commit)",
                         description="Copy every complete entry of the store to DEST, leaving out weight files "
                         "(*.pt) and chapter 8's per-sample test predictions (probs.csv, summarized in its "
                         "`stability` entry); the book renders from such a store, but cannot measure anything new with it.")
     ex.add_argument("dest", metavar="DEST")
-    _common(ex, data=False)
+    common_flags(ex, data=False)
 
     ls = sub.add_parser("ls", help="list what the result store holds")
     ls.add_argument("--kind", default=None, help="only entries of this kind (e.g. train)")
-    _common(ls, data=False)
+    common_flags(ls, data=False)
+
+    ve = sub.add_parser("verify", help="check the SHA-256 of every file in the store",
+                        description="Reads check only file sizes (and hash small files), so that listing a large "
+                        "store is fast; this checks every file's SHA-256 against its entry's manifest and lists "
+                        "the entries that fail. With --remove they are deleted, and computed again when next asked for.")
+    ve.add_argument("--kind", default=None, help="only entries of this kind (e.g. train)")
+    ve.add_argument("--remove", action="store_true", help="delete the entries that fail")
+    common_flags(ve, data=False)
+    for extend in extensions:
+        extend(sub)
     return parser
 
 
 def _cmd_train(a) -> int:
+    from .config import TrainConfig
+    from .devices import resolve_device
     from .store import Store
-    from .train import TrainConfig, resolve_device, train
+    from .train import train
 
     resolve_device(a.device)
     cfg = TrainConfig.from_dict(_config_from_args(a, {}))
@@ -270,9 +260,11 @@ def _report(run) -> None:
 
 
 def _cmd_robust_train(a) -> int:
-    from .analysis import resolve_run
+    from .config import TrainConfig
+    from .devices import resolve_device
+    from .runs import resolve_run
     from .store import Store
-    from .train import TrainConfig, resolve_device, train
+    from .train import train
 
     resolve_device(a.device)
     store = Store(a.results)
@@ -292,15 +284,13 @@ def _cmd_robust_train(a) -> int:
 def _cmd_attack(a) -> int:
     import pandas as pd
 
-    from .analysis import adversarial_accuracy
+    from .attacks import check_eps
+    from .measurements import adversarial_accuracy
     from .store import Store
 
     store = Store(a.results)
     names = [n for n in a.attack.split(",") if n]
-    eps = [float(e) for e in a.eps.split(",") if e]
-    for e in eps:
-        if e < 0:
-            raise HessbatchError(f"epsilon must be >= 0, got {e}")
+    eps = [check_eps(_number(e)) for e in a.eps.split(",") if e]
     opts = {n: _attack_options(a, n) for n in names}
     rows = []
     for n in names:
@@ -316,10 +306,9 @@ def _cmd_attack(a) -> int:
 
 def _cmd_sweep(a) -> int:
     from .params import expand_grid, load_params
+    from .devices import resolve_device
     from .store import Store
     from .sweep import run_sweep
-
-    from .train import resolve_device
 
     configs = expand_grid(load_params(a.params))
     resolve_device(a.device)
@@ -333,7 +322,7 @@ def _cmd_sweep(a) -> int:
 
 
 def _cmd_spectrum(a) -> int:
-    from .analysis import spectrum
+    from .measurements import spectrum
     from .store import Store
 
     entry = spectrum(a.run, a.split, a.k, a.tol, a.method, a.which, a.subsample, a.seed, a.epoch,
@@ -348,7 +337,7 @@ def _cmd_spectrum(a) -> int:
 
 
 def _cmd_landscape(a) -> int:
-    from .analysis import landscape_1d, landscape_2d
+    from .measurements import landscape_1d, landscape_2d
     from .store import Store
 
     store = Store(a.results)
@@ -362,27 +351,6 @@ def _cmd_landscape(a) -> int:
         print(surface[surface["split"] == "train"].pivot(index="alpha", columns="beta", values="loss").round(4)
               .to_string())
     print(f"stored at {entry.path}")
-    return 0
-
-
-def _cmd_book(a) -> int:
-    from .book import build
-    from .train import resolve_device
-
-    resolve_device(a.device)
-    index = build(a.profile, a.results, a.device, a.data_root, a.out, a.chapters or None, executor=a.executor,
-                  scheduler=a.scheduler, workers=a.workers, download=a.download, progress=not a.no_progress)
-    print(f"book built: {index}")
-    return 0
-
-
-def _cmd_compute(a) -> int:
-    from .book import compute
-
-    timings = compute(a.profile, a.results, a.device, a.data_root, a.chapters or None, a.workers, a.download,
-                      not a.no_progress)
-    call = timings["_calls"][-1]
-    print(f"computed in {call['seconds'] / 60:.1f} min on {call['hardware']} (training {call['train_seconds'] / 60:.1f} min)")
     return 0
 
 
@@ -420,12 +388,30 @@ def _cmd_ls(a) -> int:
     return 0
 
 
-COMMANDS = {"train": _cmd_train, "robust-train": _cmd_robust_train, "attack": _cmd_attack, "sweep": _cmd_sweep, "spectrum": _cmd_spectrum, "landscape": _cmd_landscape,
-            "book": _cmd_book, "compute": _cmd_compute, "export": _cmd_export,
-            "ls": _cmd_ls}
+def _cmd_verify(a) -> int:
+    import shutil
+
+    from .store import Store
+
+    store = Store(a.results)
+    check(store.root.is_dir(), f"no result store at {store.root}")
+    n, bad = store.verify(a.kind)
+    for e in bad:
+        print(f"corrupt: {e.kind}/{e.key}")
+        if a.remove:
+            shutil.rmtree(e.path)
+    print(f"{n} entries checked, {len(bad)} corrupt" + (" (removed)" if bad and a.remove else ""))
+    return 1 if bad and not a.remove else 0
 
 
-def main(argv: list[str] | None = None) -> int:
+COMMANDS = {"train": _cmd_train, "robust-train": _cmd_robust_train, "attack": _cmd_attack, "sweep": _cmd_sweep,
+            "spectrum": _cmd_spectrum, "landscape": _cmd_landscape, "export": _cmd_export, "ls": _cmd_ls,
+            "verify": _cmd_verify}
+
+
+def main(argv: list[str] | None = None, extensions=(), commands=None) -> int:
+    """Run one command: the toolkit's, or one of ``commands`` added by ``extensions`` (see
+    ``build_parser``)."""
     import warnings
 
     plain = warnings.formatwarning
@@ -436,9 +422,12 @@ def main(argv: list[str] | None = None) -> int:
         return plain(message, category, *args, **kw)
 
     warnings.formatwarning = line
-    args = build_parser().parse_args(argv)
+    args = build_parser(extensions).parse_args(argv)
+    from . import progress
+
     try:
-        return COMMANDS[args.command](args)
+        with progress.disabled() if getattr(args, "no_progress", False) else contextlib.nullcontext():
+            return {**COMMANDS, **(commands or {})}[args.command](args)
     except HessbatchError as e:
         print(f"hessbatch: error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -280,7 +280,8 @@ def _cache_base() -> Path:
 
 def _read_folder(folder: Path):
     from PIL import Image
-    from tqdm.auto import tqdm
+
+    from . import progress
 
     classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
     check(len(classes) > 1, f"{folder}: needs at least two class folders, found {len(classes)}")
@@ -289,7 +290,7 @@ def _read_folder(folder: Path):
     with Image.open(files[0][0]) as im:
         mode = "L" if im.mode in ("L", "1") else "RGB"
     images = []
-    for f, _ in tqdm(files, desc=f"reading {folder.name}", unit="img", leave=False):
+    for f, _ in progress.bar(files, desc=f"reading {folder.name}", unit="img"):
         with Image.open(f) as im:
             images.append(np.asarray(im.convert(mode)))
     x = torch.from_numpy(np.stack(images))

@@ -22,12 +22,15 @@ def choose(kind: str, name: str, known) -> str:
     return name
 
 
-def check_options(fn, given, what: str, own=()) -> None:
+def check_options(fn, given, what: str, own=(), spell=None) -> None:
     """One clear error for options ``fn`` does not take as keywords with defaults (``own``:
-    extra names the caller handles)."""
+    extra names the caller handles; ``spell``: how the caller's user writes an option, e.g. as a
+    command-line flag)."""
     import inspect
 
     known = {n for n, p in inspect.signature(fn).parameters.items()
              if p.default is not inspect.Parameter.empty and n != "progress"} | set(own)
     unknown = sorted(set(given) - known)
+    if unknown and spell is not None:
+        raise HessbatchError(f"{what} takes no option {spell(unknown[0])}")
     check(not unknown, f"{what} has no option(s) {', '.join(unknown)}; it takes: {', '.join(sorted(known)) or 'none'}")

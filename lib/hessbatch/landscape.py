@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from .errors import check
-from .train import evaluate
+from .evaluation import evaluate
 
 
 @contextlib.contextmanager
@@ -111,3 +111,11 @@ def second_difference(curve: pd.DataFrame, at: float, split: str = "train") -> f
     h1, h2 = a[i] - a[i - 1], a[i + 1] - a[i]
     L = c["loss"].to_numpy()
     return float(2 * (h1 * L[i + 1] - (h1 + h2) * L[i] + h2 * L[i - 1]) / (h1 * h2 * (h1 + h2)))
+
+
+def end_rise(curve: pd.DataFrame) -> float:
+    """Mean loss increase at the two ends of a 1-D curve over its value at α = 0 (a sharpness
+    measure at the scale of the curve, where ``second_difference`` is one at the scale of a step)."""
+    c = curve.sort_values("alpha")
+    at0 = c.loc[(c["alpha"]).abs().idxmin(), "loss"]
+    return float((c["loss"].iloc[0] + c["loss"].iloc[-1]) / 2 - at0)

@@ -154,9 +154,24 @@ def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, chunk: int = 1000) -> torch.Tensor:
-    """Logits of ``model`` in eval mode for ``x``, ``chunk`` samples at a time, on the model's device."""
-    model.eval()
-    device = next(model.parameters()).device
-    return torch.cat([model(x[i:i + chunk].to(device)) for i in range(0, len(x), chunk)])
+RANDOM_NETWORKS = ("relu-mlp", "relu-cnn-bn", "tanh-mlp", "softplus-mlp")
+
+
+def random_network(kind: str, d: int, classes: int, width: int, seed: int) -> nn.Module:
+    """A small random float64 network in eval mode on inputs of dimension ``d``: ReLU MLPs and a
+    ReLU CNN with batch norm (random running statistics) satisfy the paper's Assumption 1; the
+    tanh and softplus MLPs are its counter-examples."""
+    choose("random network", kind, RANDOM_NETWORKS)
+    torch.manual_seed(seed)
+    if kind == "relu-cnn-bn":
+        side = int(round(d ** 0.5))
+        m = nn.Sequential(nn.Unflatten(1, (1, side, side)), nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(),
+                          nn.BatchNorm2d(4), nn.MaxPool2d(2), nn.Flatten(),
+                          nn.Linear(4 * (side // 2) ** 2, width), nn.ReLU(), nn.Linear(width, classes))
+        with torch.no_grad():
+            m[3].running_mean.uniform_(-0.5, 0.5)
+            m[3].running_var.uniform_(0.5, 2.0)
+    else:
+        act = {"relu-mlp": nn.ReLU, "tanh-mlp": nn.Tanh, "softplus-mlp": nn.Softplus}[kind]
+        m = nn.Sequential(nn.Linear(d, width), act(), nn.Linear(width, width), act(), nn.Linear(width, classes))
+    return m.double().eval()

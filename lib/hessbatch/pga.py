@@ -23,7 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import progress as progress_mod
 from .errors import check, choose
+from .evaluation import eval_mode
 
 
 def _tanh(z):
@@ -157,14 +159,6 @@ def distinct_points(points: torch.Tensor, tol: float) -> int:
     return len(centres)
 
 
-def _progress(items, desc, progress):
-    if not progress:
-        return items
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc=desc)
-
-
 def step_size(rule: str, eta: float, eps: float) -> float:
     """``fixed``: η; ``scaled``: η·ε (η ∝ ε, the same angular step at every input scale)."""
     choose("step rule", rule, STEP_RULES)
@@ -192,7 +186,7 @@ def pga_sweep(radii, ratios=(0.3,), activations=("tanh", "softplus", "relu"), wi
     combos = [(act, m, d, rho, r, rule) for act in activations for m in widths for d in dims for rho in ratios
               for r in radii for rule in step_rules]
     rows = []
-    for act, m, d, rho, r, rule in _progress(combos, "PGA", progress):
+    for act, m, d, rho, r, rule in progress_mod.bar(combos, desc="PGA", show=progress):
         net = two_layer(d, m, act, seeds, seed=seed).scaled(r)
         eps = rho * r
         delta0 = sphere_starts((seeds, restarts, d), eps, seed + 1)
@@ -257,15 +251,13 @@ def pga_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps
     (the inputs are rescaled, so [0, 1] is not their range)."""
     alpha = 2.5 * eps / steps if alpha is None else alpha
     delta = torch.zeros_like(x)
-    was = model.training
-    model.eval()
-    for _ in range(steps):
-        with torch.enable_grad():
-            delta.requires_grad_(True)
-            g = torch.autograd.grad(loss_fn(model(x + delta), y).sum(), delta)[0]
-        g = g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
-        delta = project((delta.detach() + alpha * g).flatten(1), eps).view_as(x)
-    model.train(was)
+    with eval_mode(model):
+        for _ in range(steps):
+            with torch.enable_grad():
+                delta.requires_grad_(True)
+                g = torch.autograd.grad(loss_fn(model(x + delta), y).sum(), delta)[0]
+            g = g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
+            delta = project((delta.detach() + alpha * g).flatten(1), eps).view_as(x)
     return (x + delta).detach()
 
 
@@ -284,7 +276,7 @@ def scaled_adversarial_training(x_train, y_train, x_test, y_test, scales=(0.25, 
     base = float(x_train.flatten(1).norm(dim=1).mean())
     classes = int(max(y_train.max(), y_test.max())) + 1
     rows = []
-    for c in _progress(list(scales), "scales", progress):
+    for c in progress_mod.bar(list(scales), desc="scales", show=progress):
         eps = ratio * c * base
         xtr, xte = x_train * c, x_test * c
         for s in range(seeds):
@@ -294,9 +286,8 @@ def scaled_adversarial_training(x_train, y_train, x_test, y_test, scales=(0.25, 
             g = torch.Generator().manual_seed(s)
 
             def evaluate(epoch, train_loss):
-                model.eval()
                 adv = pga_l2(model, xte, y_test, eps, steps)
-                with torch.no_grad():
+                with eval_mode(model), torch.no_grad():
                     clean = (model(xte).argmax(1) == y_test).float().mean().item()
                     robust = (model(adv).argmax(1) == y_test).float().mean().item()
                 rows.append({"scale": c, "seed": s, "epoch": epoch, "eps": eps, "adv_train_loss": train_loss,

@@ -3,8 +3,12 @@
 Layout: ``<root>/<kind>/<key>/`` holds ``config.json``, the result files, and
 ``MANIFEST.json`` (size and SHA-256 of every file). An entry is built in a temporary
 folder beside its final place and renamed into place in one step, so a reader sees a
-whole entry or none. An entry whose manifest is missing or disagrees with its files is
-treated as absent and recomputed. Work in progress (resumable checkpoints) lives in
+whole entry or none. Reads check the manifest, every file's size and the SHA-256 of the
+small files (up to ``HASHED_ON_READ`` bytes: results, tables); weight files are hashed
+when they are loaded (``Entry.torch``), by ``Store.verify`` (``hessbatch verify``), on
+export, and with ``get(..., verify=True)``, so that listing a store of hundreds of C1 runs
+does not read every weight file. An entry whose
+manifest is missing or disagrees with its files is treated as absent and recomputed. Work in progress (resumable checkpoints) lives in
 ``<root>/<kind>/<key>.work/``.
 """
 
@@ -16,6 +20,7 @@ import io
 import json
 import os
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +28,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from .errors import HessbatchError
+
 SCHEMA = 1
 RESULTS_ENV = "HESSBATCH_RESULTS"
 MANIFEST = "MANIFEST.json"
+HASHED_ON_READ = 1 << 20
 
 
 def results_root(root: str | os.PathLike | None = None) -> Path:
@@ -98,7 +106,13 @@ class Entry:
         return pd.read_csv(self.path / name)
 
     def torch(self, name: str = "weights.pt"):
-        return torch.load(self.path / name, map_location="cpu", weights_only=True)
+        """A tensor file of the entry, its SHA-256 checked against the manifest as it is read."""
+        blob = (self.path / name).read_bytes()
+        expected = json.loads((self.path / MANIFEST).read_text())["files"].get(name, {}).get("sha256")
+        if expected is not None and hashlib.sha256(blob).hexdigest() != expected:
+            raise HessbatchError(f"{self.path / name} is corrupt (its SHA-256 differs from the manifest's); "
+                                 "`hessbatch verify` lists such entries, and they are recomputed once removed")
+        return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
 
     def files(self) -> list[str]:
         return sorted(json.loads((self.path / MANIFEST).read_text())["files"])
@@ -109,12 +123,12 @@ class Entry:
 
 
 class Store:
-    """Results on disk, one entry per (kind, configuration). ``published`` counts the entries this
+    """Results on disk, one entry per (kind, configuration). ``written`` counts the entries this
     object wrote (not those it found)."""
 
     def __init__(self, root: str | os.PathLike | None = None):
         self.root = results_root(root)
-        self.published = 0
+        self.written = 0
 
     def __repr__(self):
         return f"Store({str(self.root)!r})"
@@ -151,11 +165,19 @@ class Store:
         """Whether this store is an export without weights (``Store.export``)."""
         return any(e.omitted() for e in self.entries("train"))
 
-    def get(self, kind: str, config: dict | None = None, key: str | None = None) -> Entry | None:
-        """The complete entry for this configuration (or key), or ``None``."""
+    def get(self, kind: str, config: dict | None = None, key: str | None = None,
+            verify: bool = False) -> Entry | None:
+        """The complete entry for this configuration (or key), or ``None``; ``verify`` also checks
+        every file's SHA-256."""
         key = key or self.key(kind, config)
         path = self.path(kind, key)
-        return Entry(path, kind, key) if _valid(path) else None
+        return Entry(path, kind, key) if _valid(path, verify) else None
+
+    def verify(self, kind: str | None = None) -> tuple[int, list[Entry]]:
+        """Check the SHA-256 of every file of every entry: the number of entries checked and those
+        whose files disagree with their manifest (they are treated as absent from now on)."""
+        entries = self.entries(kind)
+        return len(entries), [e for e in entries if not _valid(e.path, verify=True)]
 
     @contextlib.contextmanager
     def writer(self, kind: str, config: dict):
@@ -182,7 +204,7 @@ class Store:
 
     def _publish(self, tmp: Path, final: Path) -> None:
         if final.exists():
-            if _valid(final):
+            if _valid(final, verify=True):
                 return
             trash = final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}.trash"
             with contextlib.suppress(OSError):
@@ -190,10 +212,37 @@ class Store:
                 shutil.rmtree(trash, ignore_errors=True)
         try:
             os.rename(tmp, final)
-            self.published += 1
+            self.written += 1
         except OSError:
-            if not _valid(final):
+            if not _valid(final, verify=True):
                 raise
+
+    def cached(self, kind: str, config: dict, compute) -> Entry:
+        """The entry for (kind, config), computed once: ``compute()`` returns ``(files, meta)``; a file
+        is written as CSV (a DataFrame), JSON (a name ending in ``.json``) or with ``torch.save``;
+        ``meta`` goes to ``result.json`` with the compute time."""
+        if (entry := self.get(kind, config)) is not None:
+            return entry
+        t0 = time.perf_counter()
+        try:
+            files, meta = compute()
+        except HessbatchError as e:
+            if self.exported():
+                raise HessbatchError(f"this {kind} result is not in {self.root}, a store exported without weights, "
+                                     f"and computing it failed: {e} (`hessbatch compute` on the full store adds it)"
+                                     ) from None
+            raise
+        meta["time_s"] = time.perf_counter() - t0
+        with self.writer(kind, config) as tmp:
+            for name, obj in files.items():
+                if isinstance(obj, pd.DataFrame):
+                    obj.to_csv(tmp / name, index=False)
+                elif name.endswith(".json"):
+                    (tmp / name).write_text(json.dumps(obj, default=float))
+                else:
+                    torch.save(obj, tmp / name)
+            (tmp / "result.json").write_text(json.dumps(meta, indent=2, default=float))
+        return self.get(kind, config)
 
     def load_config(self, kind: str, key: str) -> dict:
         return json.loads((self.path(kind, key) / "config.json").read_text())["config"]
@@ -216,12 +265,15 @@ class Store:
         """Copy every complete entry to the store at ``dest``, leaving out files matching ``omit``
         (weights, and the per-sample test predictions that chapter 8 summarizes: a tidy store small
         enough to commit, from which the book renders). Left-out files stay listed in the manifest
-        under ``omitted``. Returns (entries, bytes) written."""
+        under ``omitted``. Entries whose files fail their SHA-256 are not copied. Returns (entries,
+        bytes) written."""
         import fnmatch
 
         target = Store(dest)
         n, size = 0, 0
         for e in self.entries():
+            if not _valid(e.path, verify=True):
+                continue
             final = target.path(e.kind, e.key)
             manifest = json.loads((e.path / MANIFEST).read_text())
             keep = {f: m for f, m in manifest["files"].items() if not any(fnmatch.fnmatch(f, o) for o in omit)}
@@ -248,13 +300,15 @@ class Store:
         return n, size
 
 
-def _valid(path: Path) -> bool:
-    """Whether ``path`` is a complete entry whose files match its manifest."""
+def _valid(path: Path, verify: bool = False) -> bool:
+    """Whether ``path`` is a complete entry whose files have the sizes and the SHA-256 sums its
+    manifest lists (the sums of files over ``HASHED_ON_READ`` bytes only with ``verify``)."""
     try:
         manifest = json.loads((path / MANIFEST).read_text())
         for name, meta in manifest["files"].items():
             f = path / name
-            if f.stat().st_size != meta["size"] or _sha256(f) != meta["sha256"]:
+            size = f.stat().st_size
+            if size != meta["size"] or ((verify or size <= HASHED_ON_READ) and _sha256(f) != meta["sha256"]):
                 return False
         return (path / "config.json").is_file()
     except (OSError, ValueError, KeyError, TypeError):

@@ -24,7 +24,9 @@ import time
 
 import pandas as pd
 
+from . import progress as progress_mod
 from . import train as train_mod
+from .config import TrainConfig
 from .errors import HessbatchError, check
 from .store import Store
 
@@ -35,7 +37,7 @@ def validate(configs: list[dict], data_root=None, download=False) -> list:
     """Check every configuration and load its data before any run starts."""
     datasets, prepared = {}, []
     for cfg in configs:
-        c = train_mod.TrainConfig.from_dict(cfg).resolved()
+        c = TrainConfig.from_dict(cfg).resolved()
         ident = (c.dataset, c.subset, c.test_subset)
         if ident not in datasets:
             datasets[ident] = train_mod.prepare(c, data_root, download)[1]
@@ -60,7 +62,7 @@ def run_one(config: dict, results: str, device="cpu", data_root=None, download=F
         return {"key": run.key, "state": "cached" if run.cached else "done", "status": run.status,
                 "seconds": round(time.perf_counter() - t0, 1), "error": None}
     except Exception as e:  # one failing run must not lose the rest of the sweep
-        key = store.key("train", train_mod.TrainConfig.from_dict(config).resolved().to_dict())
+        key = store.key("train", TrainConfig.from_dict(config).resolved().to_dict())
         return {"key": key, "state": "failed", "status": None, "seconds": round(time.perf_counter() - t0, 1),
                 "error": f"{type(e).__name__}: {e}".splitlines()[0]}
 
@@ -73,28 +75,22 @@ def run_sweep(configs: list[dict], store: Store, device="cpu", data_root=None, d
     check(scheduler is None or executor == "dask", "--scheduler needs --executor dask")
     check(workers is None or workers >= 1, f"workers must be >= 1, got {workers}")
     prepared = validate(configs, data_root, download)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(prepared), unit="run", desc=f"sweep ({executor})", dynamic_ncols=True)
+    bar = progress_mod.bar(total=len(prepared), unit="run", desc=f"sweep ({executor})", show=progress, leave=True)
     root = str(store.root.resolve())
     if executor == "local":
         outcomes = []
         for cfg, ds in prepared:
-            if bar is not None:
-                bar.set_postfix_str(f"{cfg.model}/{cfg.dataset} B={cfg.batch_size} seed={cfg.seed}")
+            bar.set_postfix_str(f"{cfg.model}/{cfg.dataset} B={cfg.batch_size} seed={cfg.seed}")
             outcomes.append(run_one(cfg.to_dict(), root, device, data_root, download, threads, dataset=ds,
-                                    progress=bar is not None))
-            if bar is not None:
-                bar.update(1)
+                                    progress=progress))
+            bar.update(1)
     elif executor == "processes":
         outcomes = _run_processes([c.to_dict() for c, _ in prepared], root, device, data_root, download,
                                   workers, threads, bar)
     else:
         outcomes = _run_dask([c.to_dict() for c, _ in prepared], root, device, data_root, download, scheduler,
                              workers, threads, retries, bar)
-    if bar is not None:
-        bar.close()
+    bar.close()
     rows = [{**{k: o[k] for k in ("key", "state", "status", "seconds", "error")}, "model": c.model,
              "dataset": c.dataset, "batch_size": c.batch_size, "seed": c.seed} for o, (c, _) in zip(outcomes, prepared)]
     cols = ["key", "model", "dataset", "batch_size", "seed", "state", "status", "seconds", "error"]
@@ -117,8 +113,7 @@ def _collect(futures: dict, configs, root, as_completed, bar) -> list[dict]:
         except Exception as e:
             outcomes[i] = {"key": Store(root).key("train", configs[i]), "state": "failed", "status": None,
                            "seconds": 0.0, "error": f"{type(e).__name__}: {e}".splitlines()[0]}
-        if bar is not None:
-            bar.update(1)
+        bar.update(1)
     return outcomes
 
 

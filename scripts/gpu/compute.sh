@@ -8,8 +8,8 @@
 set -o pipefail
 source scripts/gpu/setup.sh
 t0=$(date +%s)
-timeout "${BUDGET:-540}" python3 -m hessbatch.cli compute --profile paper --device "${DEVICE:-cuda}" \
+timeout "${BUDGET:-540}" python3 -m hessbatch.paper.cli compute --profile paper --device "${DEVICE:-cuda}" \
     --data-root .gpudata --results "${RESULTS:-paper-results}" --workers "${WORKERS:-6}" --chapters "${CHAPTERS:?set CHAPTERS}" --no-progress 2>&1 \
     | grep -v "it/s\|s/it\|run/s\|s/run\|epoch/s\|s/epoch" | tail -40 | tee "$OUT/compute.log"
 echo "compute: $(( $(date +%s) - t0 )) s"
-rm -rf /tmp/tidy && python3 -m hessbatch.cli export --results "${RESULTS:-paper-results}" /tmp/tidy && tar czf "$OUT/tidy.tgz" -C /tmp/tidy .
+rm -rf /tmp/tidy && python3 -m hessbatch.paper.cli export --results "${RESULTS:-paper-results}" /tmp/tidy && tar czf "$OUT/tidy.tgz" -C /tmp/tidy .

@@ -86,7 +86,7 @@ def table(name: str) -> pd.DataFrame:
         return df[df["table"] == int(name[-1])].drop(columns="table").reset_index(drop=True)
     src = {"table1": _T1, "table2": _T2, "table7": _T7, "table8": _T8}
     if name not in src:
-        from .errors import HessbatchError
+        from ..errors import HessbatchError
         raise HessbatchError(f"unknown published table {name!r}; choose one of {', '.join(sorted(NOTES))}")
     return pd.read_csv(io.StringIO(src[name]))
 
@@ -94,7 +94,7 @@ def table(name: str) -> pd.DataFrame:
 def batch_size_table(model: str) -> tuple[str, pd.DataFrame]:
     """The published batch-size table for a model (Table 1, 2 or 7; any of the model's names), with
     its name."""
-    from .models import ALIASES
+    from ..models import ALIASES
 
     model = ALIASES.get(model.upper(), model.upper())
     for name in ("table7", "table1", "table2"):

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import __version__
-from .store import atomic_write_bytes, config_key
+from .. import __version__
+from ..store import atomic_write_bytes, config_key
 
 
 def commit() -> str:

@@ -1,0 +1,139 @@
+"""A training run's configuration: everything that determines its result, and so its store key.
+
+Defaults follow the paper where it speaks (no weight decay, no dropout, train until
+the training loss is at most 0.001) and are our choices where it is silent (optimizer
+settings of the §2 sweep were not recovered: we use SGD, lr 0.01, momentum 0.9, a
+constant learning rate; see the book's methods page).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from . import data as data_mod
+from . import models
+from .errors import check
+from .store import config_key
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run's result (and so its store key)."""
+
+    model: str = "M1"
+    dataset: str = "mnist5k"
+    batch_size: int = 64
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    max_epochs: int = 100
+    target_loss: float | None = 1e-3
+    lr_milestones: tuple = ()
+    lr_gamma: float = 0.1
+    lr_scaling: str = "none"
+    lr_base_batch: int = 256
+    warmup_epochs: int = 0
+    seed: int = 0
+    reading: str | None = None
+    subset: int | None = None
+    test_subset: int | None = None
+    drop_last: bool = True
+    grad_norm: bool = False
+    save_every: int = 0
+    adversarial: dict | None = None
+    init_from: str | None = None
+    micro_batch: int | None = None
+    label_smoothing: float | None = None
+    confidence_penalty: float | None = None
+    sample_smoothing: dict | None = None
+
+    @classmethod
+    def fields(cls) -> tuple[str, ...]:
+        """The names of the options, in declaration order."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = set(cls.fields())
+        unknown = sorted(set(d) - known)
+        check(not unknown, f"unknown training option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        d = dict(d)
+        if "lr_milestones" in d:
+            d["lr_milestones"] = tuple(d["lr_milestones"] or ())
+        return cls(**d)
+
+    def resolved(self) -> "TrainConfig":
+        """Validated copy with the model name and reading made explicit."""
+        name = models.canonical_name(self.model)
+        data_mod.check_name(self.dataset)
+        self._check_numbers()
+        ss = self.sample_smoothing
+        if ss is not None:
+            check(isinstance(ss, dict) and set(ss) == {"guide", "alpha"} and isinstance(ss["guide"], str)
+                  and _num(ss["alpha"]) and 0 <= ss["alpha"] < 1,
+                  f"sample_smoothing must be {{guide: <run key>, alpha: in [0, 1)}} or null, got {ss!r}")
+            check(not self.label_smoothing, "sample_smoothing and label_smoothing exclude each other")
+        reading = self.reading or models.default_reading(name)
+        models.choose(f"reading of {name}", reading, models.READINGS[name])
+        from .robust import check_adversarial
+
+        return dataclasses.replace(self, model=name, reading=reading, lr_milestones=tuple(self.lr_milestones),
+                                   adversarial=check_adversarial(self.adversarial))
+
+    def _check_numbers(self) -> None:
+        for fld, lo in (("batch_size", 1), ("max_epochs", 1)):
+            v = getattr(self, fld)
+            check(isinstance(v, int) and not isinstance(v, bool) and v >= lo, f"{fld} must be an integer >= {lo}, got {v!r}")
+        check(_num(self.lr) and self.lr > 0, f"lr must be > 0, got {self.lr!r}")
+        check(_num(self.momentum) and 0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum!r}")
+        check(_num(self.weight_decay) and self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        check(self.target_loss is None or (_num(self.target_loss) and self.target_loss >= 0),
+              f"target_loss must be >= 0 or null, got {self.target_loss!r}")
+        check(_num(self.lr_gamma) and self.lr_gamma > 0, f"lr_gamma must be > 0, got {self.lr_gamma!r}")
+        check(all(isinstance(m, int) and m > 0 for m in self.lr_milestones),
+              f"lr_milestones must be positive epoch numbers, got {list(self.lr_milestones)}")
+        check(self.lr_scaling in ("none", "linear"), f"lr_scaling must be 'none' or 'linear', got {self.lr_scaling!r}")
+        check(isinstance(self.warmup_epochs, int) and self.warmup_epochs >= 0, "warmup_epochs must be an integer >= 0")
+        check(isinstance(self.save_every, int) and self.save_every >= 0, "save_every must be an integer >= 0")
+        check(self.micro_batch is None or (isinstance(self.micro_batch, int) and self.micro_batch >= 1),
+              f"micro_batch must be an integer >= 1 or null, got {self.micro_batch!r}")
+        for fld in ("label_smoothing", "confidence_penalty"):
+            v = getattr(self, fld)
+            check(v is None or (_num(v) and 0 <= v < 1), f"{fld} must be in [0, 1) or null, got {v!r}")
+
+    def to_dict(self) -> dict:
+        """The configuration as a dict; options added after the first release are left out while
+        they keep their default, so that the store keys of earlier runs stay valid."""
+        d = dataclasses.asdict(self)
+        for name in _LATER_OPTIONS:
+            if d[name] is None:
+                del d[name]
+        return d
+
+
+_LATER_OPTIONS = ("micro_batch", "label_smoothing", "confidence_penalty", "sample_smoothing")
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def run_key(config: TrainConfig | dict) -> str:
+    """The store key a training configuration gets (without training it)."""
+    cfg = TrainConfig.from_dict(config) if isinstance(config, dict) else config
+    return config_key("train", cfg.resolved().to_dict())
+
+
+def effective_lr(cfg: TrainConfig) -> float:
+    """Peak learning rate: ``lr`` scaled by batch/lr_base_batch under linear scaling (Goyal et al.)."""
+    return cfg.lr * (cfg.batch_size / cfg.lr_base_batch if cfg.lr_scaling == "linear" else 1.0)
+
+
+def lr_at(cfg: TrainConfig, epoch: float) -> float:
+    """Learning rate at fractional epoch ``epoch`` (0-based): warm-up, then step decay."""
+    peak = effective_lr(cfg)
+    if cfg.warmup_epochs and epoch < cfg.warmup_epochs:
+        return cfg.lr + (peak - cfg.lr) * epoch / cfg.warmup_epochs
+    return peak * cfg.lr_gamma ** sum(int(epoch) >= m for m in cfg.lr_milestones)

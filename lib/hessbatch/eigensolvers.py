@@ -1,0 +1,262 @@
+"""Eigen-solvers and spectral estimates over a symmetric operator (a ``HessianOperator``):
+``top_eigen`` (Lanczos with full reorthogonalization by default, or the paper's power
+iteration with deflation), ``trace`` (Hutchinson), ``spectral_density`` (stochastic
+Lanczos quadrature)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import progress as progress_mod
+from .errors import NotConvergedWarning, check
+from .hessian import HessianOperator
+
+WHICH = ("largest", "smallest", "magnitude", "both")
+
+
+@dataclass
+class Eigen:
+    """Eigenpairs of a symmetric operator, eigenvalues in descending order."""
+
+    eigenvalues: np.ndarray
+    eigenvectors: torch.Tensor
+    n_hvp: int
+    residuals: np.ndarray
+    method: str
+    converged: bool
+    history: list = field(default_factory=list, repr=False)
+    n_converged: int | None = None
+
+    def __len__(self):
+        return len(self.eigenvalues)
+
+
+def _select(theta: np.ndarray, k: int, which: str) -> np.ndarray:
+    order = np.argsort(theta)[::-1]
+    if which == "largest":
+        return order[:k]
+    if which == "smallest":
+        return order[::-1][:k]
+    if which == "magnitude":
+        return np.argsort(-np.abs(theta))[:k]
+    top, bottom = order[:k], order[::-1][:k]
+    return np.array(list(dict.fromkeys(list(top) + list(bottom))))
+
+
+def _orthogonalize(w: torch.Tensor, basis: list[torch.Tensor]) -> torch.Tensor:
+    if basis:
+        Q = torch.stack(basis)
+        for _ in range(2):
+            w = w - Q.T @ (Q @ w)
+    return w
+
+
+def _tridiag(alphas, betas) -> np.ndarray:
+    return np.diag(alphas) + np.diag(betas[:len(alphas) - 1], 1) + np.diag(betas[:len(alphas) - 1], -1)
+
+
+def _lanczos_run(op, q: torch.Tensor, max_iter: int, stop=None, check_every: int = 5, bar=None):
+    """Lanczos with full reorthogonalization from ``q``; ``stop(alphas, betas)`` is asked
+    every ``check_every`` steps. Returns the recurrence coefficients and the basis."""
+    q = (q / q.norm()).to(op.device, op.dtype)
+    basis, alphas, betas = [q], [], []
+    for j in range(max_iter):
+        w = op.matvec(basis[j])
+        if bar is not None:
+            bar.update()
+        alphas.append(torch.dot(w, basis[j]).item())
+        w = _orthogonalize(w, basis)
+        betas.append(w.norm().item())
+        breakdown = betas[-1] <= 1e-10 * max(abs(x) for x in alphas)
+        if breakdown or (stop is not None and (j + 1) % check_every == 0 and stop(alphas, betas)):
+            break
+        if j + 1 < max_iter:
+            basis.append(w / betas[-1])
+    return alphas, betas, basis[:len(alphas)]
+
+
+def _warn_unconverged(method: str, n_ok: int, k: int, tol: float, n_hvp: int, cap: str) -> None:
+    warnings.warn(f"{method}: only {n_ok} of {k} eigenpairs reached the relative tolerance {tol:g} in {n_hvp} "
+                  f"Hessian-vector products ({cap}); the others are estimates: raise max_iter",
+                  NotConvergedWarning, stacklevel=3)
+
+
+def lanczos(op, k: int = 20, tol: float = 1e-4, which: str = "largest", max_iter: int | None = None,
+            seed: int = 0, check_every: int = 5, progress: bool = False) -> Eigen:
+    """Top-``k`` eigenpairs by Lanczos with full reorthogonalization.
+
+    Stops when every wanted Ritz pair has residual ‖Hv − θv‖ ≤ ``tol``·|θ| (estimated from
+    the Lanczos recurrence), which bounds each eigenvalue's relative error by ``tol``.
+    Like every single-vector Krylov method it finds one copy of an exactly repeated
+    eigenvalue (rare for trained networks); ``power_iteration`` finds repeats.
+    ``progress`` shows a bar of HVPs (out of ``max_iter``, default max(3k + 60, 200)) with the
+    number of converged pairs. Pairs short of ``tol`` at the cap give a :class:`NotConvergedWarning`.
+    """
+    check(which in WHICH, f"unknown which={which!r}; choose one of {', '.join(WHICH)}")
+    n = op.dim
+    check(1 <= k <= n, f"k must be in 1..{n} (the operator's dimension), got {k}")
+    max_iter = min(n, max_iter or max(3 * k + 60, 200))
+    start = op.n_hvp
+    history = []
+
+    def ritz(alphas, betas):
+        theta, S = np.linalg.eigh(_tridiag(alphas, betas))
+        idx = _select(theta, k, which)
+        return theta, S, idx, betas[len(alphas) - 1] * np.abs(S[-1, idx])
+
+    def within(theta, res):
+        return res <= tol * np.maximum(np.abs(theta), 1e-30)
+
+    def converged(alphas, betas):
+        if len(alphas) < k:
+            return False
+        theta, _, idx, res = ritz(alphas, betas)
+        history.append((len(alphas), theta[idx].copy(), res.copy()))
+        ok = within(theta[idx], res)
+        bar.set_postfix_str(f"{int(ok.sum())}/{len(ok)} converged", refresh=False)
+        return bool(np.all(ok))
+
+    q0 = torch.randn(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    with progress_mod.bar(total=max_iter, desc=f"Lanczos top-{k}", unit="HVP", show=progress) as bar:
+        alphas, betas, basis = _lanczos_run(op, q0, max_iter, converged, check_every, bar)
+    theta, S, idx, res = ritz(alphas, betas)
+    ok = within(theta[idx], res)
+    done = len(alphas) == n or bool(np.all(ok))
+    if not done:
+        _warn_unconverged("Lanczos", int(ok.sum()), len(idx), tol, op.n_hvp - start, f"max_iter={max_iter}")
+    order = np.argsort(theta[idx])[::-1]
+    idx, res = idx[order], res[order]
+    vecs = torch.as_tensor(S[:, idx].T.copy(), dtype=op.dtype, device=op.device) @ torch.stack(basis)
+    return Eigen(theta[idx], vecs, op.n_hvp - start, res, "lanczos", done, history,
+                 len(idx) if done else int(ok.sum()))
+
+
+def power_iteration(op, k: int = 20, tol: float = 1e-4, max_iter: int = 100, seed: int = 0,
+                    progress: bool = False) -> Eigen:
+    """The paper's method: power iteration with deflation by projection (as PyHessian).
+
+    Finds eigenvalues of largest magnitude one at a time; each stops when its value
+    changes by less than ``tol`` relatively between two iterations (at most ``max_iter``
+    products each; one that reaches the cap gives a :class:`NotConvergedWarning`). ``progress``
+    shows a bar of eigenvalues found, with the HVPs used.
+    """
+    n = op.dim
+    check(1 <= k <= n, f"k must be in 1..{n}, got {k}")
+    start = op.n_hvp
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    vecs, vals, res, n_ok = [], [], [], 0
+    bar = progress_mod.bar(total=k, desc="power iteration", unit="eigenvalue", show=progress)
+    for _ in range(k):
+        v = _orthogonalize(torch.randn(n, generator=g, dtype=torch.float64).to(op.device, op.dtype), vecs)
+        v = v / v.norm()
+        lam_prev, conv = None, False
+        for _ in range(max_iter):
+            w = op.matvec(v)
+            lam = torch.dot(w, v).item()
+            r = (w - lam * v).norm().item()
+            w = _orthogonalize(w, vecs)
+            v = w / w.norm()
+            if lam_prev is not None and abs(lam - lam_prev) / (abs(lam_prev) + 1e-6) < tol:
+                conv = True
+                break
+            lam_prev = lam
+        n_ok += conv
+        vals.append(lam)
+        vecs.append(v)
+        res.append(r)
+        bar.set_postfix_str(f"{op.n_hvp - start} HVPs", refresh=False)
+        bar.update()
+    bar.close()
+    if n_ok < k:
+        _warn_unconverged("power iteration", n_ok, k, tol, op.n_hvp - start, f"max_iter={max_iter} per eigenvalue")
+    order = np.argsort(vals)[::-1]
+    return Eigen(np.asarray(vals)[order], torch.stack(vecs)[torch.as_tensor(order.copy())],
+                 op.n_hvp - start, np.asarray(res)[order], "power", n_ok == k, n_converged=n_ok)
+
+
+def top_eigen(model: nn.Module, data, k: int = 20, tol: float = 1e-4, method: str = "lanczos",
+              which: str = "largest", chunk: int | None = None, hvp: str = "backward", seed: int = 0,
+              max_iter: int | None = None, cache_graph: bool | None = None, progress: bool = False) -> Eigen:
+    """Top-``k`` eigenpairs of the weight Hessian of the mean loss over ``data``.
+
+    ``data``: an ``(inputs, targets)`` pair or an iterable of batches. ``method``:
+    ``"lanczos"`` (default) or ``"power"`` (the paper's; largest magnitude only).
+    ``progress``: a progress bar (worth it where one HVP takes seconds, as on a CPU).
+    """
+    check(method in ("lanczos", "power"), f"unknown eigen-solver {method!r}; choose lanczos or power")
+    check(tol > 0, f"tol must be > 0, got {tol}")
+    op = HessianOperator(model, data, chunk=chunk, hvp=hvp, cache_graph=cache_graph)
+    if method == "power":
+        check(which in ("largest", "magnitude"), "power iteration finds eigenvalues of largest magnitude only")
+        return power_iteration(op, k, tol, max_iter or 100, seed, progress)
+    return lanczos(op, k, tol, which, max_iter, seed, progress=progress)
+
+
+@dataclass
+class Trace:
+    estimate: float
+    stderr: float
+    samples: np.ndarray
+    n_hvp: int
+
+
+def trace(op, n_samples: int = 100, seed: int = 0) -> Trace:
+    """Hutchinson's estimate of tr(H) with Rademacher probes, and its standard error."""
+    check(n_samples >= 2, "trace needs at least 2 samples")
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    start = op.n_hvp
+    samples = []
+    for _ in range(n_samples):
+        v = (torch.randint(0, 2, (op.dim,), generator=g) * 2 - 1).to(op.device, op.dtype)
+        samples.append(torch.dot(v, op.matvec(v)).item())
+    s = np.asarray(samples)
+    return Trace(float(s.mean()), float(s.std(ddof=1) / math.sqrt(len(s))), s, op.n_hvp - start)
+
+
+@dataclass
+class Density:
+    """Stochastic Lanczos quadrature: per probe, nodes (Ritz values) and weights summing to 1."""
+
+    nodes: np.ndarray
+    weights: np.ndarray
+    n_hvp: int
+
+    def moment(self, p: int) -> float:
+        """Estimate of tr(H^p)/dim."""
+        return float(np.mean(np.sum(self.weights * self.nodes ** p, axis=1)))
+
+    def grid(self, n_points: int = 400, sigma: float | None = None, pad: float = 0.05):
+        """(x, density) on a grid, Gaussian-smoothed; the density integrates to 1."""
+        lo, hi = self.nodes.min(), self.nodes.max()
+        span = max(hi - lo, 1e-12)
+        sigma = sigma or span / 100
+        x = np.linspace(lo - pad * span - 3 * sigma, hi + pad * span + 3 * sigma, n_points)
+        kern = np.exp(-((x[:, None, None] - self.nodes[None]) ** 2) / (2 * sigma ** 2)) / (sigma * np.sqrt(2 * np.pi))
+        return x, np.mean(np.sum(kern * self.weights[None], axis=2), axis=1)
+
+
+def spectral_density(op, n_probes: int = 10, steps: int = 80, seed: int = 0) -> Density:
+    """Spectral density of H by stochastic Lanczos quadrature (Ghorbani et al. 2019).
+
+    Each probe is a Rademacher vector; ``steps`` Lanczos steps give a Gauss quadrature
+    rule whose nodes are the Ritz values and whose weights are the squared first
+    components of the Ritz vectors.
+    """
+    check(n_probes >= 1 and steps >= 1, "spectral_density needs n_probes >= 1 and steps >= 1")
+    start = op.n_hvp
+    g = torch.Generator().manual_seed(seed)
+    steps = min(steps, op.dim)
+    nodes, weights = [], []
+    for _ in range(n_probes):
+        v0 = (torch.randint(0, 2, (op.dim,), generator=g) * 2 - 1).to(torch.float64)
+        alphas, betas, _ = _lanczos_run(op, v0, steps)
+        theta, S = np.linalg.eigh(_tridiag(alphas, betas))
+        nodes.append(np.pad(theta, (0, steps - len(theta))))
+        weights.append(np.pad(S[0] ** 2, (0, steps - len(theta))))
+    return Density(np.stack(nodes), np.stack(weights), op.n_hvp - start)

@@ -1,0 +1,235 @@
+"""Measurements of trained runs, each cached in the store under its parent run and settings.
+
+Every measurement is a function decorated with :func:`measurement`, which owns what they
+share (as joblib's ``Memory.cache`` does): the store, run arguments given as keys or
+prefixes, the device, and the key, made of every argument but those that change only speed
+(device, chunk size, HVP implementation, progress bars, the data folder). The function body
+runs only when its entry is missing and returns ``(files, meta)``; callers get the ``Entry``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from . import attacks, eigensolvers, hessian, landscape
+from . import input_curvature as input_curvature_mod
+from .devices import default_chunk, resolve_device
+from .errors import NotConvergedWarning, check
+from .evaluation import accuracy, evaluate, full_gradient_norm
+from .runs import Run, resolve_run
+from .store import Entry, Store
+
+SPEED_ONLY = ("store", "device", "data_root", "chunk", "hvp", "progress")
+
+
+def run_data(run: Run, data_root=None, download=False):
+    """The dataset a run was trained on (loaded once per process: a chapter measures many runs
+    on the same data, and decoding CIFAR-10 takes seconds)."""
+    cfg = run.config
+    return _load(cfg.dataset, cfg.subset, cfg.test_subset, str(data_root) if data_root else None, download,
+                 os.environ.get("HESSBATCH_DATA"))
+
+
+@functools.lru_cache(maxsize=2)
+def _load(dataset, subset, test_subset, data_root, download, _env):
+    from .data import load_dataset
+
+    return load_dataset(dataset, data_root, download, subset, test_subset)
+
+
+def measurement(kind: str, *, runs=("run",), ignore=SPEED_ONLY, later=(), key=None, on_read=None):
+    """Cache the decorated measurement in the store as entries of ``kind``.
+
+    ``runs``: arguments naming training runs (a ``Run``, a key or a unique prefix), resolved
+    before the call and entering the key as their keys. ``ignore``: arguments left out of the
+    key. ``later``: options added after results were stored, left out of the key while None, so
+    earlier keys stay valid. ``key(args)``: the key's fields where they are not the arguments
+    themselves (it also validates them, before any lookup). ``on_read(entry, args)``: called
+    when the entry came from the store instead of being computed.
+    """
+    def decorate(fn):
+        sig = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            bound = sig.bind(*args, **kwargs)
+            bound.apply_defaults()
+            a = bound.arguments
+            store = a["store"] = a.get("store") or Store()
+            for name in runs:
+                if a.get(name) is not None:
+                    a[name] = resolve_run(a[name], store)
+            config = key(a) if key else {n: (v.key if isinstance(v, Run) else v) for n, v in a.items()
+                                         if n not in ignore and not (n in later and v is None)}
+            computed = []
+
+            def compute():
+                computed.append(True)
+                a["device"] = resolve_device(a["device"])
+                return fn(*bound.args, **bound.kwargs)
+
+            entry = store.cached(kind, config, compute)
+            if on_read is not None and not computed:
+                on_read(entry, a)
+            return entry
+
+        return wrapper
+
+    return decorate
+
+
+def _spectrum_key(a) -> dict:
+    check(a["split"] in ("train", "test"), f"unknown split {a['split']!r}; choose train or test")
+    check(a["keep_vectors"] >= 0, "keep_vectors must be >= 0")
+    check(a["max_iter"] is None or a["max_iter"] >= 1, f"max_iter must be >= 1, got {a['max_iter']}")
+    fields = ("split", "k", "tol", "method", "which", "subsample", "seed", "keep_vectors")
+    return {**a["run"].weights_id(a["epoch"]), **{f: a[f] for f in fields},
+            **({"max_iter": a["max_iter"]} if a["max_iter"] is not None else {})}
+
+
+def _warn_if_short(entry: Entry, a) -> None:
+    r = entry.json()
+    if not r["converged"]:
+        reached = f"{r['n_converged']} of {a['k']} eigenpairs" if r.get("n_converged") is not None else \
+            "not every eigenpair"
+        warnings.warn(f"stored spectrum {entry.path.name} ({a['run'].key}, {a['split']}) did not converge: {reached} "
+                      f"reached the relative tolerance {a['tol']:g} in {r['n_hvp']} Hessian-vector products; "
+                      "raise max_iter", NotConvergedWarning, stacklevel=3)
+
+
+@measurement("spectrum", key=_spectrum_key, on_read=_warn_if_short)
+def spectrum(run: Run | str, split: str = "train", k: int = 20, tol: float = 1e-4, method: str = "lanczos",
+             which: str = "largest", subsample: int | None = None, seed: int = 0, epoch: int | None = None,
+             keep_vectors: int = 2, store: Store | None = None, device="cpu", data_root=None,
+             chunk: int | None = None, hvp: str = "backward", progress: bool = False,
+             max_iter: int | None = None) -> Entry:
+    """Top-k Hessian eigenvalues of a run's loss on its train or test set (or a subsample).
+
+    Stores ``eigenvalues.csv`` (rank, eigenvalue, residual), the first ``keep_vectors``
+    eigenvectors in ``vectors.pt`` and the gradient norm at that point. ``progress``: a bar
+    of Hessian-vector products while it computes. ``max_iter``: the solver's cap (its default
+    when None). A result short of ``tol`` gives a :class:`~hessbatch.errors.NotConvergedWarning`,
+    also when it is read back from the store.
+    """
+    model = run.model(device, epoch)
+    data = tuple(t.to(device) for t in run_data(run, data_root).split(split))
+    if subsample:
+        data = hessian.subsample(data, subsample, seed)
+    e = eigensolvers.top_eigen(model, data, k=k, tol=tol, method=method, which=which, chunk=chunk, hvp=hvp,
+                               seed=seed, max_iter=max_iter, progress=progress)
+    grad_norm = full_gradient_norm(model, *data, chunk=chunk or default_chunk(device))
+    table = pd.DataFrame({"rank": np.arange(1, len(e) + 1), "eigenvalue": e.eigenvalues, "residual": e.residuals})
+    files = {"eigenvalues.csv": table}
+    if keep_vectors:
+        files["vectors.pt"] = e.eigenvectors[:keep_vectors].detach().float().cpu().contiguous()
+    return files, {"n_hvp": e.n_hvp, "converged": e.converged, "n_converged": e.n_converged, "grad_norm": grad_norm,
+                   "lambda_max": float(e.eigenvalues[0]), "n_samples": len(data[1]), "device": str(device)}
+
+
+@measurement("initial-state", key=lambda a: a["run"].weights_id(0))
+def initial_state(run: Run | str, store: Store | None = None, device="cpu", data_root=None) -> Entry:
+    """A run's training loss, accuracy and full gradient norm at epoch 0 (its initialization, shared
+    by runs that differ only in how they train), the quantities its ``history.csv`` holds for every
+    later epoch."""
+    model = run.model(device, 0)
+    x, y = (t.to(device) for t in run_data(run, data_root).split("train"))
+    loss, acc = evaluate(model, x, y)
+    return {}, {"epoch": 0, "train_loss": loss, "train_acc": acc, "grad_norm": full_gradient_norm(model, x, y)}
+
+
+@measurement("input-curvature")
+def input_curvature(run: Run | str, split: str = "train", method: str = "power", tol: float = 1e-4,
+                    max_iter: int = 100, limit: int | None = None, store: Store | None = None, device="cpu",
+                    data_root=None, chunk: int | None = None) -> Entry:
+    """Per-sample ‖∇ₓℓ‖ and input-Hessian λ_max over a run's train or test set (``samples.csv``)."""
+    x, y = run_data(run, data_root).split(split)
+    if limit:
+        x, y = x[:limit], y[:limit]
+    ic = input_curvature_mod.input_curvature(run.model(device), x.to(device), y.to(device), method, tol, max_iter,
+                                             chunk)
+    table = pd.DataFrame({"grad_norm": ic.grad_norm, "lambda_max": ic.lambda_max})
+    return {"samples.csv": table}, {**ic.summary(), "iterations": ic.iterations, "unconverged": ic.unconverged,
+                                     "n_samples": len(y)}
+
+
+def _directions(run, split, k: int, store, device, data_root) -> Entry:
+    """The spectrum whose eigenvectors span a landscape (computed first if missing)."""
+    return spectrum(run, split, k=k, keep_vectors=k, store=store, device=device, data_root=data_root)
+
+
+def _landscape_key(a, k: int) -> dict:
+    check(a["radius"] > 0 and a["points"] >= 3, "landscape needs radius > 0 and at least 3 points")
+    spec = _directions(a["run"], a["spectrum_split"], k, a["store"], a["device"], a["data_root"])
+    return {"run": a["run"].key, "spectrum": spec.key, "radius": a["radius"], "points": a["points"]}
+
+
+def _landscape_1d_key(a) -> dict:
+    return {**_landscape_key(a, max(a["rank"], 2)), "rank": a["rank"]}
+
+
+@measurement("landscape-1d", key=_landscape_1d_key)
+def landscape_1d(run: Run | str, radius: float = 0.5, points: int = 21, rank: int = 1, spectrum_split: str = "train",
+                 store: Store | None = None, device="cpu", data_root=None) -> Entry:
+    """Loss and accuracy on train and test along the rank-th Hessian eigenvector (Fig. 2/7)."""
+    spec = _directions(run, spectrum_split, max(rank, 2), store, device, data_root)
+    ds = run_data(run, data_root).to(device)
+    d = spec.torch("vectors.pt")[rank - 1]
+    table = landscape.along_direction(run.model(device), d, np.linspace(-radius, radius, points),
+                                      {"train": ds.split("train"), "test": ds.split("test")})
+    return {"curve.csv": table}, {"lambda": float(spec.csv("eigenvalues.csv")["eigenvalue"][rank - 1])}
+
+
+@measurement("landscape-2d", key=lambda a: _landscape_key(a, 2))
+def landscape_2d(run: Run | str, radius: float = 0.5, points: int = 11, spectrum_split: str = "train",
+                 store: Store | None = None, device="cpu", data_root=None) -> Entry:
+    """Loss on the plane of the top-2 Hessian eigenvectors (Fig. 3)."""
+    v = _directions(run, spectrum_split, 2, store, device, data_root).torch("vectors.pt")
+    ds = run_data(run, data_root).to(device)
+    grid = np.linspace(-radius, radius, points)
+    table = landscape.plane(run.model(device), v[0], v[1], grid, grid,
+                            {"train": ds.split("train"), "test": ds.split("test")})
+    return {"surface.csv": table}, {}
+
+
+@measurement("interpolation", runs=("run_a", "run_b"))
+def interpolation(run_a: Run | str, run_b: Run | str, points: int = 21, store: Store | None = None,
+                  device="cpu", data_root=None) -> Entry:
+    """Loss along (1 − α) θ_a + α θ_b, α in [0, 1] (Fig. 5/10/11)."""
+    ds = run_data(run_a, data_root).to(device)
+    table = landscape.interpolate(run_a.model(device), run_b.model(device), np.linspace(0, 1, points),
+                                  {"train": ds.split("train"), "test": ds.split("test")})
+    return {"curve.csv": table}, {}
+
+
+def _attack_key(a) -> dict:
+    check(a["split"] in ("train", "test"), f"unknown split {a['split']!r}; choose train or test")
+    source = a["source"] if a["source"] is not None else a["run"]
+    return {"run": a["run"].key, "source": source.key, "attack": attacks.canonical(a["attack"]),
+            "eps": attacks.check_eps(a["eps"]), "split": a["split"], "limit": a["limit"],
+            "options": a["attack_options"]}
+
+
+@measurement("attack", runs=("run", "source"), key=_attack_key)
+def adversarial_accuracy(run: Run | str, attack: str, eps: float, split: str = "test", source: Run | str | None = None,
+                         limit: int | None = None, store: Store | None = None, device="cpu", data_root=None,
+                         chunk: int = 1000, **attack_options) -> Entry:
+    """Accuracy of a run on adversarial inputs crafted against ``source`` (default: the run itself).
+
+    With ``source`` the original model M_ORI and ``run`` a robust model, this is one cell
+    of the paper's Tables 3/4. ``eps = 0`` gives the clean accuracy.
+    """
+    x, y = run_data(run, data_root).split(split)
+    if limit:
+        x, y = x[:limit], y[:limit]
+    x, y = x.to(device), y.to(device)
+    model = run.model(device)
+    source_model = model if source is None or source.key == run.key else source.model(device)
+    acc = attacks.adversarial_accuracy(model, x, y, attacks.canonical(attack), eps, source=source_model, chunk=chunk,
+                                       **attack_options)
+    return {}, {"accuracy": acc, "clean_accuracy": accuracy(model, x, y, chunk), "n_samples": len(y)}

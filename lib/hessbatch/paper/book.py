@@ -1,0 +1,258 @@
+"""Build the book: run every chapter notebook through papermill with a profile's parameters
+(``hessbatch.paper.profiles``), then assemble the executed copies with Jupyter Book. Executed
+notebooks, figures and the HTML go to ``_build/<profile>/``; the sources in ``book/`` stay clean.
+A profile with committed results (``results:``) renders what was computed and a placeholder page
+for the rest."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from .. import __version__
+from ..config import run_key
+from ..errors import HessbatchError
+from ..store import Store
+from . import registry
+from .compute import fetch_data, train_profile
+from .figures import commit
+from .profiles import check_chapters, executions, load_profile, profile_results, repo_root
+
+ROOT_FILES = ("_config.yml", "_toc.yml", "references.bib")
+
+
+def provenance_table(profile: str, timings: list[tuple[str, float, str]], computed: dict | None = None) -> str:
+    """Markdown: the machine, each chapter's wall time when it was last executed (a chapter whose
+    results were already in the store only reads them, and is fast), and where ``hessbatch compute``
+    measured them, if it did."""
+    import datetime
+    import platform
+
+    import torch
+
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    lines = [f"Built {datetime.datetime.now():%Y-%m-%d %H:%M} with profile `{profile}` on {platform.machine()} "
+             f"({os.cpu_count()} cores{gpu}), torch {torch.__version__}, hessbatch {__version__} "
+             f"(commit `{commit()}`). Wall time of each chapter when it was last executed (a chapter whose "
+             "results were already in the store only reads them):", "", "| chapter | device | wall time |",
+             "|---|---|---:|"]
+    lines += [f"| [{n}]({n}) | {d} | {t / 60:.1f} min |" for n, t, d in timings]
+    if computed:
+        lines += ["", *computed_summary(computed)]
+    return "\n".join(lines) + "\n"
+
+
+def computed_summary(computed: dict) -> list[str]:
+    """Markdown lines from a store's ``_timings.yml``: the calls of ``hessbatch compute`` per machine
+    (wall and training time), then each chapter's device and compute wall time."""
+    calls = computed.get("_calls", [])
+    lines = ["The results were computed by `hessbatch compute`:", ""]
+    for hw in sorted({c["hardware"] for c in calls}):
+        mine = [c for c in calls if c["hardware"] == hw]
+        stopped = sum(bool(c.get("interrupted")) for c in mine)
+        lines.append(f"- on {hw}: {len(mine)} call(s)" + (f" ({stopped} interrupted)" if stopped else "") +
+                     f", {sum(c['seconds'] for c in mine) / 60:.1f} min of wall time, "
+                     f"of which training {sum(c['train_seconds'] for c in mine) / 60:.1f} min, "
+                     f"{max(c['workers'] for c in mine)} worker(s)")
+    lines += ["", "| chapter | device | compute wall time |", "|---|---|---:|"]
+    lines += [f"| [{n}]({n}) | {c['device']} | {c['seconds'] / 60:.1f} min |"
+              for n, c in computed.items() if not n.startswith("_")]
+    return lines
+
+
+def _stage(root: Path, out: Path, runs: list | None = None) -> Path:
+    """Copy the book's non-notebook sources into ``out/src``; executed notebooks already there stay,
+    so a build of some chapters keeps the others' last executed copies."""
+    src = out / "src"
+    (src / "book").mkdir(parents=True, exist_ok=True)
+    for f in ROOT_FILES:
+        if (root / f).is_file():
+            shutil.copy2(root / f, src / f)
+    if runs:
+        toc = yaml.safe_load((root / "_toc.yml").read_text())
+        entries = []
+        for e in toc["chapters"]:
+            chapter = e.get("file", "").removeprefix("book/")
+            extra = [n for n, c, _, _ in runs if c == chapter and n != chapter]
+            entries += [e] + [{"file": f"book/{n}"} for n in extra]
+        toc["chapters"] = entries
+        (src / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False))
+    for f in (root / "book").iterdir():
+        if f.is_file() and f.suffix in (".md", ".bib", ".png", ".svg"):
+            shutil.copy2(f, src / "book" / f.name)
+    return src
+
+
+def build(profile: str = "quick", results: str | None = None, device: str = "cpu", data_root: str | None = None,
+          out: str | None = None, chapters: list[str] | None = None, html: bool = True, executor: str = "local",
+          scheduler: str | None = None, workers: int | None = None, download: bool = False,
+          progress: bool = True) -> Path:
+    """Execute the chapters with papermill and build the HTML; return the path of ``index.html``.
+
+    With ``executor="dask"`` (or ``"processes"``) the profile's training runs are first computed
+    as a sweep (see ``hessbatch.sweep``); the notebooks then find them in the store. With
+    ``download``, missing datasets are fetched first.
+    """
+    prof = load_profile(profile)
+    root = repo_root()
+    check_chapters(prof, chapters)
+    runs = executions(prof, chapters)
+    every = executions(prof)
+    out_dir = Path(out or root / "_build" / prof["profile"]).resolve()
+    src = _stage(root, out_dir, every)
+    res = profile_results(prof, results)
+    if download:
+        fetch_data(runs, data_root)
+    if executor != "local":
+        train_profile(runs, res, device, data_root, executor, scheduler, workers, progress=progress)
+    if prof.get("results") and not results:
+        runs, absent = _stored_only(runs, res)
+        for name, chapter, _, title in absent:
+            print(f"[-] {name}: not computed in {res}; a placeholder page says how to compute it", flush=True)
+            variants = list(prof["chapters"][chapter].get("variants") or {})
+            only = f"{chapter}--{variants[0]}" if name == chapter and variants else name
+            _placeholder(src / "book", name, chapter, title, prof["profile"], only)
+    timings = _execute(runs, root, src, {"results": res, "device": device, "data_root": data_root}, progress)
+    for name, chapter, _, _ in every:
+        if not (src / "book" / f"{name}.ipynb").exists() and not (src / "book" / f"{name}.md").exists():
+            shutil.copy2(root / "book" / f"{chapter}.ipynb", src / "book" / f"{name}.ipynb")
+    _write_provenance(src, prof, every, timings, device, res)
+    notes = prof.get("notes")
+    (src / "book" / "_profile-notes.md").write_text((root / "book" / notes).read_text() if notes else "")
+    return _render(src, out_dir) if html else src
+
+
+def _execute(runs, root: Path, src: Path, runtime: dict, progress: bool) -> list[tuple[str, float]]:
+    """Execute each notebook with papermill into ``src/book``; its wall time."""
+    import papermill as pm
+
+    timings, kernel = [], _kernel_options()
+    for i, (name, chapter, params, title) in enumerate(runs, 1):
+        print(f"[{i}/{len(runs)}] {name}", flush=True)
+        t0 = time.perf_counter()
+        target = src / "book" / f"{name}.ipynb"
+        (src / "book" / f"{name}.md").unlink(missing_ok=True)
+        try:
+            pm.execute_notebook(str(root / "book" / f"{chapter}.ipynb"), str(target), parameters={**params, **runtime},
+                                cwd=str(src / "book"), kernel_name="python3",
+                                progress_bar=progress and sys.stderr.isatty(), **kernel, report_mode=False)
+        except pm.PapermillExecutionError as e:
+            raise HessbatchError(f"chapter {name} failed in cell {e.exec_count}: {e.ename}: {e.evalue} "
+                                 f"(executed copy: {target})") from None
+        if title:
+            _retitle(target, title)
+        timings.append((name, time.perf_counter() - t0))
+        print(f"      done in {timings[-1][1] / 60:.1f} min", flush=True)
+    return timings
+
+
+def _write_provenance(src: Path, prof: dict, every, timings, device, res) -> None:
+    """The build's timing record and the provenance page of the introduction."""
+    record = src / "book" / "_timings.yml"
+    known = {**build_timings(record), **{n: {"seconds": round(t, 1), "device": str(device)} for n, t in timings}}
+    record.write_text(yaml.safe_dump(known))
+    ordered = [(n, known[n]["seconds"], known[n]["device"]) for n, _, _, _ in every if n in known]
+    computed = Path(res) / "_timings.yml"
+    computed = yaml.safe_load(computed.read_text()) if computed.is_file() else None
+    (src / "book" / "_provenance.md").write_text(provenance_table(prof["profile"], ordered, computed))
+
+
+def _render(src: Path, out_dir: Path) -> Path:
+    """Jupyter Book's HTML of the staged sources; the path of ``index.html``."""
+    cmd = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(src),
+           "--path-output", str(out_dir)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    log = out_dir / "jupyter-book.log"
+    log.write_text(proc.stdout + proc.stderr)
+    index = out_dir / "_build" / "html" / "index.html"
+    if proc.returncode != 0 or not index.is_file():
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        raise HessbatchError(f"jupyter-book build failed (log: {log}):\n{tail}")
+    figs = src / "book" / "figures"
+    if figs.is_dir():
+        shutil.copytree(figs, out_dir / "_build" / "html" / "book" / "figures", dirs_exist_ok=True)
+    return index
+
+
+def _stored_only(runs, res):
+    """Split executions into those whose training runs are all in the store at ``res`` and the rest
+    (a profile with committed results renders what was computed, on any machine)."""
+    store, have, absent = Store(res), [], []
+    for run in runs:
+        waves = registry.profile_train_configs({run[0]: run[2]})
+        ok = all(store.get("train", key=run_key(c)) is not None for wave in waves for c in wave)
+        (have if ok else absent).append(run)
+    return have, absent
+
+
+def _placeholder(folder: Path, name: str, chapter: str, title: str | None, profile: str, only: str) -> None:
+    """A page standing in for a chapter whose results are not in the profile's committed store;
+    ``only`` is what ``--chapters`` takes to compute just this page."""
+    stale = folder / f"{name}.ipynb"
+    if stale.exists():
+        stale.unlink()
+    nb = json.loads((repo_root() / "book" / f"{chapter}.ipynb").read_text())
+    heading = next(("".join(c["source"]).lstrip().splitlines()[0] for c in nb["cells"]
+                    if c["cell_type"] == "markdown" and "".join(c["source"]).lstrip().startswith("# ")), f"# {name}")
+    (folder / f"{name}.md").write_text(
+        f"{heading}{f' — {title}' if title else ''}\n\n"
+        f"```{{note}}\nThis chapter has not been computed at the scale of the `{profile}` profile yet: its results "
+        f"are not among the committed ones. On a GPU machine with the data, run\n\n"
+        f"    hessbatch compute --profile {profile} --chapters {only} --device cuda --data-root DATA --workers 6\n"
+        f"    hessbatch export --results RESULTS paper-results\n\n"
+        f"then build the book again. The `quick` profile's book has this chapter on the embedded MNIST digits.\n```\n")
+
+
+def _kernel_options() -> dict:
+    """Encrypted kernel transport where jupyter_client offers it (this also silences ipykernel's
+    warning about plain TCP on every chapter)."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    if "transport_encryption" not in AsyncKernelManager.class_trait_names():
+        return {}
+    from traitlets import default
+
+    class EncryptedKernelManager(AsyncKernelManager):
+        @default("transport_encryption")
+        def _auto(self):
+            return "auto"
+
+    return {"kernel_manager_class": EncryptedKernelManager}
+
+
+def build_timings(record: Path) -> dict:
+    """The chapters' wall times of earlier builds into the same folder; entries written by older
+    versions (bare seconds, no device) are read with the device unknown."""
+    try:
+        known = yaml.safe_load(record.read_text()) if record.is_file() else {}
+    except yaml.YAMLError:
+        return {}
+    if not isinstance(known, dict):
+        return {}
+    out = {}
+    for name, v in known.items():
+        if isinstance(v, dict) and "seconds" in v:
+            out[str(name)] = v
+        elif isinstance(v, (int, float)):
+            out[str(name)] = {"seconds": v, "device": "unknown"}
+    return out
+
+
+def _retitle(path: Path, title: str) -> None:
+    """Append `` — title`` to the first heading of an executed notebook."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "markdown" and cell.source.lstrip().startswith("# "):
+            first, _, rest = cell.source.lstrip().partition("\n")
+            cell.source = f"{first} — {title}" + (f"\n{rest}" if rest else "")
+            break
+    nbformat.write(nb, path)

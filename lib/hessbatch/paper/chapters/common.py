@@ -1,0 +1,74 @@
+"""What every chapter shares: the parameters every notebook has (``Common``), the context a
+chapter computes in, and batch-size sweeps of training runs."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from ...errors import check
+from ...runs import Run
+from ...store import Store
+from ...train import train
+
+RUNTIME = ("profile", "results", "device", "data_root")
+
+
+@dataclass
+class Context:
+    """Where a chapter computes: its store, device, data folder, and whether it shows progress."""
+
+    store: Store
+    device: str = "cpu"
+    data_root: str | None = None
+    progress: bool = True
+
+    def train(self, config: dict) -> Run:
+        return train(config, self.store, device=self.device, data_root=self.data_root, progress=self.progress)
+
+
+@dataclass
+class Common:
+    """The parameters of every chapter's notebook (a profile's ``common`` block)."""
+
+    model: str = "M1"
+    dataset: str = "mnist5k"
+    seed: int = 0
+    batch_sizes: list = field(default_factory=lambda: [16, 64, 256, 1024])
+    train_options: dict | None = None
+
+    @classmethod
+    def parse(cls, params: dict, chapter: str):
+        """The chapter's parameters from a notebook's or a profile's mapping; the runtime keys
+        (profile, results, device, data_root) are not parameters, any other unknown key is an error."""
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(params) - set(known) - set(RUNTIME))
+        check(not unknown, f"chapter {chapter} has no parameter(s) {', '.join(map(str, unknown))}; "
+                           f"it takes: {', '.join(known)}")
+        return cls(**{k: v for k, v in params.items() if k in known})
+
+
+def sweep_configs(model, dataset, batch_sizes, train_options=None, seed=0) -> dict[int, dict]:
+    """One training configuration per batch size, same conditions otherwise."""
+    return {b: {**(train_options or {}), "model": model, "dataset": dataset, "batch_size": b, "seed": seed}
+            for b in batch_sizes}
+
+
+def batch_size_sweep(p: Common) -> dict[int, dict]:
+    """The common batch-size sweep (chapter 1's runs, which chapter 2 measures too)."""
+    return sweep_configs(p.model, p.dataset, p.batch_sizes, p.train_options, p.seed)
+
+
+def batch_size_sweep_configs(p: Common) -> list[dict]:
+    return list(batch_size_sweep(p).values())
+
+
+def sweep_runs(configs: dict[int, dict], ctx: Context) -> dict[int, Run]:
+    """The training run of each batch size's configuration."""
+    return {b: ctx.train(cfg) for b, cfg in configs.items()}
+
+
+def hessian_subsample(run: Run, size: int | None, split: str) -> int | None:
+    """``size`` if it is smaller than the run's split, else None (the whole split)."""
+    n = run.result["n_train"] if split == "train" else run.result["n_test"]
+    return size if size and size < n else None

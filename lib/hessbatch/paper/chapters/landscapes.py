@@ -1,0 +1,48 @@
+"""Chapter 2, loss landscapes: Fig. 2/7 (1-D along the dominant eigenvector, every batch size)
+and Fig. 3 (2-D, chosen batch sizes). Its runs are chapter 1's."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from ... import measurements, progress
+from ...landscape import end_rise
+from .. import claims
+from .common import Common, Context, batch_size_sweep, batch_size_sweep_configs, sweep_runs
+
+NAME = "02-landscapes"
+
+
+@dataclass
+class Params(Common):
+    radius: float = 0.5
+    points: int = 21
+    plane_batch_sizes: list | None = None
+    plane_points: int = 11
+
+
+train_configs = batch_size_sweep_configs
+
+
+def compute(p: Params, ctx: Context) -> dict:
+    runs = sweep_runs(batch_size_sweep(p), ctx)
+    kw = dict(store=ctx.store, device=ctx.device, data_root=ctx.data_root)
+    curves, surfaces = [], []
+    for b, run in progress.bar(list(runs.items()), desc="landscape", unit="run", show=ctx.progress):
+        if run.status == "diverged":
+            continue
+        c = measurements.landscape_1d(run, p.radius, p.points, **kw)
+        curves.append(c.csv("curve.csv").assign(batch_size=b, lambda_max=c.json()["lambda"]))
+    for b in p.plane_batch_sizes or [min(p.batch_sizes), max(p.batch_sizes)]:
+        s = measurements.landscape_2d(runs[b], p.radius, p.plane_points, **kw)
+        surfaces.append(s.csv("surface.csv").assign(batch_size=b))
+    curves = pd.concat(curves, ignore_index=True)
+    rows = []
+    for split in ("train", "test"):
+        sharp = curves[curves["split"] == split].groupby("batch_size").apply(end_rise, include_groups=False)
+        rows.append(claims.trend(f"the {split} loss rises faster along v₁ for larger batches", "Fig. 2/7",
+                                 sharp.index, sharp.values, +1))
+    return {"curves": curves, "surfaces": pd.concat(surfaces, ignore_index=True) if surfaces else pd.DataFrame(),
+            "claims": claims.table(rows), "used": list(runs.values())}

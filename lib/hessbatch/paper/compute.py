@@ -1,0 +1,205 @@
+"""Computing a profile without notebooks (on a GPU machine, say): training runs first, several
+at once, then each chapter's measurements; the book built later finds everything in the store.
+Each chapter's wall time and device go to ``<results>/_timings.yml``."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import yaml
+
+from ..data import load_dataset
+from ..devices import resolve_device
+from ..errors import HessbatchError, check
+from ..hessian import graph_memory_share, split_graph_memory
+from ..store import Store, atomic_write_bytes
+from ..sweep import run_sweep
+from . import registry
+from .profiles import check_chapters, executions, load_profile, profile_results
+
+
+def fetch_data(runs, data_root) -> list[str]:
+    """Download the datasets these executions read that are missing under ``data_root``, before any
+    compute; return their names."""
+    names = {c["dataset"] for wave in registry.profile_train_configs({n: p for n, _, p, _ in runs}) for c in wave}
+    names |= {p["pga_training"].get("dataset", "mnist5k") for _, _, p, _ in runs if p.get("pga_training")}
+    fetched = []
+    for name in sorted(names):
+        try:
+            load_dataset(name, data_root)
+        except HessbatchError:
+            load_dataset(name, data_root, download=True)
+            fetched.append(name)
+    return fetched
+
+
+def train_profile(runs, res, device, data_root, executor, scheduler=None, workers=None,
+                   keep_going: bool = False, progress: bool = True) -> tuple[float, list[str]]:
+    """Train every run the chosen chapters need, wave after wave; return the wall time and
+    the errors of failed runs (raised at once unless ``keep_going``)."""
+    t0, errors = time.perf_counter(), []
+    for wave in registry.profile_train_configs({n: p for n, _, p, _ in runs}):
+        table = run_sweep(wave, Store(res), device=device, data_root=data_root, executor=executor,
+                          scheduler=scheduler, workers=workers, progress=progress)
+        failed = table[table["state"] == "failed"]
+        errors += [f"training run {k}: {e}" for k, e in zip(failed["key"], failed["error"])]
+        check(keep_going or failed.empty, f"{len(failed)} training run(s) failed on {executor}: "
+                                          f"{failed['error'].iloc[0] if len(failed) else ''}")
+    return time.perf_counter() - t0, errors
+
+
+def compute_one(name: str, chapter: str, params: dict, res: str, device: str, data_root,
+                 threads: int | None = None, progress: bool = False,
+                 processes: int = 1) -> tuple[str, float, str | None, int]:
+    """Compute one chapter's results; never raises (the error comes back as text). Returns the
+    name, wall time, error and the number of store entries written. ``progress``: bars of the
+    chapter's runs and of each spectrum's HVPs (for one chapter at a time). ``processes``: how
+    many run at once (they split the memory for cached gradient graphs)."""
+    if threads:
+        torch.set_num_threads(threads)
+    if processes > 1:
+        split_graph_memory(processes)
+    t0 = time.perf_counter()
+    store = Store(res)
+    try:
+        registry.run_chapter(chapter, params, store, device=device, data_root=data_root, progress=progress)
+        error = None
+    except Exception as e:  # noqa: BLE001 — reported per chapter; the others go on
+        error = f"{type(e).__name__}: {e}".splitlines()[0]
+    return name, time.perf_counter() - t0, error, store.written
+
+
+def compute(profile: str, results: str | None = None, device: str = "cpu", data_root: str | None = None,
+            chapters: list[str] | None = None, workers: int = 1, download: bool = False,
+            progress: bool = True) -> dict:
+    """Compute every chapter of a profile into its store, without notebooks; return the timings.
+
+    Training runs go first (``workers`` at a time, each in its own process), then the
+    chapters' measurements (``workers`` chapters at a time). Everything resumes from the store.
+    A failed training run or chapter is reported (in the timings too) and the others go on;
+    the call then raises, naming what failed. A chapter found complete in the store keeps the
+    timing of the call that computed it; one that was missing some results, on the same hardware,
+    adds this call's time to it (``calls`` counts them). A call stopped by Ctrl-C or SIGTERM (a
+    ``timeout``) still records its wall time, marked ``interrupted``.
+    """
+    prof = load_profile(profile)
+    check_chapters(prof, chapters)
+    check(workers >= 1, f"workers must be >= 1, got {workers}")
+    graph_memory_share()
+    dev = resolve_device(device)
+    runs = executions(prof, chapters, optional=False)
+    res = profile_results(prof, results)
+    if download:
+        fetch_data(runs, data_root)
+    hardware = _hardware(dev)
+    t0 = time.perf_counter()
+    record = Path(res) / "_timings.yml"
+    timings = (yaml.safe_load(record.read_text()) if record.is_file() else None) or {}
+    call = {"started": time.strftime("%Y-%m-%d %H:%M"), "chapters": [n for n, _, _, _ in runs], "workers": workers,
+            "hardware": hardware, "seconds": 0.0, "train_seconds": 0.0}
+    timings.setdefault("_calls", []).append(call)
+
+    def save():
+        call["seconds"] = round(time.perf_counter() - t0, 1)
+        Path(res).mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(record, yaml.safe_dump(timings, sort_keys=False).encode())
+
+    training = [True]
+
+    def interrupted():
+        call["interrupted"] = True
+        if training[0]:
+            call["train_seconds"] = round(time.perf_counter() - t0, 1)
+        save()
+
+    with _on_sigterm(interrupted):
+        try:
+            save()
+            seconds, errors = train_profile(runs, res, str(dev), data_root, "processes" if workers > 1 else "local",
+                                             workers=workers, keep_going=True, progress=progress)
+            call["train_seconds"], training[0] = round(seconds, 1), False
+            _compute_chapters(runs, res, dev, data_root, workers, timings, hardware, call, errors, save, progress)
+        except KeyboardInterrupt:
+            interrupted()
+            raise
+    if errors:
+        raise HessbatchError(f"{len(errors)} failure(s) in this call (the rest is stored): {errors[0]}")
+    return timings
+
+
+def _hardware(dev) -> str:
+    """The machine a call computes on, as ``_timings.yml`` records it."""
+    gpu = f"{torch.cuda.get_device_name(dev)}, " if dev.type == "cuda" else ""
+    return f"{gpu}{os.cpu_count()} CPU cores ({platform.machine()})"
+
+
+def _compute_chapters(runs, res, dev, data_root, workers, timings, hardware, call, errors, save,
+                      progress=False) -> None:
+    """The measurement part of :func:`compute`: each chapter's results, its timing recorded as it ends."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    import multiprocessing as mp
+
+    for e in errors:
+        print(f"failed: {e}", flush=True)
+    save()
+
+    def done(name, seconds, error=None, written=1):
+        if error:
+            errors.append(f"chapter {name}: {error}")
+            print(f"{name}: failed after {seconds / 60:.1f} min: {error}", flush=True)
+        elif not written and name in timings:
+            print(f"{name}: already in the store (read in {seconds / 60:.1f} min; its timing is kept)", flush=True)
+        elif name in timings and timings[name].get("hardware") == hardware:
+            before = timings[name]
+            timings[name] = {**before, "seconds": round(before["seconds"] + seconds, 1),
+                             "calls": before.get("calls", 1) + 1}
+            print(f"{name}: {seconds / 60:.1f} min for what was missing, added to its earlier timing", flush=True)
+        else:
+            timings[name] = {"seconds": round(seconds, 1), "device": str(dev), "hardware": hardware}
+            print(f"{name}: {seconds / 60:.1f} min", flush=True)
+        call["failed"] = errors
+        save()
+
+    if workers == 1:
+        for name, chapter, params, _ in runs:
+            done(*compute_one(name, chapter, params, res, str(dev), data_root, progress=progress))
+    else:
+        at_once = min(workers, len(runs))
+        with ProcessPoolExecutor(max_workers=at_once, mp_context=mp.get_context("spawn")) as pool:
+            threads = max(1, (os.cpu_count() or 1) // at_once)
+            futures = {pool.submit(compute_one, n, c, p, res, str(dev), data_root, threads, processes=at_once): n
+                       for n, c, p, _ in runs}
+            for fut in as_completed(futures):
+                try:
+                    done(*fut.result())
+                except Exception as e:  # noqa: BLE001 — the worker process died
+                    done(futures[fut], 0.0, f"{type(e).__name__}: {e}".splitlines()[0])
+    save()
+
+
+@contextmanager
+def _on_sigterm(record):
+    """Within the block, SIGTERM (what ``timeout`` sends) first calls ``record()``, then kills the
+    process as before; outside the main thread nothing changes."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        record()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,46 @@
+"""The notebooks' runtime: their papermill parameters read back as objects, the plotting style,
+and figures shown with their captions."""
+
+from __future__ import annotations
+
+import os
+
+import yaml
+
+from ..errors import HessbatchError
+
+
+def coerce(value):
+    """A papermill ``-p`` value as an object: ``'[32, 4096]'`` becomes a list, ``'{a: 1}'`` a dict."""
+    if isinstance(value, str) and value.strip()[:1] in ("[", "{"):
+        try:
+            return yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise HessbatchError(f"cannot read parameter value {value!r}: {e}") from None
+    return value
+
+
+def setup(namespace: dict, names: list[str]) -> dict:
+    """Coerce a notebook's parameters in place, set the plotting style, return them as a dict."""
+    params = {}
+    for n in names:
+        namespace[n] = coerce(namespace[n])
+        params[n] = namespace[n]
+    import matplotlib
+
+    matplotlib.rcParams.update({"figure.dpi": 110, "savefig.dpi": 150, "figure.figsize": (6.4, 4.0)})
+    import seaborn as sns
+
+    sns.set_theme(context="notebook", style="whitegrid", palette="viridis")
+    if params.get("results"):
+        os.environ["HESSBATCH_RESULTS"] = str(params["results"])
+    return params
+
+
+def show_figure(caption: str) -> None:
+    """Show the open figure(s), then their caption (in a notebook)."""
+    import matplotlib.pyplot as plt
+    from IPython.display import Markdown, display
+
+    plt.show()
+    display(Markdown(caption))

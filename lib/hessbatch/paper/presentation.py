@@ -1,0 +1,66 @@
+"""Presentation of a chapter's results: the paper's table layout, the published-vs-reproduced
+comparison, and the provenance line under each chapter's heading."""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from ..runs import Run
+from . import figures
+
+
+def published_comparison(table: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
+    """One row per quantity, a (paper, ours) column pair per batch size both share; all of the
+    paper's batch sizes if there is no shared one."""
+    cols = [c for c in published.columns if c in table.columns and c != "batch_size"]
+    pub, ours = published.set_index("batch_size"), table.set_index("batch_size")
+    shared = sorted(set(pub.index) & set(ours.index))
+    rows = []
+    for col in cols:
+        row = {"quantity": col}
+        for b in shared or sorted(pub.index):
+            row[f"B={b} paper"] = pub.loc[b, col]
+            if shared:
+                row[f"B={b} ours"] = ours.loc[b, col]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def paper_style(table: pd.DataFrame) -> pd.DataFrame:
+    """Our batch-size table in the paper's layout: 'train (test)' cells, accuracies in %."""
+    out = pd.DataFrame({"B": table["batch_size"], "status": table["status"], "epochs": table["epochs"]})
+
+    def pair(col, fmt, scale=1.0):
+        tr, te = table.get(f"{col}_train"), table.get(f"{col}_test")
+        if tr is None or te is None:
+            return None
+        return [f"{fmt.format(a * scale)} ({fmt.format(b * scale)})" if pd.notna(a) else "—" for a, b in zip(tr, te)]
+
+    out["Acc. %"] = [f"{100 * a:.2f} ({100 * b:.2f})" if pd.notna(a) else "—"
+                     for a, b in zip(table["train_acc"], table["test_acc"])]
+    for col, label, fmt, scale in (("lambda_theta", "λθ_max", "{:.3g}", 1), ("lambda_x", "λx_max", "{:.3g}", 1),
+                                   ("grad_x", "‖∇x J‖", "{:.3g}", 1), ("adv_a", "Acc ε_a %", "{:.2f}", 100),
+                                   ("adv_b", "Acc ε_b %", "{:.2f}", 100)):
+        cells = pair(col, fmt, scale)
+        if cells is not None:
+            out[label] = cells
+    return out
+
+
+def provenance(params: dict, runs: list[Run] | None = None) -> str:
+    """One Markdown line: profile, data, model, device, training time of the runs (if any), commit,
+    configuration."""
+    runs = [r for r in (runs or []) if r is not None]
+    label = params.get("dataset")
+    if runs:
+        r = runs[0].result
+        sizes = sorted({(x.result["n_train"], x.result["n_test"]) for x in runs})
+        label = f"{r.get('dataset_label', label)}; used: " + ", ".join(f"{a:,} train / {b:,} test" for a, b in sizes)
+    dev = sorted({r.result.get("device", "?") for r in runs}) or [params.get("device", "cpu")]
+    t = sum(r.result.get("time_s", 0.0) for r in runs)
+    versions = sorted({r.result.get("torch", torch.__version__) for r in runs}) or [torch.__version__]
+    trained = f" · *training time* {t / 60:.1f} min" if runs else ""
+    return (f"*Profile* `{params.get('profile')}` · *data* {label} · *model* `{params.get('model')}` · "
+            f"*device* {', '.join(dev)}{trained} · *torch* {', '.join(versions)} · "
+            f"*commit* `{figures.commit()}` · *configuration* `{figures.config_hash(params)}`")

@@ -1,0 +1,64 @@
+"""The chapters by name: the one registry that ``run_chapter``, the notebooks, ``hessbatch
+compute`` and the book's planners read. A profile names a chapter by its notebook
+(``01-batch-size``) and a variant as ``<chapter>--<label>``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import ModuleType
+
+from ..config import run_key
+from ..errors import HessbatchError
+from ..store import Store
+from .chapters import (adversarial_training, batch_size, dynamics, instability, landscapes, large_batch_robust,
+                       pga_dynamics, saddle_free)
+from .chapters.common import Context
+
+
+@dataclass(frozen=True)
+class Chapter:
+    """A chapter: its notebook's name and the module with its ``Params``, ``train_configs`` and ``compute``."""
+
+    name: str
+    module: ModuleType
+
+    def params(self, params: dict):
+        """The chapter's ``Params`` from a notebook's or a profile's mapping (unknown names are errors)."""
+        return self.module.Params.parse(params, self.name)
+
+    def train_configs(self, params: dict) -> list[dict]:
+        """Every training configuration the chapter trains, in the order it trains them."""
+        return self.module.train_configs(self.params(params))
+
+
+CHAPTERS = {m.NAME: Chapter(m.NAME, m) for m in (batch_size, landscapes, dynamics, saddle_free, adversarial_training,
+                                                   large_batch_robust, pga_dynamics, instability)}
+
+
+def chapter(name: str) -> Chapter:
+    """The chapter of an executed name: ``01-batch-size`` or a variant ``01-batch-size--C2``."""
+    found = CHAPTERS.get(name.split("--")[0])
+    if found is None:
+        raise HessbatchError(f"no chapter {name!r}; the chapters are {', '.join(CHAPTERS)}")
+    return found
+
+
+def run_chapter(name: str, params: dict, store: Store | None = None, device="cpu", data_root=None,
+                progress: bool = False) -> dict:
+    """Everything a book chapter shows, from its parameters (a profile's ``common``, chapter and
+    variant entries merged, as in the notebook's parameters cell). The notebooks and
+    ``hessbatch compute`` both call this, so a chapter computed on a GPU is found by the book."""
+    ch = chapter(name)
+    return ch.module.compute(ch.params(params), Context(store or Store(), device, data_root, progress))
+
+
+def profile_train_configs(params_by_chapter: dict[str, dict]) -> list[list[dict]]:
+    """Every training configuration of these executions (executed name → parameters), in waves:
+    a run that starts from another run's weights (``init_from``) or is guided by its snapshots
+    (``sample_smoothing``) comes in the second wave. Used to train a profile before the notebooks run."""
+    first, second = {}, {}
+    for name, params in params_by_chapter.items():
+        for cfg in chapter(name).train_configs(params):
+            wave = second if cfg.get("init_from") or cfg.get("sample_smoothing") else first
+            wave.setdefault(run_key(cfg), cfg)
+    return [list(w.values()) for w in (first, second) if w]

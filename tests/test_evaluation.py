@@ -1,0 +1,75 @@
+"""Evaluation leaves the caller's model as it was; one progress helper honours --no-progress."""
+
+import pytest
+import torch
+from torch import nn
+
+from hessbatch import attacks, progress
+from hessbatch.eigensolvers import top_eigen
+from hessbatch.evaluation import accuracy, eval_mode, evaluate, full_gradient_norm, predict
+from hessbatch.input_curvature import input_curvature
+
+
+def _net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(8, 6), nn.ReLU(), nn.BatchNorm1d(6), nn.Linear(6, 3))
+
+
+def test_eval_mode_restores_the_callers_mode_even_on_error():
+    m = _net()
+    with eval_mode(m):
+        assert not m.training
+    assert m.training
+    with pytest.raises(RuntimeError), eval_mode(m):
+        raise RuntimeError("boom")
+    assert m.training
+    m.eval()
+    with eval_mode(m):
+        pass
+    assert not m.training
+
+
+def test_measurements_never_change_the_callers_mode():
+    m = _net()
+    x, y = torch.rand(20, 8), torch.arange(20) % 3
+    for call in (lambda: evaluate(m, x, y), lambda: predict(m, x), lambda: accuracy(m, x, y),
+                 lambda: full_gradient_norm(m, x, y), lambda: top_eigen(m, (x, y), k=2, tol=1e-2),
+                 lambda: input_curvature(m, x, y), lambda: attacks.fgsm(m, x, y, 0.1),
+                 lambda: attacks.hess(m, x, y, 0.1)):
+        m.train()
+        call()
+        assert m.training
+
+
+def test_chunked_evaluation_matches_one_pass():
+    m = _net().eval()
+    x, y = torch.rand(50, 8), torch.arange(50) % 3
+    loss, acc = evaluate(m, x, y, chunk=7)
+    with torch.no_grad():
+        out = m(x)
+    assert loss == pytest.approx(nn.functional.cross_entropy(out, y).item(), rel=1e-6)
+    assert acc == (out.argmax(1) == y).sum().item() / len(y)
+    torch.testing.assert_close(predict(m, x, chunk=7), out)
+
+
+def test_no_progress_disables_every_bar(capsys):
+    for _ in progress.bar(range(3), desc="visible"):
+        pass
+    assert "visible" in capsys.readouterr().err
+    with progress.disabled():
+        for _ in progress.bar(range(3), desc="hidden"):
+            pass
+        bar = progress.bar(total=3, desc="hidden too")
+        bar.update(1)
+        bar.set_postfix(loss="1")
+        bar.close()
+    assert capsys.readouterr().err == ""
+    assert progress.enabled()
+
+
+def test_one_attack_registry():
+    assert attacks.get("BIM").name == "fgsm10" and attacks.get("l2grad").label == "L2GRAD"
+    assert [attacks.get(n).norm for n in attacks.ATTACKS] == ["linf", "linf", "l2", "linf", "l2"]
+    assert attacks.get("fgsm").function is attacks.fgsm
+    with pytest.raises(ValueError, match="unknown attack 'pgd'"):
+        attacks.get("pgd")

@@ -3,8 +3,8 @@
 
 Fills a temporary store with N fake C1-sized training entries (weights of 1,756,682 float32
 parameters, about 7 MB each), then times, in one run, the listing with the full SHA-256
-check that every read used to make and the listing as it is now, with the page cache warm
-and (as root on Linux) cold. Prints a Markdown table.
+check that every read used to make (``HASHED_ON_READ`` set to infinity) and the listing as it
+is now, with the page cache warm and (as root on Linux) cold. Prints a Markdown table.
 
     python benchmarks/store_ls.py --entries 300
 """
@@ -21,9 +21,14 @@ from pathlib import Path
 
 import pandas as pd
 
+import hessbatch.store as store_mod
 from hessbatch.store import Store
 
 C1_PARAMS = 1_756_682
+LIST = {"entries": "import hessbatch.store as store; store.HASHED_ON_READ = {limit}; "
+                   "store.Store({root!r}).entries('train')",
+        "ls": "import hessbatch.store as store; store.HASHED_ON_READ = {limit}; "
+              "from hessbatch.cli import main; main(['ls', '--results', {root!r}])"}
 
 
 def fill(store: Store, n: int, nbytes: int) -> None:
@@ -45,6 +50,14 @@ def drop_caches() -> bool:
         return False
 
 
+def in_process(store: Store, limit) -> None:
+    saved, store_mod.HASHED_ON_READ = store_mod.HASHED_ON_READ, limit
+    try:
+        store.entries("train")
+    finally:
+        store_mod.HASHED_ON_READ = saved
+
+
 def timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
@@ -58,28 +71,29 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as root:
         store = Store(root)
         fill(store, a.entries, 4 * C1_PARAMS)
-        before = lambda: store.verify("train")  # noqa: E731 - what every read did: hash every file
-        after = lambda: subprocess.run([sys.executable, "-m", "hessbatch.cli", "ls", "--results", root],  # noqa: E731
-                                       check=True, capture_output=True)
-        now = lambda: store.entries("train")  # noqa: E731
         rows = []
         for cache in ("warm", "cold"):
             if cache == "cold" and not drop_caches():
                 continue
-            t_before = timed(before)
-            if cache == "cold":
-                drop_caches()
-            t_after = timed(now)
-            if cache == "cold":
-                drop_caches()
-            t_cli = timed(after)
-            rows.append((cache, t_before, t_after, t_cli))
+            times = []
+            for limit in ("float('inf')", "store.HASHED_ON_READ"):  # before: every file hashed on every read
+                for how in ("entries", "ls"):
+                    if cache == "cold":
+                        drop_caches()
+                    times.append(timed(lambda: subprocess.run([sys.executable, "-c", LIST[how].format(
+                        limit=limit, root=root)], check=True, capture_output=True)))
+            for limit in (float("inf"), store_mod.HASHED_ON_READ):
+                if cache == "cold":
+                    drop_caches()
+                times.append(timed(lambda: in_process(store, limit)))
+            rows.append((cache, *times))
         print(f"{a.entries} fake C1 training entries ({4 * C1_PARAMS / 1e6:.1f} MB of weights each), "
-              f"{os.cpu_count()} cores\n")
-        print("| page cache | before: entries, every file hashed | after: entries | after: `hessbatch ls` (process) |")
-        print("|---|---:|---:|---:|")
-        for cache, b, n, c in rows:
-            print(f"| {cache} | {b:.2f} s | {n:.2f} s | {c:.2f} s |")
+              f"{os.cpu_count()} cores; each a new process (imports included)\n")
+        print("| page cache | `Store.entries()` before | `hessbatch ls` before | `Store.entries()` after | "
+              "`hessbatch ls` after | in process: before | in process: after |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for cache, *t in rows:
+            print(f"| {cache} | " + " | ".join(f"{x:.2f} s" for x in t) + " |")
 
 
 if __name__ == "__main__":

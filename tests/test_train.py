@@ -124,9 +124,24 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, tiny_cfg):
 
     resumed = train(cfg, store, progress=False)
     fresh = train(cfg, Store(tmp_path / "fresh"), progress=False)
+    assert resumed.result["resumed_from"] == [done_epochs] and fresh.result["resumed_from"] == []
     assert resumed.key == key and _same_weights(resumed, fresh)
     assert resumed.history["train_loss"].tolist() == fresh.history["train_loss"].tolist()
     assert not store.work_dir("train", key).exists()
+
+
+def test_an_unreadable_checkpoint_is_set_aside_with_a_warning(tmp_path, tiny_cfg):
+    from hessbatch.errors import ResumeWarning
+
+    store = Store(tmp_path)
+    key = store.key("train", TrainConfig.from_dict(tiny_cfg).resolved().to_dict())
+    ckpt = store.work_dir("train", key) / "checkpoint.pt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"not a checkpoint")
+    with pytest.warns(ResumeWarning, match="could not be resumed.*training starts over"):
+        run = train(tiny_cfg, store, progress=False)
+    assert run.result["resumed_from"] == [] and run.result["epochs"] == 3
+    assert (tmp_path / "train" / f".{key}.work.unreadable-checkpoint.pt").read_bytes() == b"not a checkpoint"
 
 
 @pytest.mark.parametrize("change,msg", [

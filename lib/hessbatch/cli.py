@@ -7,16 +7,10 @@ import contextlib
 import sys
 
 from . import __version__
-from .errors import HessbatchError, NotConvergedWarning, check
+from .commands import COMMANDS
+from .errors import HessbatchError, HessbatchWarning, check
 
 EXIT_USAGE = 2
-
-
-def _number(s: str) -> float:
-    try:
-        return float(s)
-    except ValueError:
-        raise HessbatchError(f"expected a number, got {s!r}") from None
 
 
 def _float_or_none(s: str):
@@ -91,25 +85,6 @@ def _train_flags(p: argparse.ArgumentParser, d, suppress: bool = False) -> None:
         "(key or unique prefix; our reading of Datta et al.'s TGTSS)")
 
 
-_NOT_FLAGS = ("drop_last", "adversarial", "init_from")  # --keep-last; robust-train's --attack/--eps and --from
-
-
-def _config_from_args(a, base: dict) -> dict:
-    from .config import TrainConfig
-
-    cfg = dict(base)
-    cfg.update({f: getattr(a, f) for f in TrainConfig.fields() if f not in _NOT_FLAGS and hasattr(a, f)})
-    if hasattr(a, "keep_last"):
-        cfg["drop_last"] = not a.keep_last
-    if cfg.get("sample_smoothing"):
-        from .runs import resolve_run
-        from .store import Store
-
-        guide = resolve_run(cfg["sample_smoothing"]["guide"], Store(a.results))
-        cfg["sample_smoothing"] = {**cfg["sample_smoothing"], "guide": guide.key}
-    return cfg
-
-
 def _attack_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="fgsm10: number of steps (default: 10)")
     p.add_argument("--alpha", type=float, default=None, help="fgsm10: step size (default: eps/steps)")
@@ -118,14 +93,11 @@ def _attack_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--damping", type=float, default=None, help="fhsm/hess: Hessian damping (default: 0)")
 
 
-def _attack_options(a, name: str) -> dict:
-    from . import attacks
-    from .errors import check_options
+class OneLineParser(argparse.ArgumentParser):
+    """Argument errors as one line on stderr and exit 2, like every other bad input."""
 
-    attack = attacks.get(name)
-    given = {k: getattr(a, k) for k in ("steps", "alpha", "cg_iters", "cg_tol", "damping") if getattr(a, k) is not None}
-    check_options(attack.function, given, f"attack {attack.name}", spell=lambda n: "--" + n.replace("_", "-"))
-    return given
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"hessbatch: error: {message} (`{self.prog} --help` lists the options)\n")
 
 
 def build_parser(extensions=()) -> argparse.ArgumentParser:
@@ -135,7 +107,7 @@ def build_parser(extensions=()) -> argparse.ArgumentParser:
     from .sweep import EXECUTORS
 
     d = TrainConfig()
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="hessbatch", description="Reproduce Yao et al. (NeurIPS 2018), Hessian-based analysis of large batch "
         "training and robustness to adversaries. Every result is cached in a store keyed by its configuration.")
     parser.add_argument("--version", action="version", version=f"hessbatch {__version__}")
@@ -236,204 +208,59 @@ def build_parser(extensions=()) -> argparse.ArgumentParser:
     return parser
 
 
-def _cmd_train(a) -> int:
-    from .config import TrainConfig
-    from .devices import resolve_device
-    from .store import Store
-    from .train import train
-
-    resolve_device(a.device)
-    cfg = TrainConfig.from_dict(_config_from_args(a, {}))
-    run = train(cfg, Store(a.results), device=a.device, data_root=a.data_root, download=a.download,
-                progress=not a.no_progress)
-    _report(run)
-    return 0
-
-
-def _report(run) -> None:
-    r, cfg = run.result, run.config
-    how = "found in the store" if run.cached else f"{r['status']} after {r['epochs']} epochs"
-    loss = "n/a" if r["train_loss"] is None else f"{r['train_loss']:.4g}"
-    acc = "n/a" if r["test_acc"] is None else f"{100 * r['test_acc']:.2f}%"
-    print(f"{cfg.model} on {cfg.dataset}, batch {cfg.batch_size}: {how}; train loss {loss}, test accuracy {acc}")
-    print(f"stored at {run.entry.path}")
-
-
-def _cmd_robust_train(a) -> int:
-    from .config import TrainConfig
-    from .devices import resolve_device
-    from .runs import resolve_run
-    from .store import Store
-    from .train import train
-
-    resolve_device(a.device)
-    store = Store(a.results)
-    base = {}
-    if a.parent:
-        parent = resolve_run(a.parent, store)
-        base = {**parent.config.to_dict(), "init_from": parent.key, "max_epochs": 5, "target_loss": None,
-                "lr_milestones": (), "warmup_epochs": 0, "lr_scaling": "none", "save_every": 0, "grad_norm": False}
-    adversarial = {"attack": a.attack, "eps": a.eps, "clean_fraction": a.clean_fraction,
-                   **_attack_options(a, a.attack)}
-    cfg = TrainConfig.from_dict({**_config_from_args(a, base), "adversarial": adversarial})
-    run = train(cfg, store, device=a.device, data_root=a.data_root, download=a.download, progress=not a.no_progress)
-    _report(run)
-    return 0
-
-
-def _cmd_attack(a) -> int:
-    import pandas as pd
-
-    from .attacks import check_eps
-    from .measurements import adversarial_accuracy
-    from .store import Store
-
-    store = Store(a.results)
-    names = [n for n in a.attack.split(",") if n]
-    eps = [check_eps(_number(e)) for e in a.eps.split(",") if e]
-    opts = {n: _attack_options(a, n) for n in names}
-    rows = []
-    for n in names:
-        for e in eps:
-            entry = adversarial_accuracy(a.run, n, e, a.split, a.source, a.limit, store=store, device=a.device,
-                                         data_root=a.data_root, **opts[n])
-            r = entry.json()
-            rows.append({"attack": n, "eps": e, "split": a.split, "clean_acc": r["clean_accuracy"],
-                         "adv_acc": r["accuracy"], "n": r["n_samples"]})
-    print(pd.DataFrame(rows).to_string(index=False))
-    return 0
-
-
-def _cmd_sweep(a) -> int:
-    from .params import expand_grid, load_params
-    from .devices import resolve_device
-    from .store import Store
-    from .sweep import run_sweep
-
-    configs = expand_grid(load_params(a.params))
-    resolve_device(a.device)
-    table = run_sweep(configs, Store(a.results), device=a.device, data_root=a.data_root, download=a.download,
-                      progress=not a.no_progress, executor=a.executor, scheduler=a.scheduler, workers=a.workers,
-                      threads=a.threads)
-    print(table.drop(columns=["error"] if table["error"].isna().all() else []).to_string(index=False))
-    counts = table["state"].value_counts()
-    print(", ".join(f"{counts.get(s, 0)} {s}" for s in ("done", "cached", "failed")))
-    return 1 if counts.get("failed", 0) else 0
-
-
-def _cmd_spectrum(a) -> int:
-    from .measurements import spectrum
-    from .store import Store
-
-    entry = spectrum(a.run, a.split, a.k, a.tol, a.method, a.which, a.subsample, a.seed, a.epoch,
-                     store=Store(a.results), device=a.device, data_root=a.data_root, progress=not a.no_progress,
-                     max_iter=a.max_iter)
-    r = entry.json()
-    print(entry.csv("eigenvalues.csv").to_string(index=False))
-    state = "converged" if r["converged"] else "NOT converged (see the warning)"
-    print(f"{r['n_hvp']} Hessian-vector products, {state}, gradient norm {r['grad_norm']:.4g}; "
-          f"stored at {entry.path}")
-    return 0
-
-
-def _cmd_landscape(a) -> int:
-    from .measurements import landscape_1d, landscape_2d
-    from .store import Store
-
-    store = Store(a.results)
-    if a.mode == "1d":
-        entry = landscape_1d(a.run, a.radius, a.points or 21, store=store, device=a.device, data_root=a.data_root)
-        table = entry.csv("curve.csv").pivot(index="alpha", columns="split", values="loss")
-        print(table.to_string())
-    else:
-        entry = landscape_2d(a.run, a.radius, a.points or 11, store=store, device=a.device, data_root=a.data_root)
-        surface = entry.csv("surface.csv")
-        print(surface[surface["split"] == "train"].pivot(index="alpha", columns="beta", values="loss").round(4)
-              .to_string())
-    print(f"stored at {entry.path}")
-    return 0
-
-
-def _cmd_export(a) -> int:
-    from .store import Store
-
-    store = Store(a.results)
-    check(store.root.is_dir(), f"no result store at {store.root}")
-    n, size = store.export(a.dest)
-    print(f"exported {n} entries ({size / 1e6:.1f} MB) to {a.dest}")
-    return 0
-
-
-def _cmd_ls(a) -> int:
-    from .store import Store
-
-    store = Store(a.results)
-    entries = store.entries(a.kind)
-    if not entries:
-        print(f"the store at {store.root} is empty")
-        return 0
-    import pandas as pd
-
-    rows = []
-    for e in entries:
-        c = e.config["config"]
-        row = {"kind": e.kind, "key": e.key, "model": c.get("model"), "dataset": c.get("dataset"),
-               "batch_size": c.get("batch_size"), "seed": c.get("seed")}
-        if (e.path / "result.json").is_file():
-            r = e.json()
-            row.update(status=r.get("status"), epochs=r.get("epochs"), train_loss=r.get("train_loss"),
-                       test_acc=r.get("test_acc"))
-        rows.append(row)
-    print(pd.DataFrame(rows).to_string(index=False))
-    return 0
-
-
-def _cmd_verify(a) -> int:
-    import shutil
-
-    from .store import Store
-
-    store = Store(a.results)
-    check(store.root.is_dir(), f"no result store at {store.root}")
-    n, bad = store.verify(a.kind)
-    for e in bad:
-        print(f"corrupt: {e.kind}/{e.key}")
-        if a.remove:
-            shutil.rmtree(e.path)
-    print(f"{n} entries checked, {len(bad)} corrupt" + (" (removed)" if bad and a.remove else ""))
-    return 1 if bad and not a.remove else 0
-
-
-COMMANDS = {"train": _cmd_train, "robust-train": _cmd_robust_train, "attack": _cmd_attack, "sweep": _cmd_sweep,
-            "spectrum": _cmd_spectrum, "landscape": _cmd_landscape, "export": _cmd_export, "ls": _cmd_ls,
-            "verify": _cmd_verify}
-
-
 def main(argv: list[str] | None = None, extensions=(), commands=None) -> int:
     """Run one command: the toolkit's, or one of ``commands`` added by ``extensions`` (see
     ``build_parser``)."""
     import warnings
 
+    from . import progress
+
     plain = warnings.formatwarning
 
     def line(message, category, *args, **kw):
-        if issubclass(category, NotConvergedWarning):
+        if issubclass(category, HessbatchWarning):
             return f"hessbatch: warning: {message}\n"
         return plain(message, category, *args, **kw)
 
     warnings.formatwarning = line
-    args = build_parser(extensions).parse_args(argv)
-    from . import progress
-
     try:
+        args = build_parser(extensions).parse_args(argv)
+        _check_folders(args)
         with progress.disabled() if getattr(args, "no_progress", False) else contextlib.nullcontext():
             return {**COMMANDS, **(commands or {})}[args.command](args)
+    except SystemExit as e:  # argparse: --help, or one line for a bad argument
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
     except HessbatchError as e:
         print(f"hessbatch: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as e:  # the disk, during a computation: one line, not a traceback
+        print(f"hessbatch: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("hessbatch: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = plain
+
+
+_READ_ONLY = ("ls", "verify")
+
+
+def _check_folders(a) -> None:
+    """Before anything runs: the results folder (and export's destination) can be a store here."""
+    import os
+
+    from .store import results_root
+
+    folders = [] if not hasattr(a, "results") else [results_root(a.results)]
+    if getattr(a, "dest", None) is not None:
+        folders.append(results_root(a.dest))
+    if a.command in _READ_ONLY:
+        return
+    for folder in folders:
+        near = next(p for p in [folder.absolute(), *folder.absolute().parents] if p.exists())
+        check(near.is_dir() and os.access(near, os.W_OK | os.X_OK),
+              f"cannot write the store {folder}: {near} is not a writable folder")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from . import data as data_mod
 from . import models
 from .errors import check
-from .store import config_key
+from .store import KEY, config_key
 
 
 @dataclass
@@ -61,7 +61,10 @@ class TrainConfig:
         check(not unknown, f"unknown training option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         d = dict(d)
         if "lr_milestones" in d:
-            d["lr_milestones"] = tuple(d["lr_milestones"] or ())
+            m = d["lr_milestones"]
+            check(m is None or isinstance(m, (list, tuple)),
+                  f"lr_milestones must be a list of epoch numbers, got {m!r}")
+            d["lr_milestones"] = tuple(m or ())
         return cls(**d)
 
     def resolved(self) -> "TrainConfig":
@@ -72,7 +75,7 @@ class TrainConfig:
         ss = self.sample_smoothing
         if ss is not None:
             check(isinstance(ss, dict) and set(ss) == {"guide", "alpha"} and isinstance(ss["guide"], str)
-                  and _num(ss["alpha"]) and 0 <= ss["alpha"] < 1,
+                  and KEY.fullmatch(ss["guide"]) and _num(ss["alpha"]) and 0 <= ss["alpha"] < 1,
                   f"sample_smoothing must be {{guide: <run key>, alpha: in [0, 1)}} or null, got {ss!r}")
             check(not self.label_smoothing, "sample_smoothing and label_smoothing exclude each other")
         reading = self.reading or models.default_reading(name)
@@ -83,9 +86,16 @@ class TrainConfig:
                                    adversarial=check_adversarial(self.adversarial))
 
     def _check_numbers(self) -> None:
-        for fld, lo in (("batch_size", 1), ("max_epochs", 1)):
+        for fld, lo in (("batch_size", 1), ("max_epochs", 1), ("seed", 0), ("lr_base_batch", 1)):
             v = getattr(self, fld)
-            check(isinstance(v, int) and not isinstance(v, bool) and v >= lo, f"{fld} must be an integer >= {lo}, got {v!r}")
+            check(_int(v) and v >= lo, f"{fld} must be an integer >= {lo}, got {v!r}")
+        for fld in ("subset", "test_subset"):
+            v = getattr(self, fld)
+            check(v is None or (_int(v) and v >= 1), f"{fld} must be an integer >= 1 or null, got {v!r}")
+        for fld in ("drop_last", "grad_norm"):
+            check(isinstance(getattr(self, fld), bool), f"{fld} must be true or false, got {getattr(self, fld)!r}")
+        check(self.init_from is None or (isinstance(self.init_from, str) and KEY.fullmatch(self.init_from)),
+              f"init_from must name a training run by its key, got {self.init_from!r}")
         check(_num(self.lr) and self.lr > 0, f"lr must be > 0, got {self.lr!r}")
         check(_num(self.momentum) and 0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum!r}")
         check(_num(self.weight_decay) and self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}")
@@ -114,6 +124,10 @@ class TrainConfig:
 
 
 _LATER_OPTIONS = ("micro_batch", "label_smoothing", "confidence_penalty", "sample_smoothing")
+
+
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _num(v) -> bool:

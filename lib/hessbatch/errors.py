@@ -5,8 +5,16 @@ class HessbatchError(ValueError):
     """Bad input, reported as one line before any compute starts."""
 
 
-class NotConvergedWarning(UserWarning):
+class HessbatchWarning(UserWarning):
+    """A warning of ours (the command line shows it as one ``hessbatch: warning:`` line)."""
+
+
+class NotConvergedWarning(HessbatchWarning):
     """Some wanted eigenpairs did not reach the tolerance within the iteration cap."""
+
+
+class ResumeWarning(HessbatchWarning):
+    """An interrupted run's checkpoint could not be read: the run starts over."""
 
 
 def check(condition: bool, message: str) -> None:

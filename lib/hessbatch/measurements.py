@@ -84,8 +84,14 @@ def measurement(kind: str, *, runs=("run",), ignore=SPEED_ONLY, later=(), key=No
     return decorate
 
 
+def _check_size(value, name: str) -> None:
+    check(value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1),
+          f"{name} must be an integer >= 1, or omitted for the whole set; got {value!r}")
+
+
 def _spectrum_key(a) -> dict:
     check(a["split"] in ("train", "test"), f"unknown split {a['split']!r}; choose train or test")
+    _check_size(a["subsample"], "subsample")
     check(a["keep_vectors"] >= 0, "keep_vectors must be >= 0")
     check(a["max_iter"] is None or a["max_iter"] >= 1, f"max_iter must be >= 1, got {a['max_iter']}")
     fields = ("split", "k", "tol", "method", "which", "subsample", "seed", "keep_vectors")
@@ -143,7 +149,13 @@ def initial_state(run: Run | str, store: Store | None = None, device="cpu", data
     return {}, {"epoch": 0, "train_loss": loss, "train_acc": acc, "grad_norm": full_gradient_norm(model, x, y)}
 
 
-@measurement("input-curvature")
+def _input_curvature_key(a) -> dict:
+    check(a["split"] in ("train", "test"), f"unknown split {a['split']!r}; choose train or test")
+    _check_size(a["limit"], "limit")
+    return {"run": a["run"].key, **{f: a[f] for f in ("split", "method", "tol", "max_iter", "limit")}}
+
+
+@measurement("input-curvature", key=_input_curvature_key)
 def input_curvature(run: Run | str, split: str = "train", method: str = "power", tol: float = 1e-4,
                     max_iter: int = 100, limit: int | None = None, store: Store | None = None, device="cpu",
                     data_root=None, chunk: int | None = None) -> Entry:
@@ -209,6 +221,7 @@ def interpolation(run_a: Run | str, run_b: Run | str, points: int = 21, store: S
 
 def _attack_key(a) -> dict:
     check(a["split"] in ("train", "test"), f"unknown split {a['split']!r}; choose train or test")
+    _check_size(a["limit"], "limit")
     source = a["source"] if a["source"] is not None else a["run"]
     return {"run": a["run"].key, "source": source.key, "attack": attacks.canonical(a["attack"]),
             "eps": attacks.check_eps(a["eps"]), "split": a["split"], "limit": a["limit"],

@@ -12,7 +12,7 @@ from torch import nn
 from . import models
 from .config import TrainConfig
 from .errors import HessbatchError
-from .store import Entry, Store
+from .store import Entry, Store, check_key
 
 
 @dataclass
@@ -92,7 +92,7 @@ class Run:
 
 def parent_entry(store: Store, key: str, option: str) -> Entry:
     """The training run ``key`` that option ``option`` (``init_from``, a guide) names."""
-    entry = store.get("train", key=key)
+    entry = store.get("train", key=check_key(key, f"{option} run"))
     if entry is None:
         raise HessbatchError(f"{option} run {key} is not in the store at {store.root}")
     return entry
@@ -102,7 +102,8 @@ def resolve_run(run: Run | str, store: Store) -> Run:
     """A ``Run`` from a run object, a full key or a unique key prefix."""
     if isinstance(run, Run):
         return run
-    matches = [e for e in store.entries("train") if e.key.startswith(str(run))]
+    check_key(run if isinstance(run, str) else repr(run))
+    matches = [e for e in store.entries("train") if e.key.startswith(run)]
     if len(matches) != 1:
         raise HessbatchError(f"{'no' if not matches else 'more than one'} training run in {store.root} "
                              f"matches {run!r}; `hessbatch ls` lists them")

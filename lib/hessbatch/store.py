@@ -19,7 +19,9 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
+import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -28,7 +30,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .errors import HessbatchError
+from .errors import HessbatchError, check
 
 SCHEMA = 1
 RESULTS_ENV = "HESSBATCH_RESULTS"
@@ -36,9 +38,44 @@ MANIFEST = "MANIFEST.json"
 HASHED_ON_READ = 1 << 20
 
 
+KEY = re.compile(r"[0-9a-f]{1,16}")
+
+
 def results_root(root: str | os.PathLike | None = None) -> Path:
-    """The results folder: the argument, else ``$HESSBATCH_RESULTS``, else ``./results``."""
-    return Path(root or os.environ.get(RESULTS_ENV) or "results").expanduser()
+    """The results folder: the argument, else ``$HESSBATCH_RESULTS``, else ``./results``. An empty
+    argument is an error (an unset variable in a script), and so is a path that is not a folder."""
+    if root is not None:
+        check(str(root).strip() != "", "the results folder must not be empty (omit --results for ./results)")
+    path = Path(root or os.environ.get(RESULTS_ENV) or "results").expanduser()
+    check(not path.exists() or path.is_dir(), f"the results folder {path} is not a folder")
+    return path
+
+
+def check_key(key: str, what: str = "run") -> str:
+    """A store key or a unique prefix of one: 1 to 16 hex digits, so it names a folder inside the store."""
+    check(isinstance(key, str) and KEY.fullmatch(key) is not None,
+          f"{what} {key!r} is not a store key (1 to 16 hex digits, as `hessbatch ls` lists them)")
+    return key
+
+
+def _tmp_name(key: str) -> str:
+    """A publication's temporary folder: its host and process, so a later write can tell a dead one."""
+    return f".{key}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+
+
+def _clean_stale(folder: Path) -> None:
+    """Remove the temporary folders of publications whose process (on this host) is gone."""
+    host = socket.gethostname()
+    for tmp in folder.glob(".*.tmp"):
+        parts = tmp.name[1:-4].split(".")
+        if len(parts) < 4 or ".".join(parts[1:-2]) != host or not parts[-2].isdigit():
+            continue
+        try:
+            os.kill(int(parts[-2]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except PermissionError:
+            pass
 
 
 def canonical_json(obj) -> str:
@@ -137,7 +174,7 @@ class Store:
         return config_key(kind, config)
 
     def path(self, kind: str, key: str) -> Path:
-        return self.root / kind / key
+        return self.root / kind / check_key(key, "key")
 
     def work_dir(self, kind: str, key: str) -> Path:
         """Folder for resumable work in progress on (kind, key)."""
@@ -188,8 +225,10 @@ class Store:
         """
         key = self.key(kind, config)
         final = self.path(kind, key)
-        tmp = final.parent / f".{key}.{uuid.uuid4().hex[:8]}.tmp"
-        tmp.mkdir(parents=True)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        _clean_stale(final.parent)
+        tmp = final.parent / _tmp_name(key)
+        tmp.mkdir()
         try:
             yield tmp
             (tmp / "config.json").write_text(json.dumps(
@@ -249,16 +288,19 @@ class Store:
 
     def entries(self, kind: str | None = None) -> list[Entry]:
         """Every complete entry, optionally of one kind."""
+        return [Entry(p, k, p.name) for k, p in self._folders(kind) if _valid(p)]
+
+    def invalid(self, kind: str | None = None) -> list[Path]:
+        """Entry folders that are not complete entries (a file missing, of the wrong size or hash):
+        they count as absent and are computed again when asked for."""
+        return [p for _, p in self._folders(kind) if not _valid(p)]
+
+    def _folders(self, kind: str | None) -> list[tuple[str, Path]]:
         if not self.root.is_dir():
             return []
         kinds = [kind] if kind else sorted(p.name for p in self.root.iterdir() if p.is_dir())
-        out = []
-        for k in kinds:
-            folder = self.root / k
-            if folder.is_dir():
-                out += [Entry(p, k, p.name) for p in sorted(folder.iterdir())
-                        if p.is_dir() and not p.name.startswith(".") and "." not in p.name and _valid(p)]
-        return out
+        return [(k, p) for k in kinds if (self.root / k).is_dir() for p in sorted((self.root / k).iterdir())
+                if p.is_dir() and not p.name.startswith(".") and "." not in p.name]
 
 
     def export(self, dest: str | os.PathLike, omit: tuple[str, ...] = ("*.pt", "probs.csv")) -> tuple[int, int]:
@@ -270,6 +312,10 @@ class Store:
         import fnmatch
 
         target = Store(dest)
+        here, there = self.root.resolve(), target.root.resolve()
+        check(there != here and here not in there.parents,
+              f"cannot export the store at {self.root} into {dest}: that is the store itself or a folder inside it "
+              "(an export leaves out the weights, so it would delete them)")
         n, size = 0, 0
         for e in self.entries():
             if not _valid(e.path, verify=True):
@@ -279,8 +325,9 @@ class Store:
             keep = {f: m for f, m in manifest["files"].items() if not any(fnmatch.fnmatch(f, o) for o in omit)}
             gone = {f: m for f, m in manifest["files"].items() if f not in keep}
             gone.update(manifest.get("omitted", {}))
-            tmp = final.parent / f".{e.key}.{uuid.uuid4().hex[:8]}.tmp"
-            tmp.mkdir(parents=True)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp = final.parent / _tmp_name(e.key)
+            tmp.mkdir()
             try:
                 for f in dict.fromkeys([*keep, "config.json"]):
                     shutil.copy2(e.path / f, tmp / f)
@@ -305,6 +352,8 @@ def _valid(path: Path, verify: bool = False) -> bool:
     manifest lists (the sums of files over ``HASHED_ON_READ`` bytes only with ``verify``)."""
     try:
         manifest = json.loads((path / MANIFEST).read_text())
+        if "config.json" not in manifest["files"]:
+            return False
         for name, meta in manifest["files"].items():
             f = path / name
             size = f.stat().st_size

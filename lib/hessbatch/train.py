@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import math
+import os
+import pickle
 import shutil
 import time
+import warnings
 
 import pandas as pd
 import torch
@@ -16,7 +19,7 @@ from . import data as data_mod
 from . import models, progress
 from .config import TrainConfig, lr_at
 from .devices import resolve_device
-from .errors import HessbatchError, check
+from .errors import HessbatchError, ResumeWarning, check
 from .evaluation import evaluate, full_gradient_norm
 from .runs import Run, parent_entry
 from .store import Store, atomic_torch_save
@@ -100,29 +103,37 @@ def _train(cfg, key, ds, store, dev, show, step_hook) -> Run:
         step_hook = adversarial_hook(cfg.adversarial)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     work = store.work_dir("train", key)
-    start, history, elapsed = _resume(work / "checkpoint.pt", model, opt, dev)
+    start, history, elapsed, resumed = _resume(work / "checkpoint.pt", model, opt, dev)
     bar = progress.bar(total=cfg.max_epochs, initial=start, unit="epoch", show=show,
                        desc=f"{cfg.model}/{cfg.dataset} B={cfg.batch_size}")
     with bar:
-        status, epoch = _epochs(model, opt, ds, cfg, start, history, elapsed, work, bar, step_hook, smoothing)
-    return _publish(cfg, key, ds, store, dev, model, status, epoch, history, work)
+        status, epoch = _epochs(model, opt, ds, cfg, start, history, elapsed, resumed, work, bar, step_hook,
+                                smoothing)
+    return _publish(cfg, key, ds, store, dev, model, status, epoch, history, work, resumed)
 
 
-def _resume(ckpt, model, opt, dev) -> tuple[int, list, float]:
-    """The epoch, history and training time of an interrupted run's checkpoint (loaded into
-    ``model`` and ``opt``), or a fresh start."""
+def _resume(ckpt, model, opt, dev) -> tuple[int, list, float, list]:
+    """The epoch, history, training time and earlier resumes of an interrupted run's checkpoint
+    (loaded into ``model`` and ``opt``), or a fresh start. A checkpoint that cannot be read (damaged, or of
+    another version) is set aside with a warning, not silently ignored."""
     if not ckpt.is_file():
-        return 0, [], 0.0
+        return 0, [], 0.0, []
     try:
         state = torch.load(ckpt, map_location=dev, weights_only=True)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        return state["epoch"], state["history"], state["elapsed"]
-    except Exception:  # a checkpoint from an incompatible run: start over
-        return 0, [], 0.0
+        return state["epoch"], state["history"], state["elapsed"], [*state.get("resumed", []), state["epoch"]]
+    except (RuntimeError, KeyError, ValueError, EOFError, TypeError, pickle.UnpicklingError) as e:
+        bad = ckpt.parent.parent / f".{ckpt.parent.name}.unreadable-checkpoint.pt"
+        os.replace(ckpt, bad)
+        warnings.warn(f"the checkpoint of this run could not be resumed ({type(e).__name__}: "
+                      f"{str(e).splitlines()[0] if str(e) else ''}); it is kept as {bad} and training starts over",
+                      ResumeWarning, stacklevel=3)
+        return 0, [], 0.0, []
 
 
-def _epochs(model, opt, ds, cfg, start, history, elapsed, work, bar, step_hook, smoothing) -> tuple[str, int]:
+def _epochs(model, opt, ds, cfg, start, history, elapsed, resumed, work, bar, step_hook,
+            smoothing) -> tuple[str, int]:
     """Train from epoch ``start`` until the target loss, the cap or divergence; checkpoint every epoch."""
     epoch = start
     for epoch in range(start + 1, cfg.max_epochs + 1):
@@ -147,18 +158,18 @@ def _epochs(model, opt, ds, cfg, start, history, elapsed, work, bar, step_hook, 
         if reached or epoch == cfg.max_epochs:
             return ("converged" if reached else "capped"), epoch
         atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
-                           "history": history, "elapsed": elapsed}, work / "checkpoint.pt")
+                           "history": history, "elapsed": elapsed, "resumed": resumed}, work / "checkpoint.pt")
     return "capped", epoch  # resumed a checkpoint of the last epoch
 
 
-def _publish(cfg, key, ds, store, dev, model, status, epoch, history, work) -> Run:
+def _publish(cfg, key, ds, store, dev, model, status, epoch, history, work, resumed) -> Run:
     """Write the finished run into the store (history, result, weights and snapshots) and drop its work folder."""
     last = history[-1] if history else {}
     result = {"status": status, "epochs": epoch, "key": key, "train_loss": last.get("train_loss"),
               "train_acc": last.get("train_acc"), "test_loss": last.get("test_loss"),
               "test_acc": last.get("test_acc"), "time_s": last.get("time_s", 0.0), "device": str(dev),
               "dataset_label": ds.label, "n_train": ds.n_train, "n_test": len(ds.y_test),
-              "n_params": models.n_params(model), "torch": torch.__version__,
+              "n_params": models.n_params(model), "torch": torch.__version__, "resumed_from": resumed,
               "model_spec": {"name": cfg.model, "reading": cfg.reading, "input_shape": list(ds.input_shape),
                              "num_classes": ds.num_classes, "mean": list(ds.mean), "std": list(ds.std)}}
     cfg_dict = cfg.to_dict()

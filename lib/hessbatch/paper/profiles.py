@@ -6,6 +6,9 @@ profile's ``results`` names its result store (relative to the checkout) when non
 
 from __future__ import annotations
 
+import ast
+import json
+import keyword
 from pathlib import Path
 
 from ..errors import HessbatchError, check
@@ -35,8 +38,11 @@ def load_profile(profile: str) -> dict:
         known = sorted(q.stem for q in (repo_root() / "params").glob("*.yaml") if "chapters" in q.read_text())
         raise HessbatchError(f"unknown profile {profile!r} (no {path}); choose one of: {', '.join(known)}")
     params = load_params(path)
+    unknown = sorted(set(map(str, params)) - set(PROFILE_KEYS))
+    check(not unknown, f"{path}: unknown top-level key(s) {', '.join(unknown)}; a profile has {', '.join(PROFILE_KEYS)}")
     check(isinstance(params.get("chapters"), dict) and params["chapters"],
           f"{path}: a book profile needs a non-empty 'chapters' mapping")
+    check(isinstance(params.get("common", {}), dict), f"{path}: 'common' must be a mapping")
     for name, ch in params["chapters"].items():
         check(isinstance(ch, dict), f"{path}: chapters.{name} must be a mapping")
         check((repo_root() / "book" / f"{name}.ipynb").is_file(), f"{path}: no notebook book/{name}.ipynb")
@@ -44,11 +50,32 @@ def load_profile(profile: str) -> dict:
         check(variants is None or (isinstance(variants, dict) and variants
                                    and all(isinstance(v, dict) for v in variants.values())),
               f"{path}: chapters.{name}.variants must map labels to parameter mappings")
+        _check_names(path, name, [*params.get("common", {}), *(k for k in ch if k != "variants"),
+                                  *(k for v in (variants or {}).values() for k in v if k not in _VARIANT_KEYS)])
     notes = params.get("notes")
     check(notes is None or (repo_root() / "book" / str(notes)).is_file(),
           f"{path}: notes must name a file in book/, got {notes!r}")
     params.setdefault("profile", path.stem)
     return params
+
+
+PROFILE_KEYS = ("profile", "results", "notes", "common", "chapters")
+
+
+def notebook_parameters(chapter: str) -> list[str]:
+    """The names its notebook's ``parameters`` cell assigns: the only names a profile may set."""
+    nb = json.loads((repo_root() / "book" / f"{chapter}.ipynb").read_text())
+    cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    tree = ast.parse("".join(cell["source"]))
+    return [t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)]
+
+
+def _check_names(path: Path, chapter: str, names) -> None:
+    """Parameter names reach the notebook as code: each must be one of its parameters."""
+    known = notebook_parameters(chapter)
+    for n in names:
+        check(isinstance(n, str) and n.isidentifier() and not keyword.iskeyword(n) and n in known,
+              f"{path}: chapter {chapter} has no parameter {n!r}; its notebook's parameters are {', '.join(known)}")
 
 
 def chapter_parameters(profile: dict, chapter: str, variant: str | None = None) -> dict:

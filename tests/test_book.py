@@ -47,6 +47,50 @@ def test_sources_are_clean_and_parameterized(name):
     assert not re.search(r"^\s*(for|while) .*:\n(\s+.*\n){6,}", code, flags=re.M), "logic belongs in the library"
 
 
+def _mismatch(name, params_class=None) -> set:
+    """Names in one of a chapter's parameters cell and its declared parameters but not the other."""
+    import dataclasses
+
+    from hessbatch.paper.chapters.common import RUNTIME
+    from hessbatch.paper.registry import chapter
+
+    _, cell = _parameters_cell(name)
+    declared = {*RUNTIME, *(f.name for f in dataclasses.fields(params_class or chapter(name).module.Params))}
+    return set(re.findall(r"^(\w+)\s*=", cell, flags=re.M)) ^ declared
+
+
+@pytest.mark.parametrize("name", CHAPTERS)
+def test_parameters_cells_match_the_chapters(name):
+    """Everything a chapter's compute takes is a papermill parameter of its notebook, and nothing else."""
+    import dataclasses
+
+    from hessbatch.paper.registry import chapter
+
+    assert _mismatch(name) == set()
+    grown = dataclasses.make_dataclass("Grown", [("new_knob", int, 1)], bases=(chapter(name).module.Params,))
+    assert _mismatch(name, grown) == {"new_knob"}, "the check must fail when a chapter gains a parameter"
+
+
+def test_a_sweep_and_an_override_make_pages_that_carry_the_value(tmp_path):
+    from hessbatch.paper.profiles import parse_overrides, selected
+
+    smoke = load_profile("smoke")
+    pages = {n: (p, t) for n, _, p, t in executions(smoke, ["01-batch-size"])}
+    assert list(pages) == ["01-batch-size", "01-batch-size--attack-fgsm10"]
+    assert pages["01-batch-size--attack-fgsm10"][0]["attack"] == "fgsm10"
+    assert pages["01-batch-size--attack-fgsm10"][1] == "attack = fgsm10"
+    runs = selected(smoke, ["04-saddle-free"], parse_overrides(["n_samples=1", "d=16"]))
+    assert [(n, p["n_samples"], p["variant"], t) for n, _, p, t in runs] == [
+        ("04-saddle-free--n_samples-1--d-16", 1, "n_samples-1--d-16", "n_samples = 1, d = 16")]
+    assert parse_overrides(["batch_sizes=[16, 64]", "attack=fgsm10"]) == {"batch_sizes": [16, 64], "attack": "fgsm10"}
+    with pytest.raises(HessbatchError, match="unknown attack 'pgd'"):
+        selected(smoke, ["01-batch-size"], {"attack": "pgd"})
+    with pytest.raises(HessbatchError, match="chapter 04-saddle-free has no parameter 'colour'"):
+        selected(smoke, ["04-saddle-free"], {"colour": "red"})
+    with pytest.raises(HessbatchError, match="attack fgsm has no option"):
+        selected(smoke, ["01-batch-size"], {"attack_options": {"steps": 3}})
+
+
 def test_toc_lists_every_chapter():
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
     files = {c["file"] for c in toc["chapters"]}
@@ -104,8 +148,9 @@ def test_optional_variant_runs_only_when_named():
     paper = load_profile("paper")
     names = lambda **kw: [n for n, *_ in executions(paper, **kw)]  # noqa: E731
     assert "01-batch-size--ResNet18" in names() and "01-batch-size--ResNet18" not in names(optional=False)
-    assert names(chapters=["01-batch-size"], optional=False) == ["01-batch-size", "01-batch-size--C2",
-                                                                 "01-batch-size--M1"]
+    assert names(chapters=["01-batch-size"], optional=False) == [
+        "01-batch-size", "01-batch-size--attack-fgsm10", "01-batch-size--C2", "01-batch-size--C2--attack-fgsm10",
+        "01-batch-size--M1", "01-batch-size--M1--attack-fgsm10"]
     assert names(chapters=["01-batch-size--ResNet18"], optional=False) == ["01-batch-size--ResNet18"]
     assert names(chapters=["01-batch-size--C1", "02-landscapes"], optional=False) == ["01-batch-size",
                                                                                      "02-landscapes"]
@@ -225,6 +270,23 @@ def test_profile_runs_are_exactly_what_the_book_trains(smoke_book):
     store = Store(results)
     planned = {store.key("train", TrainConfig.from_dict(c).resolved().to_dict()) for w in waves for c in w}
     assert planned == {e.key for e in store.entries("train")}
+
+
+def test_smoke_book_has_the_attack_sweep_and_takes_an_override(smoke_book):
+    """The profile's sweep gives chapter 1 a page per attack, with the FGSM-10 comparison; `--set`
+    computes one chapter with a changed parameter, its page title and figure caption carrying it."""
+    html = smoke_book.parent / "book"
+    page = (html / "01-batch-size--attack-fgsm10.html").read_text()
+    assert "attack = fgsm10" in page and "no difference from FGSM" in page
+    assert "fig-spectrum-batch--attack-fgsm10" in page and "page <code" in page
+    out = smoke_book.parents[3]
+    res = subprocess.run([sys.executable, "-m", "hessbatch.paper.cli", "book", "--profile", "smoke", "--chapters",
+                          "04-saddle-free", "--set", "n_samples=1", "--out", str(out / "build"), "--results",
+                          str(out / "results"), "--no-progress"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    page = (html / "04-saddle-free--n_samples-1.html").read_text()
+    assert "n_samples = 1" in page and "fig-input-hessian--n_samples-1" in page
+    assert (html / "04-saddle-free.html").is_file()
 
 
 def test_smoke_book_builds(smoke_book):

@@ -5,6 +5,10 @@ class HessbatchError(ValueError):
     """Bad input, reported as one line before any compute starts."""
 
 
+class NotInStore(HessbatchError):
+    """A read-only store was asked for a result it does not hold."""
+
+
 class HessbatchWarning(UserWarning):
     """A warning of ours (the command line shows it as one ``hessbatch: warning:`` line)."""
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .errors import HessbatchError, check
+from .errors import HessbatchError, NotInStore, check
 
 SCHEMA = 1
 RESULTS_ENV = "HESSBATCH_RESULTS"
@@ -161,10 +161,12 @@ class Entry:
 
 class Store:
     """Results on disk, one entry per (kind, configuration). ``written`` counts the entries this
-    object wrote (not those it found)."""
+    object wrote (not those it found). A ``read_only`` store computes nothing: asked for a missing
+    result, it raises :class:`~hessbatch.errors.NotInStore`."""
 
-    def __init__(self, root: str | os.PathLike | None = None):
+    def __init__(self, root: str | os.PathLike | None = None, read_only: bool = False):
         self.root = results_root(root)
+        self.read_only = read_only
         self.written = 0
 
     def __repr__(self):
@@ -224,6 +226,8 @@ class Store:
         worker), it wins and this one is discarded.
         """
         key = self.key(kind, config)
+        if self.read_only:
+            raise NotInStore(f"no {kind} entry {key} in the read-only store at {self.root}")
         final = self.path(kind, key)
         final.parent.mkdir(parents=True, exist_ok=True)
         _clean_stale(final.parent)
@@ -262,6 +266,8 @@ class Store:
         ``meta`` goes to ``result.json`` with the compute time."""
         if (entry := self.get(kind, config)) is not None:
             return entry
+        if self.read_only:
+            raise NotInStore(f"no {kind} entry {self.key(kind, config)} in the read-only store at {self.root}")
         t0 = time.perf_counter()
         try:
             files, meta = compute()

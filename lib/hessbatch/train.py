@@ -19,7 +19,7 @@ from . import data as data_mod
 from . import models, progress
 from .config import TrainConfig, lr_at
 from .devices import resolve_device
-from .errors import HessbatchError, ResumeWarning, check
+from .errors import HessbatchError, NotInStore, ResumeWarning, check
 from .evaluation import evaluate, full_gradient_norm
 from .runs import Run, parent_entry
 from .store import Store, atomic_torch_save
@@ -73,6 +73,8 @@ def train(config: TrainConfig | dict, store: Store | None = None, device="cpu", 
     if (entry := store.get("train", cfg_dict)) is not None:
         return Run(entry, cached=True)
     key = store.key("train", cfg_dict)
+    if store.read_only:
+        raise NotInStore(f"training run {key} is not in the read-only store at {store.root}")
     ds = prepare(cfg, data_root, download)[1] if dataset is None else dataset
     check_fits(cfg, ds)
     with store.lock("train", key):

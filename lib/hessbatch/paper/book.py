@@ -17,13 +17,12 @@ from pathlib import Path
 import yaml
 
 from .. import __version__
-from ..config import run_key
-from ..errors import HessbatchError
+from ..errors import HessbatchError, NotInStore
 from ..store import Store
 from . import registry
 from .compute import fetch_data, train_profile
 from .figures import commit
-from .profiles import check_chapters, executions, load_profile, profile_results, repo_root
+from .profiles import executions, load_profile, profile_results, repo_root, selected
 
 ROOT_FILES = ("_config.yml", "_toc.yml", "references.bib")
 
@@ -93,7 +92,7 @@ def _stage(root: Path, out: Path, runs: list | None = None) -> Path:
 def build(profile: str = "quick", results: str | None = None, device: str = "cpu", data_root: str | None = None,
           out: str | None = None, chapters: list[str] | None = None, html: bool = True, executor: str = "local",
           scheduler: str | None = None, workers: int | None = None, download: bool = False,
-          progress: bool = True) -> Path:
+          progress: bool = True, overrides: dict | None = None) -> Path:
     """Execute the chapters with papermill and build the HTML; return the path of ``index.html``.
 
     With ``executor="dask"`` (or ``"processes"``) the profile's training runs are first computed
@@ -102,9 +101,9 @@ def build(profile: str = "quick", results: str | None = None, device: str = "cpu
     """
     prof = load_profile(profile)
     root = repo_root()
-    check_chapters(prof, chapters)
-    runs = executions(prof, chapters)
+    runs = selected(prof, chapters, overrides)
     every = executions(prof)
+    every += [r for r in runs if r[0] not in {e[0] for e in every}]
     out_dir = Path(out or root / "_build" / prof["profile"]).resolve()
     src = _stage(root, out_dir, every)
     res = profile_results(prof, results)
@@ -182,13 +181,20 @@ def _render(src: Path, out_dir: Path) -> Path:
 
 
 def _stored_only(runs, res):
-    """Split executions into those whose training runs are all in the store at ``res`` and the rest
-    (a profile with committed results renders what was computed, on any machine)."""
-    store, have, absent = Store(res), [], []
+    """Split executions into those whose every result is in the store at ``res`` (their chapter,
+    run on the store read-only, computes nothing) and the rest: a profile with committed results
+    renders what was computed, on any machine, and a placeholder for the rest."""
+    import warnings
+
+    store, have, absent = Store(res, read_only=True), [], []
     for run in runs:
-        waves = registry.profile_train_configs({run[0]: run[2]})
-        ok = all(store.get("train", key=run_key(c)) is not None for wave in waves for c in wave)
-        (have if ok else absent).append(run)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                registry.run_chapter(run[1], run[2], store)
+            have.append(run)
+        except NotInStore:
+            absent.append(run)
     return have, absent
 
 

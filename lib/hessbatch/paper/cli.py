@@ -15,6 +15,9 @@ def profile_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chapters", type=lambda v: [c for c in v.split(",") if c], action="extend", default=None,
                    help="chapters (all their variants) or single variants as chapter--label, comma-separated "
                         "or flag repeated (default: all)")
+    p.add_argument("--set", dest="overrides", action="append", default=None, metavar="NAME=VALUE",
+                   help="set a parameter of the chosen chapters (repeatable; VALUE is read as YAML, e.g. "
+                        "attack=fgsm10 or batch_sizes=[16,64]); the pages' names and titles carry the value")
 
 
 
@@ -45,21 +48,24 @@ def add_commands(sub) -> None:
 
 
 def _cmd_book(a) -> int:
+    from .profiles import parse_overrides
     from ..devices import resolve_device
     from .book import build
 
     resolve_device(a.device)
     index = build(a.profile, a.results, a.device, a.data_root, a.out, a.chapters or None, executor=a.executor,
-                  scheduler=a.scheduler, workers=a.workers, download=a.download, progress=not a.no_progress)
+                  scheduler=a.scheduler, workers=a.workers, download=a.download, progress=not a.no_progress,
+                  overrides=parse_overrides(a.overrides))
     print(f"book built: {index}")
     return 0
 
 
 def _cmd_compute(a) -> int:
+    from .profiles import parse_overrides
     from .compute import compute
 
     timings = compute(a.profile, a.results, a.device, a.data_root, a.chapters or None, a.workers, a.download,
-                      not a.no_progress)
+                      not a.no_progress, parse_overrides(a.overrides))
     call = timings["_calls"][-1]
     print(f"computed in {call['seconds'] / 60:.1f} min on {call['hardware']} (training {call['train_seconds'] / 60:.1f} min)")
     return 0

@@ -20,7 +20,7 @@ from ..hessian import graph_memory_share, split_graph_memory
 from ..store import Store, atomic_write_bytes
 from ..sweep import run_sweep
 from . import registry
-from .profiles import check_chapters, executions, load_profile, profile_results
+from .profiles import load_profile, profile_results, selected
 
 
 def fetch_data(runs, data_root) -> list[str]:
@@ -76,7 +76,7 @@ def compute_one(name: str, chapter: str, params: dict, res: str, device: str, da
 
 def compute(profile: str, results: str | None = None, device: str = "cpu", data_root: str | None = None,
             chapters: list[str] | None = None, workers: int = 1, download: bool = False,
-            progress: bool = True) -> dict:
+            progress: bool = True, overrides: dict | None = None) -> dict:
     """Compute every chapter of a profile into its store, without notebooks; return the timings.
 
     Training runs go first (``workers`` at a time, each in its own process), then the
@@ -88,11 +88,10 @@ def compute(profile: str, results: str | None = None, device: str = "cpu", data_
     ``timeout``) still records its wall time, marked ``interrupted``.
     """
     prof = load_profile(profile)
-    check_chapters(prof, chapters)
     check(workers >= 1, f"workers must be >= 1, got {workers}")
     graph_memory_share()
     dev = resolve_device(device)
-    runs = executions(prof, chapters, optional=False)
+    runs = selected(prof, chapters, overrides, optional=False)
     res = profile_results(prof, results)
     if download:
         fetch_data(runs, data_root)

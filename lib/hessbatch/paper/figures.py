@@ -34,8 +34,10 @@ def config_hash(params: dict) -> str:
 def save(fig, fig_id: str, data: pd.DataFrame, title: str, params: dict, outdir: str | Path = "figures",
          source: str = "Reproduction of Yao et al., NeurIPS 2018") -> str:
     """Write ``<fig_id>.png``, ``.pdf`` and ``.csv`` to ``outdir``; return a Markdown caption
-    naming the profile, dataset, model, commit and configuration hash, with download links
-    and a BibTeX entry to cite the figure (``source``: what the figure reproduces, or follows)."""
+    naming the profile, the page (``params["variant"]``, which also suffixes the ID), dataset,
+    model, commit and configuration hash, with download links and a BibTeX entry to cite the figure (``source``: what the figure reproduces, or follows)."""
+    if params.get("variant"):  # each page of a chapter (variant, swept value) has its own figures
+        fig_id = f"{fig_id}--{params['variant']}"
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     for ext in ("png", "pdf"):
@@ -44,7 +46,8 @@ def save(fig, fig_id: str, data: pd.DataFrame, title: str, params: dict, outdir:
         os.replace(tmp, outdir / f"{fig_id}.{ext}")
     atomic_write_bytes(outdir / f"{fig_id}.csv", data.to_csv(index=False).encode())
     h, c = config_hash(params), commit()
-    meta = (f"profile `{params.get('profile', 'custom')}`, dataset `{params.get('dataset', '-')}`, "
+    page = f", page `{params['variant']}`" if params.get("variant") else ""
+    meta = (f"profile `{params.get('profile', 'custom')}`{page}, dataset `{params.get('dataset', '-')}`, "
             f"model `{params.get('model', '-')}`, commit `{c}`, configuration `{h}`")
     rel = os.path.relpath(outdir, Path.cwd()) if outdir.is_absolute() else str(outdir)
     links = " · ".join(f"[{e.upper()}]({rel}/{fig_id}.{e})" for e in ("png", "pdf", "csv"))

@@ -20,12 +20,16 @@ def coerce(value):
     return value
 
 
-def setup(namespace: dict, names: list[str]) -> dict:
-    """Coerce a notebook's parameters in place, set the plotting style, return them as a dict."""
+def setup(namespace: dict, chapter: str) -> dict:
+    """Coerce a notebook's parameters in place (the chapter's declared parameters and the runtime
+    ones), set the plotting style, return them as a dict."""
+    from .registry import chapter as find
+
     params = {}
-    for n in names:
-        namespace[n] = coerce(namespace[n])
-        params[n] = namespace[n]
+    for n in find(chapter).parameter_names():
+        if n in namespace:
+            namespace[n] = coerce(namespace[n])
+            params[n] = namespace[n]
     import matplotlib
 
     matplotlib.rcParams.update({"figure.dpi": 110, "savefig.dpi": 150, "figure.figsize": (6.4, 4.0)})

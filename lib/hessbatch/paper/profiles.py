@@ -7,8 +7,10 @@ profile's ``results`` names its result store (relative to the checkout) when non
 from __future__ import annotations
 
 import ast
+import itertools
 import json
 import keyword
+import re
 from pathlib import Path
 
 from ..errors import HessbatchError, check
@@ -50,7 +52,12 @@ def load_profile(profile: str) -> dict:
         check(variants is None or (isinstance(variants, dict) and variants
                                    and all(isinstance(v, dict) for v in variants.values())),
               f"{path}: chapters.{name}.variants must map labels to parameter mappings")
-        _check_names(path, name, [*params.get("common", {}), *(k for k in ch if k != "variants"),
+        sweep = ch.get("sweep")
+        check(sweep is None or (isinstance(sweep, dict) and sweep and all(
+            isinstance(v, list) and v and all(isinstance(x, (str, int, float, bool)) for x in v) for v in sweep.values())),
+              f"{path}: chapters.{name}.sweep must map parameter names to non-empty lists of values")
+        _check_names(path, name, [*params.get("common", {}), *(k for k in ch if k not in ("variants", "sweep")),
+                                  *(sweep or {}),
                                   *(k for v in (variants or {}).values() for k in v if k not in _VARIANT_KEYS)])
     notes = params.get("notes")
     check(notes is None or (repo_root() / "book" / str(notes)).is_file(),
@@ -80,7 +87,7 @@ def _check_names(path: Path, chapter: str, names) -> None:
 
 def chapter_parameters(profile: dict, chapter: str, variant: str | None = None) -> dict:
     """A chapter's notebook parameters: ``common``, then the chapter's, then the variant's."""
-    ch = {k: v for k, v in profile["chapters"][chapter].items() if k != "variants"}
+    ch = {k: v for k, v in profile["chapters"][chapter].items() if k not in ("variants", "sweep")}
     var = {k: v for k, v in (profile["chapters"][chapter].get("variants") or {}).get(variant, {}).items()
            if k not in _VARIANT_KEYS} if variant else {}
     return {**profile.get("common", {}), **ch, **var, "profile": profile["profile"]}
@@ -89,29 +96,99 @@ def chapter_parameters(profile: dict, chapter: str, variant: str | None = None) 
 _VARIANT_KEYS = ("title", "optional")
 
 
-def executions(profile: dict, chapters: list[str] | None = None,
-               optional: bool = True) -> list[tuple[str, str, dict, str | None]]:
+def _label(values: dict) -> str:
+    """``attack-fgsm10``: parameter values as part of a page name (and of its figure IDs)."""
+    return "--".join(f"{k}-{re.sub(r'[^A-Za-z0-9_.]+', '_', str(v)).strip('_')}" for k, v in values.items())
+
+
+def _pages(profile: dict, chapter: str, overrides: dict) -> list[dict]:
+    """Every page of a chapter: one per variant and per combination of its ``sweep`` values, with
+    ``overrides`` (``--set``) applied. The first page of the first variant keeps the chapter's name."""
+    ch = profile["chapters"][chapter]
+    variants = list((ch.get("variants") or {None: {}}).items())
+    sweep = ch.get("sweep") or {}
+    combos = [dict(zip(sweep, values)) for values in itertools.product(*sweep.values())]
+    pages = []
+    for i, (label, var) in enumerate(variants):
+        base = chapter if i == 0 else f"{chapter}--{label}"
+        for j, combo in enumerate(combos):
+            changed = {**combo, **overrides}
+            name = base if j == 0 and not overrides else f"{base}--{_label({**combo, **overrides})}"
+            aliases = [f"{chapter}--{label}"] if label and name == chapter else []
+            title = ", ".join([*([var.get("title", label)] if label else []),
+                               *(f"{k} = {v}" for k, v in changed.items())]) or None
+            params = {**chapter_parameters(profile, chapter, label), **changed}
+            params["variant"] = name[len(chapter) + 2:] or None
+            pages.append({"name": name, "chapter": chapter, "params": params, "title": title, "aliases": aliases,
+                          "optional": bool(var.get("optional"))})
+    return pages
+
+
+def executions(profile: dict, chapters: list[str] | None = None, optional: bool = True,
+               overrides: dict | None = None) -> list[tuple[str, str, dict, str | None]]:
     """``(executed name, chapter, parameters, title)`` of every notebook execution of a profile.
 
-    ``chapters`` names chapters (all their variants) or single variants as ``chapter--label``
-    (``01-batch-size--C2``); the first variant's executed name is the chapter's own.
-    A variant marked ``optional: true`` (it needs data a user may not have) is left out when
-    ``optional`` is false, unless named."""
+    A chapter runs once per variant (another model or dataset) and per value of each parameter
+    its ``sweep`` lists; ``chapters`` names chapters (all their pages) or single pages by their
+    executed name (``01-batch-size--C2``, ``01-batch-size--attack-fgsm10``); the first variant's
+    first page is the chapter's own name, also reachable as ``chapter--label``. A variant marked
+    ``optional: true`` (it needs data a user may not have) is left out when ``optional`` is
+    false, unless named. ``overrides`` set parameters of the chosen pages (``--set``); their
+    names and titles carry the values."""
     out = []
-    for chapter, ch in profile["chapters"].items():
-        variants = ch.get("variants") or {}
-        if not variants:
-            if not chapters or chapter in chapters:
-                out.append((chapter, chapter, chapter_parameters(profile, chapter), None))
-        for i, (label, var) in enumerate(variants.items()):
-            name = chapter if i == 0 else f"{chapter}--{label}"
-            named = bool(chapters) and (name in chapters or f"{chapter}--{label}" in chapters)
+    for chapter in profile["chapters"]:
+        for page in _pages(profile, chapter, overrides or {}):
+            named = bool(chapters) and bool({page["name"], *page["aliases"]} & set(chapters))
             if chapters and not named and chapter not in chapters:
                 continue
-            if var.get("optional") and not optional and not named:
+            if page["optional"] and not optional and not named:
                 continue
-            out.append((name, chapter, chapter_parameters(profile, chapter, label), var.get("title", label)))
+            out.append((page["name"], chapter, page["params"], page["title"]))
     return out
+
+
+def page_names(profile: dict) -> list[str]:
+    """Every name ``--chapters`` takes: the chapters, their pages, and ``chapter--label`` aliases."""
+    pages = [p for c in profile["chapters"] for p in _pages(profile, c, {})]
+    return list(dict.fromkeys([*profile["chapters"], *(n for p in pages for n in [p["name"], *p["aliases"]])]))
+
+
+def selected(prof: dict, chapters: list[str] | None = None, overrides: dict | None = None,
+             optional: bool = True) -> list[tuple[str, str, dict, str | None]]:
+    """The executions ``hessbatch book`` or ``compute`` runs, every name and value checked before
+    anything runs: the pages named, the ``--set`` names (parameters of each chosen chapter's
+    notebook), and every page's parameters (an unknown attack, say)."""
+    from .registry import chapter as find
+
+    check_chapters(prof, chapters)
+    runs = executions(prof, chapters, optional, overrides)
+    for c in dict.fromkeys(chapter for _, chapter, _, _ in runs):
+        _check_names(Path(f"--set of {prof['profile']}"), c, overrides or {})
+    for _, c, params, _ in runs:
+        find(c).params(params)
+    return runs
+
+
+def parse_overrides(items: list[str] | None) -> dict:
+    """``NAME=VALUE`` pairs (``--set``) as parameters; a value is read as YAML (``[16, 64]`` is a list)."""
+    from .notebook import coerce
+
+    out = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        check(sep and name.strip(), f"--set takes NAME=VALUE, got {item!r}")
+        out[name.strip()] = coerce(value) if value.strip()[:1] in "[{" else _scalar(value)
+    return out
+
+
+def _scalar(value: str):
+    import yaml
+
+    try:
+        v = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+    return v if isinstance(v, (str, int, float, bool)) or v is None else value
 
 
 def profile_results(profile: dict, results: str | None) -> str:
@@ -124,10 +201,9 @@ def profile_results(profile: dict, results: str | None) -> str:
 
 
 def check_chapters(prof: dict, chapters: list[str] | None) -> None:
-    """One error line for a chapter or variant name the profile does not have."""
+    """One error line for a chapter or page name the profile does not have."""
     if chapters:
-        known = [*prof["chapters"], *(f"{c}--{label}" for c, ch in prof["chapters"].items()
-                                      for label in (ch.get("variants") or {}))]
+        known = page_names(prof)
         unknown = sorted(set(chapters) - set(known))
         check(not unknown, f"profile {prof['profile']!r} has no chapter(s) {', '.join(unknown)}; "
                            f"it has {', '.join(known)}")

@@ -4,6 +4,7 @@ compute`` and the book's planners read. A profile names a chapter by its noteboo
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -12,7 +13,7 @@ from ..errors import HessbatchError
 from ..store import Store
 from .chapters import (adversarial_training, batch_size, dynamics, instability, landscapes, large_batch_robust,
                        pga_dynamics, saddle_free)
-from .chapters.common import Context
+from .chapters.common import RUNTIME, Context
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,10 @@ class Chapter:
     def params(self, params: dict):
         """The chapter's ``Params`` from a notebook's or a profile's mapping (unknown names are errors)."""
         return self.module.Params.parse(params, self.name)
+
+    def parameter_names(self) -> list[str]:
+        """Its declared parameters and the runtime ones: the names of its notebook's parameters cell."""
+        return [*RUNTIME, *(f.name for f in dataclasses.fields(self.module.Params))]
 
     def train_configs(self, params: dict) -> list[dict]:
         """Every training configuration the chapter trains, in the order it trains them."""

@@ -11,6 +11,7 @@ import pandas as pd
 
 from ... import attacks, measurements, progress
 from ...config import run_key
+from ...errors import check, check_options
 from ...landscape import second_difference
 from .. import claims
 from .common import Common, Context, hessian_subsample
@@ -24,6 +25,7 @@ class Params(Common):
     eps_linf: float = 0.1
     eps_l2: float = 2.0
     robust_epochs: int = 5
+    attack_options: dict | None = None
     robust_lr: float | None = None
     k: int = 20
     tol: float = 1e-4
@@ -31,6 +33,18 @@ class Params(Common):
     subsample_sizes: list = ()
     test_limit: int | None = None
     interpolation_points: int = 21
+
+    def check(self) -> None:
+        opts = self.attack_options or {}
+        check(isinstance(opts, dict), f"attack_options must map attack names to their options, got {opts!r}")
+        for name, given in opts.items():
+            a = attacks.get(name)
+            check(a.name == name, f"attack_options: name the attack {a.name!r}, not its alias {name!r}")
+            check_options(a.function, given or {}, f"attack {a.name}")
+
+
+def options(p: Params, name: str) -> dict:
+    return dict((p.attack_options or {}).get(name) or {})
 
 
 def ori_config(p: Params) -> dict:
@@ -43,7 +57,7 @@ def robust_configs(p: Params) -> dict[str, dict]:
     eps = {"linf": p.eps_linf, "l2": p.eps_l2}
     return {name: {**ori, "init_from": run_key(ori), "max_epochs": p.robust_epochs, "target_loss": None,
                    "lr": p.robust_lr or ori.get("lr", 0.01), "save_every": 0, "grad_norm": False,
-                   "adversarial": {"attack": name, "eps": eps[attacks.get(name).norm]}}
+                   "adversarial": {"attack": name, "eps": eps[attacks.get(name).norm], **options(p, name)}}
             for name in attacks.ATTACKS}
 
 
@@ -79,8 +93,8 @@ def _transfer_table(models, ori, p: Params, ctx: Context) -> pd.DataFrame:
         row = {"model": label, "clean": measurements.adversarial_accuracy(run, "fgsm", 0.0, **kw).json()["accuracy"]}
         for name in attacks.ATTACKS:
             a = attacks.get(name)
-            row[a.label] = measurements.adversarial_accuracy(run, name, eps[a.norm], "test", source=ori,
-                                                             **kw).json()["accuracy"]
+            row[a.label] = measurements.adversarial_accuracy(run, name, eps[a.norm], "test", source=ori, **kw,
+                                                             **options(p, name)).json()["accuracy"]
         row["mean"] = float(np.mean([row[attacks.get(n).label] for n in attacks.ATTACKS]))
         rows.append(row)
     return pd.DataFrame(rows)

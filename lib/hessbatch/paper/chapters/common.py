@@ -11,7 +11,7 @@ from ...runs import Run
 from ...store import Store
 from ...train import train
 
-RUNTIME = ("profile", "results", "device", "data_root")
+RUNTIME = ("profile", "variant", "results", "device", "data_root")
 
 
 @dataclass
@@ -39,13 +39,19 @@ class Common:
 
     @classmethod
     def parse(cls, params: dict, chapter: str):
-        """The chapter's parameters from a notebook's or a profile's mapping; the runtime keys
-        (profile, results, device, data_root) are not parameters, any other unknown key is an error."""
+        """The chapter's parameters from a notebook's or a profile's mapping, checked (``check``);
+        the runtime keys (profile, variant, results, device, data_root) are not parameters, any
+        other unknown key is an error."""
         known = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(params) - set(known) - set(RUNTIME))
         check(not unknown, f"chapter {chapter} has no parameter(s) {', '.join(map(str, unknown))}; "
                            f"it takes: {', '.join(known)}")
-        return cls(**{k: v for k, v in params.items() if k in known})
+        out = cls(**{k: v for k, v in params.items() if k in known})
+        out.check()
+        return out
+
+    def check(self) -> None:
+        """Values a chapter can check before anything runs (unknown names, say); none by default."""
 
 
 def sweep_configs(model, dataset, batch_sizes, train_options=None, seed=0) -> dict[int, dict]:

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from hessbatch import data, models
+from hessbatch import catalog, data, models
 from hessbatch.config import TrainConfig
 from hessbatch.devices import resolve_device
 from hessbatch.paper.book import computed_summary
@@ -46,7 +46,7 @@ def _sync(dev):
 def _model(name, ds, dev):
     torch.manual_seed(0)
     return models.build_model(name, ds.input_shape, ds.num_classes, ds.mean, ds.std,
-                              models.default_reading(models.canonical_name(name))).to(dev)
+                              catalog.default_reading(catalog.canonical_name(name))).to(dev)
 
 
 def dataloader_epoch(model, opt, loader, dev) -> float:

@@ -91,6 +91,15 @@ def test_a_sweep_and_an_override_make_pages_that_carry_the_value(tmp_path):
         selected(smoke, ["01-batch-size"], {"attack_options": {"steps": 3}})
 
 
+def test_the_book_toolchain_is_reached_through_one_helper():
+    """A port to Jupyter Book 2 touches notebook.glue only: no chapter imports myst_nb itself."""
+    for name in CHAPTERS:
+        nb = json.loads((ROOT / "book" / f"{name}.ipynb").read_text())
+        code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+        assert "myst_nb" not in code, name
+    assert '"jupyter-book>=1.0,<2"' in (ROOT / "pyproject.toml").read_text()
+
+
 def test_toc_lists_every_chapter():
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
     files = {c["file"] for c in toc["chapters"]}

@@ -193,3 +193,13 @@ def test_a_chapter_rejects_a_parameter_it_does_not_have():
         run_chapter("01-batch-size", {"colour": "red"})
     with pytest.raises(HessbatchError, match="no chapter '99-nope'"):
         chapter("99-nope")
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["book", "--help"], ["compute", "--help"],
+                                  ["train", "--batch-size", "x"], ["spectrum"], ["fly"]])
+def test_help_and_argument_errors_answer_without_importing_torch(argv):
+    """`hessbatch --help`, COMMAND --help and argument errors are instant: nothing imports torch."""
+    code = ("import sys\nfrom hessbatch.paper.cli import main\nrc = main(%r)\n"
+            "assert 'torch' not in sys.modules and 'pandas' not in sys.modules, 'imported'\nsys.exit(rc)" % argv)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode in (0, 2) and "imported" not in res.stderr, res.stderr

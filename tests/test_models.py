@@ -3,7 +3,8 @@ import torch
 from torch import nn
 
 from hessbatch import HessbatchError
-from hessbatch.models import MODELS, READINGS, build_model, n_params
+from hessbatch.catalog import MODELS, READINGS
+from hessbatch.models import build_model, n_params
 
 MNIST, CIFAR = (1, 28, 28), (3, 32, 32)
 

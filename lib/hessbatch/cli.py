@@ -46,7 +46,7 @@ def common_flags(p: argparse.ArgumentParser, data: bool = True) -> None:
 
 def _train_flags(p: argparse.ArgumentParser, d, suppress: bool = False) -> None:
     """The training options; with ``suppress`` only flags given on the command line are set."""
-    from .models import MODELS
+    from .catalog import MODELS
 
     def add(*names, default=None, **kw):
         p.add_argument(*names, default=argparse.SUPPRESS if suppress else default, **kw)
@@ -104,7 +104,7 @@ def build_parser(extensions=()) -> argparse.ArgumentParser:
     """The parser of the toolkit's commands; each of ``extensions`` adds its own subcommands
     (``extension(subparsers)``, as the paper layer adds ``book`` and ``compute``)."""
     from .config import TrainConfig
-    from .sweep import EXECUTORS
+    from .catalog import EXECUTORS
 
     d = TrainConfig()
     parser = OneLineParser(

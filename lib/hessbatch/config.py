@@ -12,9 +12,8 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from . import data as data_mod
-from . import models
-from .errors import check
+from . import catalog
+from .errors import check, choose
 from .store import KEY, config_key
 
 
@@ -69,8 +68,10 @@ class TrainConfig:
 
     def resolved(self) -> "TrainConfig":
         """Validated copy with the model name and reading made explicit."""
-        name = models.canonical_name(self.model)
-        data_mod.check_name(self.dataset)
+        from .data import check_name
+
+        name = catalog.canonical_name(self.model)
+        check_name(self.dataset)
         self._check_numbers()
         ss = self.sample_smoothing
         if ss is not None:
@@ -78,8 +79,8 @@ class TrainConfig:
                   and KEY.fullmatch(ss["guide"]) and _num(ss["alpha"]) and 0 <= ss["alpha"] < 1,
                   f"sample_smoothing must be {{guide: <run key>, alpha: in [0, 1)}} or null, got {ss!r}")
             check(not self.label_smoothing, "sample_smoothing and label_smoothing exclude each other")
-        reading = self.reading or models.default_reading(name)
-        models.choose(f"reading of {name}", reading, models.READINGS[name])
+        reading = self.reading or catalog.default_reading(name)
+        choose(f"reading of {name}", reading, catalog.READINGS[name])
         from .robust import check_adversarial
 
         return dataclasses.replace(self, model=name, reading=reading, lr_milestones=tuple(self.lr_milestones),

@@ -28,12 +28,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .catalog import READINGS, canonical_name
 from .errors import HessbatchError, choose
-
-READINGS = {"M1": ("text", "lenet"), "C1": ("code", "text"), "C2": ("code", "text"),
-            "C3": ("code", "text"), "CR": ("code",), "MLP": ("code",)}
-MODELS = tuple(READINGS)
-ALIASES = {"RESNET18": "CR", "LENET": "M1"}
 
 
 class Normalize(nn.Module):
@@ -46,16 +42,6 @@ class Normalize(nn.Module):
 
     def forward(self, x):
         return (x - self.mean) / self.std
-
-
-def canonical_name(name: str) -> str:
-    key = name.upper()
-    key = ALIASES.get(key, key)
-    return choose("model", key, MODELS) if key in MODELS else choose("model", name, MODELS)
-
-
-def default_reading(name: str) -> str:
-    return READINGS[canonical_name(name)][0]
 
 
 def build_model(name: str, input_shape, num_classes: int, mean=(0.0,), std=(1.0,),

@@ -27,9 +27,6 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
-import torch
-
 from .errors import HessbatchError, NotInStore, check
 
 SCHEMA = 1
@@ -120,6 +117,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_torch_save(obj, path: Path) -> None:
     buf = io.BytesIO()
+    import torch
+
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
 
@@ -139,7 +138,9 @@ class Entry:
     def json(self, name: str = "result.json") -> dict:
         return json.loads((self.path / name).read_text())
 
-    def csv(self, name: str) -> pd.DataFrame:
+    def csv(self, name: str):
+        import pandas as pd
+
         return pd.read_csv(self.path / name)
 
     def torch(self, name: str = "weights.pt"):
@@ -149,6 +150,8 @@ class Entry:
         if expected is not None and hashlib.sha256(blob).hexdigest() != expected:
             raise HessbatchError(f"{self.path / name} is corrupt (its SHA-256 differs from the manifest's); "
                                  "`hessbatch verify` lists such entries, and they are recomputed once removed")
+        import torch
+
         return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
 
     def files(self) -> list[str]:
@@ -278,6 +281,9 @@ class Store:
                                      ) from None
             raise
         meta["time_s"] = time.perf_counter() - t0
+        import pandas as pd
+        import torch
+
         with self.writer(kind, config) as tmp:
             for name, obj in files.items():
                 if isinstance(obj, pd.DataFrame):

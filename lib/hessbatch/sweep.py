@@ -26,11 +26,11 @@ import pandas as pd
 
 from . import progress as progress_mod
 from . import train as train_mod
+from .catalog import EXECUTORS
 from .config import TrainConfig
 from .errors import HessbatchError, check
 from .store import Store
 
-EXECUTORS = ("local", "processes", "dask")
 
 
 def validate(configs: list[dict], data_root=None, download=False) -> list:

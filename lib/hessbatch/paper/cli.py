@@ -23,7 +23,7 @@ def profile_flags(p: argparse.ArgumentParser) -> None:
 
 def add_commands(sub) -> None:
     """The subparsers of ``book`` and ``compute``."""
-    from ..sweep import EXECUTORS
+    from ..catalog import EXECUTORS
 
     bk = sub.add_parser("book", help="run every chapter with papermill and build the Jupyter Book",
                         description="Execute the book's notebooks with a profile's parameters (papermill; results "

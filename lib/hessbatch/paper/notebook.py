@@ -48,3 +48,21 @@ def show_figure(caption: str) -> None:
 
     plt.show()
     display(Markdown(caption))
+
+
+def glue(name: str, markdown: str) -> None:
+    """Make ``markdown`` available to the page's text as ``{glue:md}`name```. Every use of the book
+    toolchain's glue goes through here (Jupyter Book 1's ``myst_nb.glue``), so that a port to
+    Jupyter Book 2 touches this one function."""
+    from IPython.display import Markdown
+    from myst_nb import glue as myst_glue
+
+    myst_glue(name, Markdown(markdown), display=False)
+
+
+def glue_claims(checks, prefix: str) -> None:
+    """Each claim's sentence as ``{prefix}_claim_{i}``, for the chapter's text."""
+    from .claims import sentence
+
+    for i, row in checks.iterrows():
+        glue(f"{prefix}_claim_{i}", sentence(row))

@@ -94,7 +94,7 @@ def table(name: str) -> pd.DataFrame:
 def batch_size_table(model: str) -> tuple[str, pd.DataFrame]:
     """The published batch-size table for a model (Table 1, 2 or 7; any of the model's names), with
     its name."""
-    from ..models import ALIASES
+    from ..catalog import ALIASES
 
     model = ALIASES.get(model.upper(), model.upper())
     for name in ("table7", "table1", "table2"):

@@ -332,6 +332,46 @@ def test_chapter_renders_in_chromium(smoke_book, name):
     for bad in ("Traceback", "output_error", "Error:", "stderr"):
         assert bad not in dom, f"{name} shows {bad!r}"
     assert "✓" in dom or "✗" in dom
+    source = (smoke_book.parent / "_sources" / "book" / f"{name}.ipynb").read_text()
+    for local in (str(ROOT), str(smoke_book.parents[3]), str(Path.home())):
+        assert local not in page.read_text() and local not in source, f"{name} shows the local path {local}"
+    assert _too_wide(exe, page) == "none"
+
+
+WIDTH_PROBE = """<script>
+window.addEventListener('load', function () {
+  var col = document.querySelector('article.bd-article') || document.querySelector('main') || document.body;
+  var limit = col.getBoundingClientRect().right + 1;
+  function scrolls(e) {
+    for (var a = e.parentElement; a && a !== col; a = a.parentElement) {
+      var o = getComputedStyle(a).overflowX;
+      if (o === 'auto' || o === 'scroll') return a.getBoundingClientRect().right <= limit;
+      if (o === 'hidden' || o === 'clip') return false;
+    }
+    return false;
+  }
+  var bad = [];
+  col.querySelectorAll('*').forEach(function (e) {
+    var r = e.getBoundingClientRect();
+    if (r.width > 0 && r.right > limit && !scrolls(e)) bad.push(e.tagName + ':' + Math.round(r.right - limit) + 'px');
+  });
+  document.body.setAttribute('data-too-wide', bad.slice(0, 10).join(' ') || 'none');
+});
+</script>"""
+
+
+def _too_wide(exe, page: Path) -> str:
+    """At a 1280-pixel viewport: the elements wider than the content column that do not scroll
+    inside a box of their own (a cut-off table, say), or ``none``."""
+    probe = page.with_name(f".width-{page.name}")
+    probe.write_text(page.read_text().replace("</body>", WIDTH_PROBE + "</body>"))
+    try:
+        dom = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1280,900",
+                              "--virtual-time-budget=3000", "--dump-dom", probe.as_uri()],
+                             capture_output=True, text=True, timeout=120).stdout
+    finally:
+        probe.unlink()
+    return re.search(r'data-too-wide="([^"]*)"', dom).group(1)
 
 
 def test_paper_profile_renders_from_committed_results(tmp_path, monkeypatch):
@@ -429,3 +469,42 @@ def test_chapters_computed_at_once_split_the_graph_memory(tmp_path, monkeypatch)
     assert _compute_one("a", "04-saddle-free", {}, str(tmp_path), "cpu", None)[2] is None
     assert _compute_one("b", "04-saddle-free", {}, str(tmp_path), "cpu", None, processes=3)[2] is None
     assert seen == [0.6, pytest.approx(0.2)]
+
+
+def test_the_width_probe_finds_a_cut_off_table(tmp_path):
+    exe = _chromium()
+    table = "<table><tr>" + "<td>0.123456</td>" * 200 + "</tr></table>"
+    page = tmp_path / "p.html"
+    for wrapper, expected in (('<div style="overflow-x: hidden">{}</div>', "TABLE"), ("<div>{}</div>", "TABLE"),
+                              ('<div style="overflow-x: auto">{}</div>', "none")):
+        page.write_text('<html><body><article class="bd-article" style="width: 600px">'
+                        + wrapper.format(table) + "</article></body></html>")
+        assert _too_wide(exe, page).startswith(expected)
+
+
+def test_the_follower_reports_runs_steps_and_time_left(tmp_path):
+    import io
+
+    from hessbatch.paper.following import Follower
+    from hessbatch.store import Store
+
+    store = Store(tmp_path / "s")
+    with store.writer("train", {"a": 1}) as tmp:
+        (tmp / "x").write_text("1")
+    keys = [store.key("train", {"a": 1}), store.key("train", {"a": 2})]
+    events = tmp_path / "events"
+    events.write_text(json.dumps({"desc": "MLP/mnist5k B=10", "n": 3, "total": 15, "unit": "epoch",
+                                  "postfix": "loss=0.25", "done": False}) + "\n"
+                      + json.dumps({"desc": "curvature", "n": 1, "total": 3, "unit": "run", "postfix": "",
+                                    "done": True}) + "\n")
+    out = io.StringIO()
+    f = Follower("[1/2] 01-batch-size", events, store, keys, expected=600, stream=out)
+    assert f._read() == [("curvature", "run")]
+    line = f.status()
+    assert line.startswith("[1/2] 01-batch-size: runs 1/2 · MLP/mnist5k B=10 3/15 epoch (loss=0.25) · 0.0 min")
+    assert "~10.0 min left (as last built)" in line
+    f.every = 0.05
+    f.start()
+    time.sleep(0.3)
+    f.stop()
+    assert out.getvalue().splitlines()[0].startswith("[1/2] 01-batch-size: runs 1/2")

@@ -73,3 +73,21 @@ def test_one_attack_registry():
     assert attacks.get("fgsm").function is attacks.fgsm
     with pytest.raises(ValueError, match="unknown attack 'pgd'"):
         attacks.get("pgd")
+
+
+def test_bars_report_to_the_events_file_even_when_hidden(tmp_path, monkeypatch):
+    import json
+
+    events = tmp_path / "events"
+    monkeypatch.setenv(progress.EVENTS_ENV, str(events))
+    with progress.disabled():
+        for _ in progress.bar(range(3), desc="runs", unit="run"):
+            pass
+        with progress.bar(total=5, desc="M1 B=64", unit="epoch") as b:
+            b.update(2)
+            b.set_postfix(loss="0.5")
+    lines = [json.loads(x) for x in events.read_text().splitlines()]
+    assert lines[0] == {**lines[0], "desc": "runs", "n": 0, "total": 3, "done": False}
+    assert [x["n"] for x in lines if x["desc"] == "runs" and x["done"]] == [3]
+    last = [x for x in lines if x["desc"] == "M1 B=64"][-1]
+    assert (last["n"], last["total"], last["postfix"], last["done"]) == (2, 5, "loss=0.5", True)

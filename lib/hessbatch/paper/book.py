@@ -6,6 +6,7 @@ for the rest."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -21,7 +22,11 @@ from ..errors import HessbatchError, NotInStore
 from ..store import Store
 from . import registry
 from .compute import fetch_data, train_profile
+from ..config import run_key
+from ..progress import EVENTS_ENV
 from .figures import commit
+from .following import Follower
+from .notebook import PROJECT_ENV
 from .profiles import executions, load_profile, profile_results, repo_root, selected
 
 ROOT_FILES = ("_config.yml", "_toc.yml", "references.bib")
@@ -118,7 +123,9 @@ def build(profile: str = "quick", results: str | None = None, device: str = "cpu
             variants = list(prof["chapters"][chapter].get("variants") or {})
             only = f"{chapter}--{variants[0]}" if name == chapter and variants else name
             _placeholder(src / "book", name, chapter, title, prof["profile"], only)
-    timings = _execute(runs, root, src, {"results": res, "device": device, "data_root": data_root}, progress)
+    with _portable_paths(root, res, data_root) as (res_shown, data_shown):
+        timings = _execute(runs, root, src, {"results": res_shown, "device": device, "data_root": data_shown},
+                           progress, Store(res))
     for name, chapter, _, _ in every:
         if not (src / "book" / f"{name}.ipynb").exists() and not (src / "book" / f"{name}.md").exists():
             shutil.copy2(root / "book" / f"{chapter}.ipynb", src / "book" / f"{name}.ipynb")
@@ -128,28 +135,76 @@ def build(profile: str = "quick", results: str | None = None, device: str = "cpu
     return _render(src, out_dir) if html else src
 
 
-def _execute(runs, root: Path, src: Path, runtime: dict, progress: bool) -> list[tuple[str, float]]:
-    """Execute each notebook with papermill into ``src/book``; its wall time."""
-    import papermill as pm
+@contextlib.contextmanager
+def _portable_paths(root: Path, results: str, data_root: str | None):
+    """The store and data folders as the pages show them: relative to the project, or (outside it)
+    not at all, the kernels finding them through ``$HESSBATCH_RESULTS`` / ``$HESSBATCH_DATA``
+    instead. So no page carries the builder's absolute paths. The environment is restored after."""
+    env, shown = {PROJECT_ENV: str(root)}, []
+    for path, name in ((results, "HESSBATCH_RESULTS"), (data_root, "HESSBATCH_DATA")):
+        p = Path(path).resolve() if path else None
+        if p is not None and (p == root or root in p.parents):
+            shown.append(str(p.relative_to(root)))
+        else:
+            shown.append(None)
+            if p is not None:
+                env[name] = str(p)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield tuple(shown)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
-    timings, kernel = [], _kernel_options()
+
+def _execute(runs, root: Path, src: Path, runtime: dict, progress: bool, store: Store) -> list[tuple[str, float]]:
+    """Execute each notebook with papermill into ``src/book``, following it (``following``) unless
+    ``progress`` is off; its wall time."""
+    timings, known = [], build_timings(src / "book" / "_timings.yml")
     for i, (name, chapter, params, title) in enumerate(runs, 1):
-        print(f"[{i}/{len(runs)}] {name}", flush=True)
+        label = f"[{i}/{len(runs)}] {name}"
+        print(label, flush=True)
         t0 = time.perf_counter()
-        target = src / "book" / f"{name}.ipynb"
-        (src / "book" / f"{name}.md").unlink(missing_ok=True)
-        try:
-            pm.execute_notebook(str(root / "book" / f"{chapter}.ipynb"), str(target), parameters={**params, **runtime},
-                                cwd=str(src / "book"), kernel_name="python3",
-                                progress_bar=progress and sys.stderr.isatty(), **kernel, report_mode=False)
-        except pm.PapermillExecutionError as e:
-            raise HessbatchError(f"chapter {name} failed in cell {e.exec_count}: {e.ename}: {e.evalue} "
-                                 f"(executed copy: {target})") from None
-        if title:
-            _retitle(target, title)
+        keys = [run_key(c) for c in registry.chapter(chapter).train_configs(params)]
+        follower = Follower(label, src / "book" / f".{name}.events", store, keys,
+                            known.get(name, {}).get("seconds")) if progress else None
+        _run_notebook(root, src, name, chapter, {**params, **runtime}, follower)
+        _finish(src / "book" / f"{name}.ipynb", chapter, title)
         timings.append((name, time.perf_counter() - t0))
         print(f"      done in {timings[-1][1] / 60:.1f} min", flush=True)
     return timings
+
+
+def _run_notebook(root: Path, src: Path, name: str, chapter: str, parameters: dict, follower) -> None:
+    """One papermill execution, its kernel's bars reported to the follower's events file."""
+    import papermill as pm
+
+    target = src / "book" / f"{name}.ipynb"
+    (src / "book" / f"{name}.md").unlink(missing_ok=True)
+    saved = os.environ.get(EVENTS_ENV)
+    if follower is not None:
+        follower.events.unlink(missing_ok=True)
+        os.environ[EVENTS_ENV] = str(follower.events)
+        follower.start()
+    try:
+        pm.execute_notebook(str(root / "book" / f"{chapter}.ipynb"), str(target), parameters=parameters,
+                            cwd=str(src / "book"), kernel_name="python3", progress_bar=False, **_kernel_options(),
+                            report_mode=False)
+    except pm.PapermillExecutionError as e:
+        raise HessbatchError(f"chapter {name} failed in cell {e.exec_count}: {e.ename}: {e.evalue} "
+                             f"(executed copy: {target})") from None
+    finally:
+        if follower is not None:
+            follower.stop()
+            follower.events.unlink(missing_ok=True)
+        if saved is None:
+            os.environ.pop(EVENTS_ENV, None)
+        else:
+            os.environ[EVENTS_ENV] = saved
 
 
 def _write_provenance(src: Path, prof: dict, every, timings, device, res) -> None:
@@ -251,14 +306,17 @@ def build_timings(record: Path) -> dict:
     return out
 
 
-def _retitle(path: Path, title: str) -> None:
-    """Append `` — title`` to the first heading of an executed notebook."""
+def _finish(path: Path, chapter: str, title: str | None) -> None:
+    """An executed notebook as it is published: `` — title`` appended to its first heading, and
+    papermill's record of the paths it ran from made relative (no page carries local paths)."""
     import nbformat
 
     nb = nbformat.read(path, as_version=4)
-    for cell in nb.cells:
+    for cell in nb.cells if title else []:
         if cell.cell_type == "markdown" and cell.source.lstrip().startswith("# "):
             first, _, rest = cell.source.lstrip().partition("\n")
             cell.source = f"{first} — {title}" + (f"\n{rest}" if rest else "")
             break
+    record = nb.metadata.get("papermill", {})
+    record.update(input_path=f"book/{chapter}.ipynb", output_path=path.name)
     nbformat.write(nb, path)

@@ -9,6 +9,8 @@ import yaml
 
 from ..errors import HessbatchError
 
+PROJECT_ENV = "HESSBATCH_PROJECT"
+
 
 def coerce(value):
     """A papermill ``-p`` value as an object: ``'[32, 4096]'`` becomes a list, ``'{a: 1}'`` a dict."""
@@ -30,6 +32,10 @@ def setup(namespace: dict, chapter: str) -> dict:
         if n in namespace:
             namespace[n] = coerce(namespace[n])
             params[n] = namespace[n]
+    project = os.environ.get(PROJECT_ENV)
+    for n in ("results", "data_root"):  # `hessbatch book` passes them relative to the project
+        if project and params.get(n) and not os.path.isabs(str(params[n])):
+            params[n] = namespace[n] = os.path.join(project, str(params[n]))
     import matplotlib
 
     matplotlib.rcParams.update({"figure.dpi": 110, "savefig.dpi": 150, "figure.figsize": (6.4, 4.0)})

@@ -212,4 +212,4 @@ def test_per_sample_smoothing_loss():
         with pytest.raises(HessbatchError, match=msg):
             TrainConfig(sample_smoothing=bad).resolved()
     with pytest.raises(HessbatchError, match="exclude each other"):
-        TrainConfig(sample_smoothing={"guide": "k", "alpha": 0.1}, label_smoothing=0.1).resolved()
+        TrainConfig(sample_smoothing={"guide": "0123", "alpha": 0.1}, label_smoothing=0.1).resolved()

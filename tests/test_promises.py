@@ -63,6 +63,7 @@ BAD = [
     (["train", "--reading", "nope"], "unknown reading of M1 'nope'"),
     (["train", "--results", ""], "the results folder must not be empty"),
     (["train", "--results", "{tmp}/afile"], "is not a folder"),
+    (["train", "--results", "{tmp}/afile/store"], "cannot write the store"),
     (["train", "--dataset", "mnist", "--data-root", "{tmp}/none"], "pass --download"),
     (["train", "--dataset", "imagefolder:{tmp}/nothing"], "imagefolder"),
     (["train", "--dataset", "cifar10-jpeg"], "no train/ and test/ class folders"),

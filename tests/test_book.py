@@ -503,6 +503,9 @@ def test_the_follower_reports_runs_steps_and_time_left(tmp_path):
     line = f.status()
     assert line.startswith("[1/2] 01-batch-size: runs 1/2 · MLP/mnist5k B=10 3/15 epoch (loss=0.25) · 0.0 min")
     assert "~10.0 min left (as last built)" in line
+    cold = Follower("p", events, store, keys)
+    cold._read()
+    assert "min of training left" in cold.status()  # the run in progress counts by its epochs: 3/15
     f.every = 0.05
     f.start()
     time.sleep(0.3)

@@ -89,9 +89,16 @@ class Follower:
         return " · ".join(parts)
 
     def _left(self, elapsed: float, done: int) -> str:
+        """The last build's time of the page if known, else the training rate so far (the run in
+        progress counted by its epochs, out of its cap: an estimate that a run stopping early at
+        its target loss beats)."""
         if self.expected:
             return f", ~{max(self.expected - elapsed, 0) / 60:.1f} min left (as last built)"
-        trained = done - (self.done0 or 0)
+        live = [e for e in self.bars.values()  # a training run's bar: "M1/mnist5k B=64", in epochs
+                if not e.get("done") and e.get("unit") == "epoch" and "/" in e["desc"] and e.get("total")]
+        current = live[-1]["n"] / live[-1]["total"] if live and done < len(self.keys) else 0.0
+        trained = done + current - (self.done0 or 0)
         if self.keys and trained > 0 and done < len(self.keys):
-            return f", ~{elapsed / trained * (len(self.keys) - done) / 60:.1f} min of training left"
+            left = len(self.keys) - done - current
+            return f", ~{elapsed / trained * left / 60:.1f} min of training left"
         return ""

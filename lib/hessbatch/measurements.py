@@ -84,13 +84,17 @@ def measurement(kind: str, *, runs=("run",), ignore=SPEED_ONLY, later=(), key=No
     return decorate
 
 
+def _check_split(split) -> None:
+    check(split in ("train", "test"), f"unknown split {split!r}; choose train or test")
+
+
 def _check_size(value, name: str) -> None:
     check(value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1),
           f"{name} must be an integer >= 1, or omitted for the whole set; got {value!r}")
 
 
 def _spectrum_key(a) -> dict:
-    check(a["split"] in ("train", "test"), f"unknown split {a['split']!r}; choose train or test")
+    _check_split(a["split"])
     _check_size(a["subsample"], "subsample")
     check(a["keep_vectors"] >= 0, "keep_vectors must be >= 0")
     check(a["max_iter"] is None or a["max_iter"] >= 1, f"max_iter must be >= 1, got {a['max_iter']}")
@@ -150,7 +154,7 @@ def initial_state(run: Run | str, store: Store | None = None, device="cpu", data
 
 
 def _input_curvature_key(a) -> dict:
-    check(a["split"] in ("train", "test"), f"unknown split {a['split']!r}; choose train or test")
+    _check_split(a["split"])
     _check_size(a["limit"], "limit")
     return {"run": a["run"].key, **{f: a[f] for f in ("split", "method", "tol", "max_iter", "limit")}}
 
@@ -220,7 +224,7 @@ def interpolation(run_a: Run | str, run_b: Run | str, points: int = 21, store: S
 
 
 def _attack_key(a) -> dict:
-    check(a["split"] in ("train", "test"), f"unknown split {a['split']!r}; choose train or test")
+    _check_split(a["split"])
     _check_size(a["limit"], "limit")
     source = a["source"] if a["source"] is not None else a["run"]
     return {"run": a["run"].key, "source": source.key, "attack": attacks.canonical(a["attack"]),

@@ -102,8 +102,8 @@ def resolve_run(run: Run | str, store: Store) -> Run:
     """A ``Run`` from a run object, a full key or a unique key prefix."""
     if isinstance(run, Run):
         return run
-    check_key(run if isinstance(run, str) else repr(run))
-    matches = [e for e in store.entries("train") if e.key.startswith(run)]
+    prefix = check_key(str(run))
+    matches = [e for e in store.entries("train") if e.key.startswith(prefix)]
     if len(matches) != 1:
         raise HessbatchError(f"{'no' if not matches else 'more than one'} training run in {store.root} "
                              f"matches {run!r}; `hessbatch ls` lists them")

@@ -27,6 +27,7 @@ class Follower:
         self.stream = stream or sys.stdout
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.t0, self.offset, self.bars, self.last_line, self.done0, self.done = time.monotonic(), 0, {}, 0.0, None, 0
+        self.found: set[str] = set()  # runs seen in the store stay there: each is looked up until found
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -75,7 +76,8 @@ class Follower:
 
     def status(self) -> str:
         """``01-batch-size: runs 3/9 · M1/mnist5k B=64 epoch 12/300 (loss=0.0123) · curvature 1/4 · 2.5 min, ~6 min left``."""
-        done = self.done = sum(self.store.get("train", key=k) is not None for k in self.keys)
+        self.found |= {k for k in self.keys if k not in self.found and self.store.get("train", key=k) is not None}
+        done = self.done = len(self.found)
         if self.done0 is None:
             self.done0 = done
         parts = [f"{self.label}: runs {done}/{len(self.keys)}" if self.keys else self.label]

@@ -170,25 +170,19 @@ def selected(prof: dict, chapters: list[str] | None = None, overrides: dict | No
 
 
 def parse_overrides(items: list[str] | None) -> dict:
-    """``NAME=VALUE`` pairs (``--set``) as parameters; a value is read as YAML (``[16, 64]`` is a list)."""
-    from .notebook import coerce
+    """``NAME=VALUE`` pairs (``--set``) as parameters; a value is read as YAML (``[16, 64]`` is a
+    list, ``0.1`` a number), and kept as text where it is not YAML."""
+    import yaml
 
     out = {}
     for item in items or []:
         name, sep, value = item.partition("=")
         check(sep and name.strip(), f"--set takes NAME=VALUE, got {item!r}")
-        out[name.strip()] = coerce(value) if value.strip()[:1] in "[{" else _scalar(value)
+        try:
+            out[name.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            out[name.strip()] = value
     return out
-
-
-def _scalar(value: str):
-    import yaml
-
-    try:
-        v = yaml.safe_load(value)
-    except yaml.YAMLError:
-        return value
-    return v if isinstance(v, (str, int, float, bool)) or v is None else value
 
 
 def profile_results(profile: dict, results: str | None) -> str:

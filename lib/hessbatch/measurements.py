@@ -43,13 +43,12 @@ def _load(dataset, subset, test_subset, data_root, download, _env):
     return load_dataset(dataset, data_root, download, subset, test_subset)
 
 
-def measurement(kind: str, *, runs=("run",), ignore=SPEED_ONLY, later=(), key=None, on_read=None):
+def measurement(kind: str, *, runs=("run",), ignore=SPEED_ONLY, key=None, on_read=None):
     """Cache the decorated measurement in the store as entries of ``kind``.
 
     ``runs``: arguments naming training runs (a ``Run``, a key or a unique prefix), resolved
     before the call and entering the key as their keys. ``ignore``: arguments left out of the
-    key. ``later``: options added after results were stored, left out of the key while None, so
-    earlier keys stay valid. ``key(args)``: the key's fields where they are not the arguments
+    key. ``key(args)``: the key's fields where they are not the arguments
     themselves (it also validates them, before any lookup). ``on_read(entry, args)``: called
     when the entry came from the store instead of being computed.
     """
@@ -66,7 +65,7 @@ def measurement(kind: str, *, runs=("run",), ignore=SPEED_ONLY, later=(), key=No
                 if a.get(name) is not None:
                     a[name] = resolve_run(a[name], store)
             config = key(a) if key else {n: (v.key if isinstance(v, Run) else v) for n, v in a.items()
-                                         if n not in ignore and not (n in later and v is None)}
+                                         if n not in ignore}
             computed = []
 
             def compute():

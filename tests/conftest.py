@@ -53,6 +53,31 @@ def make_cifar_root(root, classes=10, n_per_file=20, seed=0):
     return root
 
 
+def make_cifar_jpeg_root(root, n=(3, 2), quality=75, archives=True):
+    """CIFAR-10 as JPEG files, ``n`` per class in train and test, as ``../shared/data`` has them:
+    ``cifar10-jpeg/{train,test}.tar.gz`` holding ``<part>/<class>/NNNN.jpg`` (or the folders)."""
+    import tarfile
+
+    from PIL import Image
+
+    from hessbatch.data import CIFAR10_CLASSES
+
+    rng = np.random.default_rng(0)
+    src = root / ("cifar10-jpeg-src" if archives else "cifar10-jpeg")
+    for part, k in zip(("train", "test"), n):
+        for cls in CIFAR10_CLASSES:
+            (src / part / cls).mkdir(parents=True)
+            for i in range(k):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+                    src / part / cls / f"{i:04d}.jpg", quality=quality)
+    if archives:
+        (root / "cifar10-jpeg").mkdir(parents=True)
+        for part in ("train", "test"):
+            with tarfile.open(root / "cifar10-jpeg" / f"{part}.tar.gz", "w:gz") as tar:
+                tar.add(src / part, arcname=part)
+    return root
+
+
 @pytest.fixture
 def no_md5(monkeypatch):
     """Generated CIFAR files cannot match torchvision's MD5 sums of the real ones."""

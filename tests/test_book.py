@@ -263,8 +263,17 @@ def smoke_book(tmp_path_factory):
     res = subprocess.run([sys.executable, "-m", "hessbatch.paper.cli", "book", "--profile", "smoke", "--out", str(out / "build"),
                           "--results", str(out / "results")], capture_output=True, text=True, timeout=1200, cwd=ROOT)
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    (out / "build.stderr").write_text(res.stderr)
     index = Path(res.stdout.strip().splitlines()[-1].split("book built: ")[1])
     return index
+
+
+def test_the_build_prints_nothing_of_the_kernels_or_libraries(smoke_book):
+    """The kernels' own log lines (ipykernel's "KeyboardInterrupt caught in kernel", say) go to the
+    build's kernels.log; a user's terminal shows only hessbatch's progress."""
+    out = smoke_book.parents[3]
+    assert (out / "build.stderr").read_text().strip() == ""
+    assert (out / "build" / "kernels.log").is_file()
 
 
 def test_profile_runs_are_exactly_what_the_book_trains(smoke_book):
@@ -511,3 +520,14 @@ def test_the_follower_reports_runs_steps_and_time_left(tmp_path):
     time.sleep(0.3)
     f.stop()
     assert out.getvalue().splitlines()[0].startswith("[1/2] 01-batch-size: runs 1/2")
+
+
+def test_auto_computes_in_processes_on_a_cpu_of_several_cores(monkeypatch):
+    from hessbatch.paper.book import choose_executor
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert choose_executor("auto", None, "cpu") == ("processes", 2)
+    assert choose_executor("auto", 1, "cpu") == ("local", 1)
+    assert choose_executor("local", None, "cpu") == ("local", None)
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert choose_executor("auto", None, "cpu") == ("local", None)

@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_cifar_root, make_mnist_root
+from conftest import make_cifar_jpeg_root, make_cifar_root, make_mnist_root
 from hessbatch import HessbatchError
 from hessbatch.data import load_dataset, stratified_split
 
@@ -99,18 +99,6 @@ def test_missing_or_unknown_data(tmp_path, name, msg):
         load_dataset(name, tmp_path)
 
 
-def _jpeg_tree(root, quality, n=(3, 2)):
-    from hessbatch.data import CIFAR10_CLASSES
-
-    rng = np.random.default_rng(0)
-    for part, k in zip(("train", "test"), n):
-        for cls in CIFAR10_CLASSES:
-            (root / part / cls).mkdir(parents=True)
-            for i in range(k):
-                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
-                    root / part / cls / f"{i:04d}.jpg", quality=quality)
-
-
 @pytest.mark.parametrize("quality", [75, 90])
 def test_jpeg_quality_is_read_from_the_tables(tmp_path, quality):
     from hessbatch.data import jpeg_quality
@@ -122,14 +110,8 @@ def test_jpeg_quality_is_read_from_the_tables(tmp_path, quality):
 
 def test_cifar10_jpeg_from_archives(tmp_path, monkeypatch):
     """The layout of ../shared/data: train.tar.gz and test.tar.gz holding <part>/<class>/NNNN.jpg."""
-    import tarfile
-
     monkeypatch.setenv("HESSBATCH_CACHE", str(tmp_path / "cache"))
-    _jpeg_tree(tmp_path / "src", 75)
-    (tmp_path / "root" / "cifar10-jpeg").mkdir(parents=True)
-    for part in ("train", "test"):
-        with tarfile.open(tmp_path / "root" / "cifar10-jpeg" / f"{part}.tar.gz", "w:gz") as tar:
-            tar.add(tmp_path / "src" / part, arcname=part)
+    make_cifar_jpeg_root(tmp_path / "root")
     d = load_dataset("cifar10-jpeg", tmp_path / "root")
     assert d.label == "CIFAR-10 (JPEG q75)" and d.num_classes == 10
     assert d.x_train.shape == (30, 3, 32, 32) and d.y_test.tolist() == sorted(list(range(10)) * 2)

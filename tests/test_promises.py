@@ -260,3 +260,19 @@ def test_two_processes_training_one_configuration_make_one_entry(tmp_path):
     assert [p.returncode for p in procs] == [0, 0]
     assert len(Store(tmp_path).entries("train")) == 1
     assert sum("found in the store" in o for o in outs) == 1
+
+
+def test_two_processes_measuring_one_thing_compute_it_once(tmp_path):
+    """A measurement asked for by two processes at once (two chapters of a book computed side by
+    side) is computed by one; the other waits for it and reads it."""
+    script = ("import sys, time\nfrom hessbatch.store import Store\n"
+              "def compute():\n    open(sys.argv[2], 'a').write('computed\\n'); time.sleep(2)\n"
+              "    return {'v.json': {'v': 1}}, {}\n"
+              "e = Store(sys.argv[1]).cached('spectrum', {'run': 'abc', 'k': 2}, compute)\n"
+              "print(e.json('v.json')['v'])\n")
+    env = {**os.environ, "PYTHONPATH": str(LIB)}
+    log = tmp_path / "log"
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "store"), str(log)], env=env,
+                              stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    assert [p.communicate(timeout=120)[0].strip() for p in procs] == ["1", "1"]
+    assert log.read_text() == "computed\n"

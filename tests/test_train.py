@@ -213,3 +213,21 @@ def test_per_sample_smoothing_loss():
             TrainConfig(sample_smoothing=bad).resolved()
     with pytest.raises(HessbatchError, match="exclude each other"):
         TrainConfig(sample_smoothing={"guide": "0123", "alpha": 0.1}, label_smoothing=0.1).resolved()
+
+
+def test_a_page_flags_the_runs_that_stopped_at_their_cap(tmp_path, tiny_cfg):
+    """The paper's protocol trains every batch size to the same loss: a run capped short of its
+    target is named on the page with its loss; a converged one, or one with no target, is not."""
+    from hessbatch.paper.presentation import off_protocol, provenance
+
+    store = Store(tmp_path)
+    capped = train({**tiny_cfg, "target_loss": 1e-9, "max_epochs": 2}, store, progress=False)
+    reached = train({**tiny_cfg, "batch_size": 20, "target_loss": 10.0}, store, progress=False)
+    fixed = train({**tiny_cfg, "batch_size": 40}, store, progress=False)
+    assert (capped.status, reached.status, fixed.status) == ("capped", "converged", "capped")
+    loss = capped.result["train_loss"]
+    assert off_protocol([capped, reached, fixed]) == [
+        f"B = 50 stopped at its 2-epoch cap at training loss {loss:.2g} (target 1e-09)"]
+    line = provenance({"profile": "smoke", "model": "MLP", "dataset": "mnist5k"}, [capped, reached, fixed])
+    assert "**Not at the stopping rule:** B = 50 stopped" in line
+    assert "Not at the stopping rule" not in provenance({"profile": "smoke"}, [reached, fixed])

@@ -271,6 +271,12 @@ class Store:
             return entry
         if self.read_only:
             raise NotInStore(f"no {kind} entry {self.key(kind, config)} in the read-only store at {self.root}")
+        with self.lock(kind, self.key(kind, config)):  # another process computing it: wait, then read it
+            if (entry := self.get(kind, config)) is not None:
+                return entry
+            return self._compute(kind, config, compute)
+
+    def _compute(self, kind: str, config: dict, compute) -> Entry:
         t0 = time.perf_counter()
         try:
             files, meta = compute()

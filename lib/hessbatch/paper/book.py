@@ -18,10 +18,10 @@ from pathlib import Path
 import yaml
 
 from .. import __version__
-from ..errors import HessbatchError, NotInStore
+from ..errors import HessbatchError
 from ..store import Store
 from . import registry
-from .compute import fetch_data, train_profile
+from .compute import fetch_data, measure_chapters, stored_split, train_profile
 from ..config import run_key
 from ..progress import EVENTS_ENV
 from .figures import commit
@@ -95,14 +95,18 @@ def _stage(root: Path, out: Path, runs: list | None = None) -> Path:
 
 
 def build(profile: str = "quick", results: str | None = None, device: str = "cpu", data_root: str | None = None,
-          out: str | None = None, chapters: list[str] | None = None, html: bool = True, executor: str = "local",
+          out: str | None = None, chapters: list[str] | None = None, html: bool = True, executor: str = "auto",
           scheduler: str | None = None, workers: int | None = None, download: bool = False,
           progress: bool = True, overrides: dict | None = None) -> Path:
     """Execute the chapters with papermill and build the HTML; return the path of ``index.html``.
 
-    With ``executor="dask"`` (or ``"processes"``) the profile's training runs are first computed
-    as a sweep (see ``hessbatch.sweep``); the notebooks then find them in the store. With
-    ``download``, missing datasets are fetched first.
+    With ``executor="processes"`` the chosen pages are first computed without notebooks, as
+    ``hessbatch compute`` does: their training runs ``workers`` at a time, one process each (the
+    cores split between them), then their measurements ``workers`` pages at a time; the notebooks
+    then only read the store. ``"auto"`` (the default) is that on a CPU of several cores, where
+    small models gain from processes more than from threads, and ``"local"`` (each notebook
+    computes what it shows) elsewhere. With ``"dask"`` only the training runs are computed first,
+    as a sweep (see ``hessbatch.sweep``). With ``download``, missing datasets are fetched first.
     """
     prof = load_profile(profile)
     root = repo_root()
@@ -114,15 +118,17 @@ def build(profile: str = "quick", results: str | None = None, device: str = "cpu
     res = profile_results(prof, results)
     if download:
         fetch_data(runs, data_root)
-    if executor != "local":
-        train_profile(runs, res, device, data_root, executor, scheduler, workers, progress=progress)
-    if prof.get("results") and not results:
-        runs, absent = _stored_only(runs, res)
+    stored = bool(prof.get("results") and not results)
+    executor, workers = choose_executor(executor, workers, device)
+    if executor != "local" and not stored:
+        _precompute(runs, res, device, data_root, executor, scheduler, workers, progress, out_dir)
+    if stored:
+        runs, absent = stored_split(runs, res)
         for name, chapter, _, title in absent:
             print(f"[-] {name}: not computed in {res}; a placeholder page says how to compute it", flush=True)
             variants = list(prof["chapters"][chapter].get("variants") or {})
             only = f"{chapter}--{variants[0]}" if name == chapter and variants else name
-            _placeholder(src / "book", name, chapter, title, prof["profile"], only)
+            _placeholder(src / "book", name, chapter, title, prof, only)
     with _portable_paths(root, res, data_root) as (res_shown, data_shown):
         timings = _execute(runs, root, src, {"results": res_shown, "device": device, "data_root": data_shown},
                            progress, Store(res))
@@ -185,26 +191,78 @@ def _run_notebook(root: Path, src: Path, name: str, chapter: str, parameters: di
 
     target = src / "book" / f"{name}.ipynb"
     (src / "book" / f"{name}.md").unlink(missing_ok=True)
+    log = src.parent / "kernels.log"
+    with _following(follower):
+        try:
+            pm.execute_notebook(str(root / "book" / f"{chapter}.ipynb"), str(target), parameters=parameters,
+                                cwd=str(src / "book"), kernel_name="python3", progress_bar=False,
+                                **_kernel_options(log), report_mode=False)
+        except pm.PapermillExecutionError as e:
+            raise HessbatchError(f"chapter {name} failed in cell {e.exec_count}: {e.ename}: {e.evalue} "
+                                 f"(executed copy: {target}; kernel log: {log})") from None
+
+
+@contextlib.contextmanager
+def _following(follower):
+    """Within the block, every bar of this process and of the processes it starts reports to
+    the follower's events file, and the follower prints; nothing happens without one."""
+    if follower is None:
+        yield
+        return
     saved = os.environ.get(EVENTS_ENV)
-    if follower is not None:
-        follower.events.unlink(missing_ok=True)
-        os.environ[EVENTS_ENV] = str(follower.events)
-        follower.start()
+    follower.events.unlink(missing_ok=True)
+    os.environ[EVENTS_ENV] = str(follower.events)
+    follower.start()
     try:
-        pm.execute_notebook(str(root / "book" / f"{chapter}.ipynb"), str(target), parameters=parameters,
-                            cwd=str(src / "book"), kernel_name="python3", progress_bar=False, **_kernel_options(),
-                            report_mode=False)
-    except pm.PapermillExecutionError as e:
-        raise HessbatchError(f"chapter {name} failed in cell {e.exec_count}: {e.ename}: {e.evalue} "
-                             f"(executed copy: {target})") from None
+        yield
     finally:
-        if follower is not None:
-            follower.stop()
-            follower.events.unlink(missing_ok=True)
+        follower.stop()
+        follower.events.unlink(missing_ok=True)
         if saved is None:
             os.environ.pop(EVENTS_ENV, None)
         else:
             os.environ[EVENTS_ENV] = saved
+
+
+def choose_executor(executor: str, workers: int | None, device: str) -> tuple[str, int | None]:
+    """``auto``: processes, one per core, on a CPU of several cores; in one process elsewhere."""
+    if executor != "auto":
+        return executor, workers
+    from ..devices import resolve_device
+
+    cores = os.cpu_count() or 1
+    if resolve_device(device).type == "cpu" and cores >= 2 and (workers is None or workers > 1):
+        return "processes", workers or cores
+    return "local", workers
+
+
+def _precompute(runs, res, device, data_root, executor, scheduler, workers, progress, out_dir: Path) -> None:
+    """The pages' training runs, then (with processes) their measurements, before any notebook."""
+    configs = registry.profile_train_configs({n: p for n, _, p, _ in runs})
+    keys = [run_key(c) for wave in configs for c in wave]
+    events = out_dir / ".precompute.events"
+    label = f"[training] {executor}, {workers or 'one per core'} at once"
+    with _following(Follower(label, events, Store(res), keys) if progress else None):
+        train_profile(runs, res, device, data_root, executor, scheduler, workers, progress=False)
+    if executor != "processes" or (workers or 1) < 2:
+        return
+    # a chapter's first page first: its other pages (variants, sweeps) reuse much of what it measures
+    ordered = sorted(runs, key=lambda r: r[0] != r[1])
+    label = f"[measuring] pages 0/{len(ordered)}, {workers} at once"
+    follower = Follower(label, events, Store(res), []) if progress else None
+    failed, finished = [], []
+
+    def done(name, seconds, error=None, written=0):
+        finished.append(name)
+        if follower is not None:
+            follower.label = f"[measuring] pages {len(finished)}/{len(ordered)}, {workers} at once"
+        if error:
+            failed.append(f"{name}: {error}")
+
+    with _following(follower):
+        measure_chapters(ordered, res, device, data_root, workers, done)
+    if failed:
+        raise HessbatchError(f"{len(failed)} page(s) failed while computing: {failed[0]}")
 
 
 def _write_provenance(src: Path, prof: dict, every, timings, device, res) -> None:
@@ -235,57 +293,57 @@ def _render(src: Path, out_dir: Path) -> Path:
     return index
 
 
-def _stored_only(runs, res):
-    """Split executions into those whose every result is in the store at ``res`` (their chapter,
-    run on the store read-only, computes nothing) and the rest: a profile with committed results
-    renders what was computed, on any machine, and a placeholder for the rest."""
-    import warnings
-
-    store, have, absent = Store(res, read_only=True), [], []
-    for run in runs:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                registry.run_chapter(run[1], run[2], store)
-            have.append(run)
-        except NotInStore:
-            absent.append(run)
-    return have, absent
-
-
-def _placeholder(folder: Path, name: str, chapter: str, title: str | None, profile: str, only: str) -> None:
+def _placeholder(folder: Path, name: str, chapter: str, title: str | None, prof: dict, only: str) -> None:
     """A page standing in for a chapter whose results are not in the profile's committed store;
-    ``only`` is what ``--chapters`` takes to compute just this page."""
+    ``only`` is what ``--chapters`` takes to compute just this page. It names the plan that computes
+    it, if one does."""
+    from .plans import plans
+
     stale = folder / f"{name}.ipynb"
     if stale.exists():
         stale.unlink()
     nb = json.loads((repo_root() / "book" / f"{chapter}.ipynb").read_text())
     heading = next(("".join(c["source"]).lstrip().splitlines()[0] for c in nb["cells"]
                     if c["cell_type"] == "markdown" and "".join(c["source"]).lstrip().startswith("# ")), f"# {name}")
+    profile = prof["profile"]
+    plan = next((p for p in plans(prof) if {name, only} & set(p.pages)), None)
+    how = (f"It is part of the plan `{plan.name}` ({plan.title}), which computes within one GPU command of "
+           f"{plan.budget_s // 60} minutes:\n\n"
+           f"    PLAN={plan.name} bash scripts/gpu/plan.sh              # on the GPU machine, data in .gpudata/\n"
+           f"    hessbatch plan --unpack FOLDER                         # here: merge FOLDER/tidy.tgz\n\n"
+           if plan else
+           f"On a GPU machine with the data, run\n\n"
+           f"    hessbatch compute --profile {profile} --chapters {only} --device cuda --data-root DATA --workers 6\n"
+           f"    hessbatch export --results RESULTS paper-results\n\n")
     (folder / f"{name}.md").write_text(
         f"{heading}{f' — {title}' if title else ''}\n\n"
         f"```{{note}}\nThis chapter has not been computed at the scale of the `{profile}` profile yet: its results "
-        f"are not among the committed ones. On a GPU machine with the data, run\n\n"
-        f"    hessbatch compute --profile {profile} --chapters {only} --device cuda --data-root DATA --workers 6\n"
-        f"    hessbatch export --results RESULTS paper-results\n\n"
+        f"are not among the committed ones. {how}"
         f"then build the book again. The `quick` profile's book has this chapter on the embedded MNIST digits.\n```\n")
 
 
-def _kernel_options() -> dict:
-    """Encrypted kernel transport where jupyter_client offers it (this also silences ipykernel's
-    warning about plain TCP on every chapter)."""
+def _kernel_options(log: Path) -> dict:
+    """The kernel manager of the book's executions: the kernel's own stderr (ipykernel's log
+    lines, such as "KeyboardInterrupt caught in kernel" at shutdown) appended to ``log`` instead
+    of the terminal, since a cell's errors reach the executed notebook and the build's error
+    anyway; and encrypted transport where jupyter_client offers it (which also silences
+    ipykernel's warning about plain TCP on every chapter)."""
     from jupyter_client.manager import AsyncKernelManager
-
-    if "transport_encryption" not in AsyncKernelManager.class_trait_names():
-        return {}
     from traitlets import default
 
-    class EncryptedKernelManager(AsyncKernelManager):
-        @default("transport_encryption")
-        def _auto(self):
-            return "auto"
+    encrypted = "transport_encryption" in AsyncKernelManager.class_trait_names()
 
-    return {"kernel_manager_class": EncryptedKernelManager}
+    class BookKernelManager(AsyncKernelManager):
+        if encrypted:
+            @default("transport_encryption")
+            def _auto(self):
+                return "auto"
+
+        async def start_kernel(self, **kw):
+            with open(log, "a") as f:  # Popen keeps its own copy of the descriptor
+                return await super().start_kernel(**{"stderr": f, **kw})
+
+    return {"kernel_manager_class": BookKernelManager}
 
 
 def build_timings(record: Path) -> dict:

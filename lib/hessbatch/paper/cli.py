@@ -31,10 +31,12 @@ def add_commands(sub) -> None:
                         "copies and the HTML go to _build/<profile>/; the sources in book/ stay clean.")
     profile_flags(bk)
     bk.add_argument("--out", default=None, metavar="DIR", help="build folder (default: _build/<profile>)")
-    bk.add_argument("--executor", choices=EXECUTORS, default="local",
-                    help="processes or dask: train the profile's runs as a sweep first (default: local)")
+    bk.add_argument("--executor", choices=("auto", *EXECUTORS), default="auto",
+                    help="processes: compute the pages' runs, then their measurements, several at once before the "
+                         "notebooks; dask: train the runs as a sweep first; local: each notebook computes what it "
+                         "shows (default: auto, processes on a CPU of several cores, else local)")
     bk.add_argument("--scheduler", default=None, metavar="ADDRESS", help="Dask scheduler (default: a LocalCluster)")
-    bk.add_argument("--workers", type=int, default=None, help="worker processes (processes executor, or a Dask LocalCluster)")
+    bk.add_argument("--workers", type=int, default=None, help="worker processes (processes executor, or a Dask LocalCluster; default: one per core)")
     cli.common_flags(bk)
 
     co = sub.add_parser("compute", help="compute a book profile's results without notebooks (e.g. on a GPU)",
@@ -45,6 +47,60 @@ def add_commands(sub) -> None:
     co.add_argument("--workers", type=int, default=1,
                     help="training runs, then chapters, computed at once, one process each (default: 1)")
     cli.common_flags(co)
+
+    pl = sub.add_parser("plan", help="list a profile's plans, run one within its time budget, or merge one's results",
+                        description="A plan is a named piece of a profile (its `plans:` block) that computes page by "
+                        "page into a fresh store and writes OUT/tidy.tgz and OUT/plan.json after each page, so a "
+                        "command stopped at its limit keeps every finished page. Without NAME: the plans in "
+                        "priority order and what of each is still missing from the profile's store.")
+    pl.add_argument("name", nargs="?", default=None, help="the plan to run (default: list the plans)")
+    pl.add_argument("--profile", default="paper", help="the profile whose plans these are (default: paper)")
+    pl.add_argument("--out", metavar="DIR", default=None, help="where tidy.tgz and plan.json go (needed to run one)")
+    pl.add_argument("--dry-run", action="store_true",
+                    help="the same pages through the same code and export at toy size (tiny data, 2 epochs)")
+    pl.add_argument("--budget", type=int, default=None, metavar="SECONDS",
+                    help="start no page after this much wall time (default: the plan's budget_s)")
+    pl.add_argument("--workers", type=int, default=1, help="training runs at once, one process each (default: 1)")
+    pl.add_argument("--unpack", metavar="DIR", default=None,
+                    help="merge DIR/tidy.tgz (what a plan handed back) into the profile's store instead")
+    pl.add_argument("--set", dest="overrides", action="append", default=None, metavar="NAME=VALUE",
+                    help="set a parameter of the plan's pages (as for book and compute)")
+    cli.common_flags(pl)
+
+
+def _cmd_plan(a) -> int:
+    from . import plans
+    from .profiles import load_profile, parse_overrides
+    from ..errors import check
+
+    prof = load_profile(a.profile)
+    if a.unpack:
+        check(a.name is None, "give either a plan to run or --unpack DIR, not both")
+        counts = plans.unpack(a.unpack, a.profile, a.results)
+        print(", ".join(f"{n} {k}" for k, n in counts.items()) + " entries")
+        return 0
+    if a.name is None:
+        for plan, missing in plans.status(prof, a.results):
+            state = f"missing {', '.join(missing)}" if missing else "computed"
+            print(f"{plan.name:<16} {plan.budget_s:>4} s  {plan.title}: {state}")
+        return 0
+    check(a.out, "running a plan needs --out DIR (where tidy.tgz and plan.json go)")
+    check(a.workers >= 1, f"--workers must be >= 1, got {a.workers}")
+    check(a.budget is None or a.budget > 0, f"--budget must be positive, got {a.budget}")
+    plans.find(prof, a.name)
+    from ..devices import resolve_device
+
+    resolve_device(a.device)
+    record = plans.run(a.profile, a.name, a.out, a.device, a.data_root, a.workers, a.results, a.dry_run,
+                       a.budget, parse_overrides(a.overrides), not a.no_progress)
+    print("| page | state | wall (min) | training | measurements |\n|---|---|---:|---:|---:|")
+    for p in record["pages"]:
+        times = [f"{p[k] / 60:.1f}" if k in p else "—" for k in ("seconds", "train_seconds", "measure_seconds")]
+        print(f"| {p['name']} | {p['state']} | " + " | ".join(times) + " |")
+    done = sum(p["state"] == "done" for p in record["pages"])
+    print(f"plan {a.name}: {done}/{len(record['pages'])} page(s) in {record['seconds'] / 60:.1f} min on "
+          f"{record['hardware']}; results in {a.out}/tidy.tgz")
+    return 0 if done == len(record["pages"]) else 1
 
 
 def _cmd_book(a) -> int:
@@ -71,7 +127,7 @@ def _cmd_compute(a) -> int:
     return 0
 
 
-COMMANDS = {"book": _cmd_book, "compute": _cmd_compute}
+COMMANDS = {"book": _cmd_book, "compute": _cmd_compute, "plan": _cmd_plan}
 
 
 def build_parser() -> argparse.ArgumentParser:

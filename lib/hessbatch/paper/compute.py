@@ -15,7 +15,7 @@ import yaml
 
 from ..data import load_dataset
 from ..devices import resolve_device
-from ..errors import HessbatchError, check
+from ..errors import HessbatchError, NotInStore, check
 from ..hessian import graph_memory_share, split_graph_memory
 from ..store import Store, atomic_write_bytes
 from ..sweep import run_sweep
@@ -36,6 +36,24 @@ def fetch_data(runs, data_root) -> list[str]:
             load_dataset(name, data_root, download=True)
             fetched.append(name)
     return fetched
+
+
+def stored_split(runs, res):
+    """Split executions into those whose every result is in the store at ``res`` (their chapter,
+    run on the store read-only, computes nothing) and the rest: a profile with committed results
+    renders what was computed, on any machine, and a placeholder for the rest."""
+    import warnings
+
+    store, have, absent = Store(res, read_only=True), [], []
+    for run in runs:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                registry.run_chapter(run[1], run[2], store)
+            have.append(run)
+        except NotInStore:
+            absent.append(run)
+    return have, absent
 
 
 def train_profile(runs, res, device, data_root, executor, scheduler=None, workers=None,
@@ -95,7 +113,7 @@ def compute(profile: str, results: str | None = None, device: str = "cpu", data_
     res = profile_results(prof, results)
     if download:
         fetch_data(runs, data_root)
-    hardware = _hardware(dev)
+    hardware = hardware(dev)
     t0 = time.perf_counter()
     record = Path(res) / "_timings.yml"
     timings = (yaml.safe_load(record.read_text()) if record.is_file() else None) or {}
@@ -131,7 +149,7 @@ def compute(profile: str, results: str | None = None, device: str = "cpu", data_
     return timings
 
 
-def _hardware(dev) -> str:
+def hardware(dev) -> str:
     """The machine a call computes on, as ``_timings.yml`` records it."""
     gpu = f"{torch.cuda.get_device_name(dev)}, " if dev.type == "cuda" else ""
     return f"{gpu}{os.cpu_count()} CPU cores ({platform.machine()})"
@@ -140,9 +158,6 @@ def _hardware(dev) -> str:
 def _compute_chapters(runs, res, dev, data_root, workers, timings, hardware, call, errors, save,
                       progress=False) -> None:
     """The measurement part of :func:`compute`: each chapter's results, its timing recorded as it ends."""
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    import multiprocessing as mp
-
     for e in errors:
         print(f"failed: {e}", flush=True)
     save()
@@ -164,21 +179,30 @@ def _compute_chapters(runs, res, dev, data_root, workers, timings, hardware, cal
         call["failed"] = errors
         save()
 
+    measure_chapters(runs, res, dev, data_root, workers, done, progress)
+    save()
+
+
+def measure_chapters(runs, res, device, data_root, workers: int, done, progress: bool = False) -> None:
+    """Each chapter's measurements, ``workers`` chapters at a time (one process each, the cores
+    split between them); ``done(name, seconds, error, written)`` as each ends."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    import multiprocessing as mp
+
     if workers == 1:
         for name, chapter, params, _ in runs:
-            done(*compute_one(name, chapter, params, res, str(dev), data_root, progress=progress))
-    else:
-        at_once = min(workers, len(runs))
-        with ProcessPoolExecutor(max_workers=at_once, mp_context=mp.get_context("spawn")) as pool:
-            threads = max(1, (os.cpu_count() or 1) // at_once)
-            futures = {pool.submit(compute_one, n, c, p, res, str(dev), data_root, threads, processes=at_once): n
-                       for n, c, p, _ in runs}
-            for fut in as_completed(futures):
-                try:
-                    done(*fut.result())
-                except Exception as e:  # noqa: BLE001 — the worker process died
-                    done(futures[fut], 0.0, f"{type(e).__name__}: {e}".splitlines()[0])
-    save()
+            done(*compute_one(name, chapter, params, res, str(device), data_root, progress=progress))
+        return
+    at_once = min(workers, len(runs))
+    with ProcessPoolExecutor(max_workers=at_once, mp_context=mp.get_context("spawn")) as pool:
+        threads = max(1, (os.cpu_count() or 1) // at_once)
+        futures = {pool.submit(compute_one, n, c, p, res, str(device), data_root, threads, processes=at_once): n
+                   for n, c, p, _ in runs}
+        for fut in as_completed(futures):
+            try:
+                done(*fut.result())
+            except Exception as e:  # noqa: BLE001 — the worker process died
+                done(futures[fut], 0.0, f"{type(e).__name__}: {e}".splitlines()[0])
 
 
 @contextmanager

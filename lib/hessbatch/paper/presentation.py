@@ -61,6 +61,24 @@ def provenance(params: dict, runs: list[Run] | None = None) -> str:
     t = sum(r.result.get("time_s", 0.0) for r in runs)
     versions = sorted({r.result.get("torch", torch.__version__) for r in runs}) or [torch.__version__]
     trained = f" · *training time* {t / 60:.1f} min" if runs else ""
-    return (f"*Profile* `{params.get('profile')}` · *data* {label} · *model* `{params.get('model')}` · "
+    line = (f"*Profile* `{params.get('profile')}` · *data* {label} · *model* `{params.get('model')}` · "
             f"*device* {', '.join(dev)}{trained} · *torch* {', '.join(versions)} · "
             f"*commit* `{figures.commit()}` · *configuration* `{figures.config_hash(params)}`")
+    short = off_protocol(runs)
+    return line + ("\n\n**Not at the stopping rule:** " + "; ".join(short) + ". Their rows compare "
+                   "end points that are not equally trained; read them with care." if short else "")
+
+
+def off_protocol(runs: list[Run]) -> list[str]:
+    """One phrase per run that was to train to a target loss and stopped at its epoch cap (or
+    diverged) instead: the paper's protocol trains every batch size to the same loss."""
+    out = []
+    for r in runs:
+        cfg, res = r.config, r.result
+        if cfg.target_loss is None or res["status"] == "converged":
+            continue
+        how = ("diverged" if res["status"] == "diverged" else
+               f"stopped at its {cfg.max_epochs}-epoch cap at training loss {res['train_loss']:.2g}")
+        out.append(f"B = {cfg.batch_size}{f' (seed {cfg.seed})' if cfg.seed else ''} {how} "
+                   f"(target {cfg.target_loss:g})")
+    return out

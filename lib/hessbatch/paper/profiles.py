@@ -66,7 +66,7 @@ def load_profile(profile: str) -> dict:
     return params
 
 
-PROFILE_KEYS = ("profile", "results", "notes", "common", "chapters")
+PROFILE_KEYS = ("profile", "results", "notes", "common", "chapters", "plans")
 
 
 def notebook_parameters(chapter: str) -> list[str]:

@@ -34,7 +34,7 @@ class Common:
     model: str = "M1"
     dataset: str = "mnist5k"
     seed: int = 0
-    batch_sizes: list = field(default_factory=lambda: [16, 64, 256, 1024])
+    batch_sizes: list = field(default_factory=lambda: [16, 32, 64, 128, 256])
     train_options: dict | None = None
 
     @classmethod

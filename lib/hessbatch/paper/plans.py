@@ -1,0 +1,239 @@
+"""Plans: named, ordered pieces of a profile (its ``plans:`` block), each computed within one
+command of bounded wall time and handed back as tidy results. They exist for a GPU lent in short
+windows (one command of at most 10 minutes): a plan computes page after page (training that page's
+runs, then its measurements) into a fresh store and, as each page finishes, rewrites
+``<out>/tidy.tgz`` (the store without weights) and ``<out>/plan.json`` (per page: wall time,
+training and measurement time, device). A command stopped at its limit so loses only the page in
+flight. ``unpack`` merges what came back into the profile's committed store.
+
+``dry_run`` computes the same pages through the same code and the same export at toy size
+(:func:`toy`): the test suite runs every plan so, on generated data, so a plan cannot fail on the
+GPU for a Python error, a missing file or an export bug."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import check
+from ..store import MANIFEST, Store, atomic_write_bytes
+from .compute import compute_one, hardware, train_profile
+from .profiles import check_chapters, load_profile, profile_results, selected
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A named piece of a profile: its pages, in order, and the wall time it must fit in."""
+
+    name: str
+    title: str
+    pages: tuple[str, ...]
+    budget_s: int = 540
+
+
+def plans(prof: dict) -> list[Plan]:
+    """The profile's plans in priority order (the order of its ``plans:`` block), checked."""
+    out = []
+    for name, spec in (prof.get("plans") or {}).items():
+        check(isinstance(spec, dict) and isinstance(spec.get("pages"), list) and spec["pages"],
+              f"profile {prof['profile']!r}: plans.{name} needs a non-empty list of pages")
+        unknown = sorted(set(spec) - {"title", "pages", "budget_s"})
+        check(not unknown, f"profile {prof['profile']!r}: plans.{name} has unknown key(s) {', '.join(unknown)}")
+        check_chapters(prof, spec["pages"])
+        budget = spec.get("budget_s", 540)
+        check(isinstance(budget, int) and not isinstance(budget, bool) and budget > 0,
+              f"profile {prof['profile']!r}: plans.{name}.budget_s must be a positive number of seconds, got {budget!r}")
+        out.append(Plan(str(name), str(spec.get("title", name)), tuple(spec["pages"]), budget))
+    return out
+
+
+def find(prof: dict, name: str) -> Plan:
+    known = {p.name: p for p in plans(prof)}
+    check(name in known, f"profile {prof['profile']!r} has no plan {name!r}; its plans are "
+                         f"{', '.join(known) or '(none)'}")
+    return known[name]
+
+
+# Toy sizes of a dry run: tiny data, two epochs, small measurements; whole-set measurements
+# (``None``) stay whole-set, on the tiny data.
+_TOY_TRAIN = {"subset": 8, "test_subset": 4, "max_epochs": 2}
+_TOY_VALUES = {"hessian_samples": 32, "curvature_samples": 16, "test_limit": 16, "k": 2, "tol": 1e-2,
+               "points": 3, "plane_points": 3, "interpolation_points": 3, "robust_epochs": 1,
+               "warmup_epochs": 1, "save_every": 1, "base_batch": 8}
+_TOY_BATCHES = (8, 16, 32, 48)
+
+
+def toy(params: dict) -> dict:
+    """A page's parameters at dry-run size: every training recipe (a mapping with ``lr``) on
+    8 training and 4 test samples per class for at most two epochs, gradient chunks of 8; batch-size lists
+    as 8, 16, 32, 48 (as many as there were, at most four); measurement sizes small."""
+    out = {}
+    for k, v in params.items():
+        if isinstance(v, dict) and "lr" in v:
+            v = {**v, **_TOY_TRAIN, "max_epochs": min(v.get("max_epochs", 2), 2)}
+            if v.get("micro_batch"):
+                v["micro_batch"] = 8
+            if "batch_size" in v:
+                v["batch_size"] = _TOY_BATCHES[0]
+        elif k.endswith("batch_sizes") and isinstance(v, (list, tuple)):
+            v = list(_TOY_BATCHES[:min(len(v), len(_TOY_BATCHES))])
+        elif k in _TOY_VALUES and v is not None:
+            v = min(v, _TOY_VALUES[k]) if k in ("k", "robust_epochs", "warmup_epochs", "save_every") else _TOY_VALUES[k]
+        out[k] = v
+    return out
+
+
+def run(profile: str, name: str, out: str, device: str = "cpu", data_root: str | None = None,
+        workers: int = 1, results: str | None = None, dry_run: bool = False, budget_s: int | None = None,
+        overrides: dict | None = None, progress: bool = False) -> dict:
+    """Compute a plan page by page into ``results`` (default: a fresh temporary store) and hand
+    back ``<out>/tidy.tgz`` and ``<out>/plan.json`` after each page; return the record. A page not
+    started before the budget runs out is recorded as such. Every name and value is checked first."""
+    prof = load_profile(profile)
+    plan = find(prof, name)
+    pages = selected(prof, list(plan.pages), overrides, optional=True)
+    bases = [n for n, _, _, _ in selected(prof, list(plan.pages), None, optional=True)]
+    if dry_run:
+        pages = [(n, c, toy(p), t) for n, c, p, t in pages]
+    budget = budget_s or plan.budget_s
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    res = results or tempfile.mkdtemp(prefix=f"hessbatch-plan-{name}-")
+    from ..devices import resolve_device
+
+    dev = resolve_device(device)
+    record = {"plan": name, "title": plan.title, "profile": prof["profile"], "dry_run": dry_run,
+              "device": str(dev), "hardware": hardware(dev), "workers": workers, "budget_s": budget,
+              "started": time.strftime("%Y-%m-%d %H:%M"), "pages": []}
+    t0 = time.perf_counter()
+    for page, base in zip(pages, bases):
+        if time.perf_counter() - t0 > budget:
+            record["pages"].append({"name": page[0], "page": base, "state": "not started: out of time"})
+            _write_record(out_dir, record)
+            continue
+        t1 = time.perf_counter()
+        train_s, errors = train_profile([page], res, str(dev), data_root, "processes" if workers > 1 else "local",
+                                        workers=workers, keep_going=True, progress=progress)
+        _, measure_s, error, _ = compute_one(*page[:3], res, str(dev), data_root, progress=progress)
+        error = errors[0] if errors else error
+        export(res, out_dir / "tidy.tgz")
+        row = {"name": page[0], "page": base, "state": "failed" if error else "done", "seconds": round(time.perf_counter() - t1, 1),
+               "train_seconds": round(train_s, 1), "measure_seconds": round(measure_s, 1), "error": error}
+        record["pages"].append(row)
+        _write_record(out_dir, record)
+        print(f"{page[0]}: {row['state']} in {row['seconds'] / 60:.1f} min (training {train_s / 60:.1f}, "
+              f"measurements {measure_s / 60:.1f})" + (f": {error}" if error else ""), flush=True)
+    record["seconds"] = round(time.perf_counter() - t0, 1)
+    _write_record(out_dir, record)
+    return record
+
+
+def _write_record(out_dir: Path, record: dict) -> None:
+    atomic_write_bytes(out_dir / "plan.json", json.dumps(record, indent=2).encode())
+
+
+def export(res: str, target: Path) -> None:
+    """The store at ``res`` without weights, as one gzipped tar written atomically."""
+    with tempfile.TemporaryDirectory() as tmp:
+        Store(res).export(Path(tmp) / "tidy")
+        (Path(tmp) / "tidy" / "_timings.yml").unlink(missing_ok=True)
+        part = target.with_name(f".{target.name}.part")
+        with tarfile.open(part, "w:gz") as tar:
+            tar.add(Path(tmp) / "tidy", arcname=".")
+        os.replace(part, target)
+
+
+def unpack(folder: str, profile: str = "paper", results: str | None = None) -> dict:
+    """Merge a plan's ``tidy.tgz`` into the profile's store and record its pages' timings in the
+    store's ``_timings.yml``. An entry already there with the same files is kept; one whose files
+    differ is replaced, and every stored entry computed from it (whose configuration names its
+    key) is removed, so no measurement outlives the run it measured. Returns counts."""
+    import yaml
+
+    src = Path(folder)
+    check((src / "tidy.tgz").is_file() and (src / "plan.json").is_file(),
+          f"{folder}: no tidy.tgz and plan.json of a plan here")
+    record = json.loads((src / "plan.json").read_text())
+    check(not record.get("dry_run"), f"{folder}: a dry run's results are not merged into a profile's store")
+    dest = Store(profile_results(load_profile(profile), results))
+    counts = {"added": 0, "kept": 0, "replaced": 0, "removed": 0}
+    with tempfile.TemporaryDirectory() as tmp:
+        with tarfile.open(src / "tidy.tgz") as tar:
+            tar.extractall(tmp, filter="data")
+        incoming = Store(tmp).entries()
+        keys = {e.key for e in incoming}
+        for e in incoming:
+            there = dest.get(e.kind, key=e.key)
+            if there is not None and _same(there.path, e.path):
+                counts["kept"] += 1
+                continue
+            if there is not None:
+                counts["replaced"] += 1
+                counts["removed"] += _remove_dependents(dest, e.key, keys)
+            else:
+                counts["added"] += 1
+            _copy_entry(e.path, dest.path(e.kind, e.key))
+    _record_timings(dest.root / "_timings.yml", record, yaml)
+    return counts
+
+
+def _same(a: Path, b: Path) -> bool:
+    return json.loads((a / MANIFEST).read_text())["files"] == json.loads((b / MANIFEST).read_text())["files"]
+
+
+def _remove_dependents(store: Store, key: str, incoming: set[str]) -> int:
+    n = 0
+    for e in store.entries():
+        if e.key not in incoming and e.kind != "train" and key in (e.path / "config.json").read_text():
+            shutil.rmtree(e.path)
+            n += 1
+    return n
+
+
+def _copy_entry(src: Path, final: Path) -> None:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.unpack"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+
+
+def _record_timings(path: Path, record: dict, yaml) -> None:
+    """The plan as one call of ``_timings.yml``, and each finished page's time under its name
+    (added to an earlier timing of the same page on the same hardware)."""
+    timings = (yaml.safe_load(path.read_text()) if path.is_file() else None) or {}
+    done = [p for p in record["pages"] if p.get("state") == "done"]
+    timings.setdefault("_calls", []).append(
+        {"started": record["started"], "chapters": [p["name"] for p in done], "workers": record["workers"],
+         "hardware": record["hardware"], "seconds": record.get("seconds", sum(p["seconds"] for p in done)),
+         "train_seconds": round(sum(p["train_seconds"] for p in done), 1), "plan": record["plan"],
+         "failed": [f"{p['name']}: {p.get('error') or p['state']}" for p in record["pages"] if p not in done]})
+    for p in done:
+        name = p.get("page", p["name"])
+        before = timings.get(name)
+        if isinstance(before, dict) and before.get("hardware") == record["hardware"]:
+            timings[name] = {**before, "seconds": round(before["seconds"] + p["seconds"], 1),
+                                  "calls": before.get("calls", 1) + 1}
+        else:
+            timings[name] = {"seconds": p["seconds"], "device": record["device"], "hardware": record["hardware"]}
+    atomic_write_bytes(path, yaml.safe_dump(timings, sort_keys=False).encode())
+
+
+def status(prof: dict, results: str | None = None) -> list[tuple[Plan, list[str]]]:
+    """Each plan with the pages of it not yet in the profile's store."""
+    from .compute import stored_split
+
+    res = profile_results(prof, results)
+    out = []
+    for plan in plans(prof):
+        _, absent = stored_split(selected(prof, list(plan.pages)), res)
+        out.append((plan, [a[0] for a in absent]))
+    return out

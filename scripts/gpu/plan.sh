@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# One device call: one plan of the paper profile (params/paper.yaml, `plans:`; `hessbatch plan` lists
+# them in priority order with what each still lacks). Page after page it trains and measures into a
+# fresh store and rewrites $OUT/tidy.tgz and $OUT/plan.json, so a call stopped at its limit keeps
+# every finished page.
+#   PLAN=c1-table1 bash scripts/gpu/plan.sh
+# (WORKERS, DEVICE, GPUDATA default to 6, cuda and .gpudata; BUDGET to the plan's; DRY=1 runs it at toy
+# size, as the test suite does on generated data.)
+# Back here: hessbatch plan --unpack <files_at>   (then commit paper-results/ and build the paper book)
+set -o pipefail
+source scripts/gpu/setup.sh
+python3 -m hessbatch.paper.cli plan "${PLAN:?set PLAN}" --profile paper --device "${DEVICE:-cuda}" \
+    --data-root "${GPUDATA:-.gpudata}" --workers "${WORKERS:-6}" --out "${OUT:?set OUT}" --no-progress \
+    ${BUDGET:+--budget "$BUDGET"} ${DRY:+--dry-run} 2>&1 | tee "$OUT/plan.log"

@@ -43,3 +43,18 @@ def test_dynamics_claims_fail_when_the_picture_differs():
     assert list(table["holds"]) == ["✓", "✗", "✗", "✗"]
     assert table["value"].tolist()[1:] == [0.5, 0.1, 0.5]
     assert len(dynamics_claims(stuck, robust=False)) == 3 and dynamics_claims(stuck.iloc[:0], False).empty
+
+
+def test_seed_trend_on_hand_made_runs():
+    """Three seeds per batch size: a clear rise holds with an interval above 1; the same means
+    with seed noise that swamps the ends do not; a fall is not a rise."""
+    from hessbatch.paper.claims import seed_trend
+
+    b = [16, 16, 16, 64, 64, 64, 256, 256, 256]
+    rise = seed_trend("rises", "x", b, [1.0, 1.1, 0.9, 2.0, 2.2, 1.8, 9.0, 10.0, 11.0], +1)
+    assert rise["holds"] == "✓" and rise["value"] == 1.0 and rise["ratio"] == 10.0
+    assert 8.0 < rise["ratio_low"] < 10.0 < rise["ratio_high"] < 12.5
+    noisy = seed_trend("rises", "x", b, [0.1, 1.0, 1.9, 1.0, 1.2, 1.4, 0.2, 1.3, 2.1], +1)
+    assert noisy["holds"] == "✗" and noisy["ratio_low"] < 1 < noisy["ratio_high"]
+    assert seed_trend("rises", "x", b, [9.0, 10.0, 11.0, 2.0, 2.2, 1.8, 1.0, 1.1, 0.9], +1)["holds"] == "✗"
+    assert seed_trend("falls", "x", b, [9.0, 10.0, 11.0, 2.0, 2.2, 1.8, 1.0, 1.1, 0.9], -1)["holds"] == "✓"

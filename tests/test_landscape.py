@@ -122,3 +122,44 @@ def test_speed_only_settings_are_not_part_of_a_measurements_key(tmp_path, tiny_c
                                   "max_iter": 100, "limit": 5}
     with pytest.raises(HessbatchError, match="unknown split 'val'"):
         analysis.spectrum(run, "val", store=store)
+
+
+def test_filter_normalized_directions_have_each_filters_norm_of_the_weights():
+    """Li et al.'s filter normalization: every row of every weight of the direction has the norm of
+    the same row of the model's weights; biases get no direction; the seed fixes it."""
+    from hessbatch.landscape import random_direction
+    from hessbatch.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("M1", (1, 28, 28), 10, (0.1307,), (0.3081,))
+    with torch.no_grad():  # a filter of another scale gets a direction of its own scale
+        next(p for p in model.parameters() if p.dim() > 1)[0].mul_(7.0)
+    d = random_direction(model, seed=3)
+    assert torch.equal(d, random_direction(model, seed=3)) and not torch.equal(d, random_direction(model, seed=4))
+    i = 0
+    for p in [p for p in model.parameters() if p.requires_grad]:
+        part = d[i:i + p.numel()].reshape(p.shape)
+        i += p.numel()
+        if p.dim() == 1:
+            assert torch.count_nonzero(part) == 0
+        else:
+            torch.testing.assert_close(part.reshape(len(p), -1).norm(dim=1), p.detach().reshape(len(p), -1).norm(dim=1))
+    assert i == d.numel()
+    unit = random_direction(model, seed=3, normalize=None)
+    assert abs(unit.norm().item() - 1.0) < 1e-5 and torch.count_nonzero(unit) == unit.numel()
+
+
+def test_random_landscape_is_stored_and_its_curvature_is_the_curves(tmp_path, tiny_cfg):
+    from hessbatch.landscape import second_difference
+    from hessbatch.measurements import random_landscape_1d
+    from hessbatch.store import Store
+    from hessbatch.train import train
+
+    store = Store(tmp_path)
+    run = train(tiny_cfg, store, progress=False)
+    e = random_landscape_1d(run, radius=0.5, points=5, seed=1, store=store)
+    curve = e.csv("curve.csv")
+    assert sorted(curve["alpha"].unique()) == pytest.approx([-0.5, -0.25, 0.0, 0.25, 0.5])
+    assert e.json()["curvature_train"] == pytest.approx(second_difference(curve, 0.0, "train"))
+    assert random_landscape_1d(run.key, radius=0.5, points=5, seed=1, store=store).key == e.key
+    assert random_landscape_1d(run, radius=0.5, points=5, seed=2, store=store).key != e.key

@@ -131,6 +131,15 @@ BAD = [
     (["book", "--profile", "{tmp}/inject.yaml"], "chapter 04-saddle-free has no parameter"),
     (["book", "--profile", "{tmp}/param.yaml"], "chapter 04-saddle-free has no parameter 'n_sample'"),
     (["compute", "--profile", "{tmp}/topkey.yaml"], "unknown top-level key(s) chapter"),
+    # plan
+    (["plan", "nope", "--out", "{tmp}/o"], "profile 'paper' has no plan 'nope'"),
+    (["plan", "c1-table1"], "running a plan needs --out DIR"),
+    (["plan", "c1-table1", "--out", "{tmp}/o", "--budget", "0"], "--budget must be positive"),
+    (["plan", "c1-table1", "--out", "{tmp}/o", "--workers", "0"], "--workers must be >= 1"),
+    (["plan", "c1-table1", "--out", "{tmp}/o", "--device", "tpu"], "unknown device 'tpu'"),
+    (["plan", "c1-table1", "--out", "{tmp}/o", "--set", "n_sample=3"], "has no parameter 'n_sample'"),
+    (["plan", "--unpack", "{tmp}/none"], "no tidy.tgz and plan.json of a plan here"),
+    (["plan", "c1-table1", "--unpack", "{tmp}"], "give either a plan to run or --unpack DIR"),
     ([], "the following arguments are required: COMMAND"),
     (["fly"], "argument COMMAND: invalid choice: 'fly'"),
 ]
@@ -157,7 +166,7 @@ def _tree(folder: Path) -> list:
 def test_enough_bad_inputs_across_every_command():
     commands = {argv[0] for argv, _ in BAD if argv}
     assert len(BAD) >= 60 and commands >= {"train", "robust-train", "sweep", "spectrum", "landscape", "attack",
-                                            "export", "ls", "verify", "book", "compute"}
+                                            "export", "ls", "verify", "book", "compute", "plan"}
 
 
 @pytest.mark.parametrize("argv,msg", BAD, ids=[" ".join(a)[:60] or "(none)" for a, _ in BAD])

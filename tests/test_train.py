@@ -100,6 +100,10 @@ def test_lr_schedule():
     goyal = TrainConfig(lr=0.1, batch_size=1024, lr_scaling="linear", lr_base_batch=256, warmup_epochs=5)
     assert lr_at(goyal, 0) == pytest.approx(0.1) and lr_at(goyal, 2.5) == pytest.approx(0.25)
     assert lr_at(goyal, 5) == pytest.approx(0.4) and lr_at(goyal, 50) == pytest.approx(0.4)
+    root = TrainConfig(lr=0.01, batch_size=256, lr_scaling="sqrt", lr_base_batch=16, warmup_epochs=2)
+    assert lr_at(root, 0) == pytest.approx(0.01) and lr_at(root, 1) == pytest.approx(0.025)
+    assert lr_at(root, 2) == pytest.approx(0.04) and lr_at(root, 9) == pytest.approx(0.04)  # 0.01·√16
+    assert lr_at(TrainConfig(lr=0.01, batch_size=4, lr_scaling="sqrt", lr_base_batch=16), 0) == pytest.approx(0.005)
 
 
 def test_killed_run_resumes_to_the_same_result(tmp_path, tiny_cfg):

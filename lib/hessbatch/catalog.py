@@ -10,6 +10,7 @@ READINGS = {"M1": ("text", "lenet"), "C1": ("code", "text"), "C2": ("code", "tex
 MODELS = tuple(READINGS)
 ALIASES = {"RESNET18": "CR", "LENET": "M1"}
 EXECUTORS = ("local", "processes", "dask")
+LR_SCALINGS = ("none", "linear", "sqrt")   # how the learning rate follows the batch size (config.effective_lr)
 
 
 def canonical_name(name: str) -> str:

@@ -46,7 +46,7 @@ def common_flags(p: argparse.ArgumentParser, data: bool = True) -> None:
 
 def _train_flags(p: argparse.ArgumentParser, d, suppress: bool = False) -> None:
     """The training options; with ``suppress`` only flags given on the command line are set."""
-    from .catalog import MODELS
+    from .catalog import LR_SCALINGS, MODELS
 
     def add(*names, default=None, **kw):
         p.add_argument(*names, default=argparse.SUPPRESS if suppress else default, **kw)
@@ -65,8 +65,9 @@ def _train_flags(p: argparse.ArgumentParser, d, suppress: bool = False) -> None:
     add("--lr-milestones", type=_int_list, default=d.lr_milestones, metavar="E1,E2",
         help="epochs after which the lr is multiplied by --lr-gamma (default: none)")
     add("--lr-gamma", type=float, default=d.lr_gamma, help=f"(default: {d.lr_gamma})")
-    add("--lr-scaling", choices=("none", "linear"), default=d.lr_scaling,
-        help="linear: lr x batch/--lr-base-batch (Goyal et al.) (default: none)")
+    add("--lr-scaling", choices=LR_SCALINGS, default=d.lr_scaling,
+        help="linear: lr x batch/--lr-base-batch (Goyal et al.); sqrt: lr x sqrt(batch/--lr-base-batch) "
+             "(default: none)")
     add("--lr-base-batch", type=int, default=d.lr_base_batch, help=f"(default: {d.lr_base_batch})")
     add("--warmup-epochs", type=int, default=d.warmup_epochs, help="linear warm-up from --lr to the scaled lr (default: 0)")
     add("--seed", type=int, default=d.seed, help=f"(default: {d.seed})")

@@ -105,7 +105,7 @@ class TrainConfig:
         check(_num(self.lr_gamma) and self.lr_gamma > 0, f"lr_gamma must be > 0, got {self.lr_gamma!r}")
         check(all(isinstance(m, int) and m > 0 for m in self.lr_milestones),
               f"lr_milestones must be positive epoch numbers, got {list(self.lr_milestones)}")
-        check(self.lr_scaling in ("none", "linear"), f"lr_scaling must be 'none' or 'linear', got {self.lr_scaling!r}")
+        choose("lr_scaling", self.lr_scaling, catalog.LR_SCALINGS)
         check(isinstance(self.warmup_epochs, int) and self.warmup_epochs >= 0, "warmup_epochs must be an integer >= 0")
         check(isinstance(self.save_every, int) and self.save_every >= 0, "save_every must be an integer >= 0")
         check(self.micro_batch is None or (isinstance(self.micro_batch, int) and self.micro_batch >= 1),
@@ -142,8 +142,10 @@ def run_key(config: TrainConfig | dict) -> str:
 
 
 def effective_lr(cfg: TrainConfig) -> float:
-    """Peak learning rate: ``lr`` scaled by batch/lr_base_batch under linear scaling (Goyal et al.)."""
-    return cfg.lr * (cfg.batch_size / cfg.lr_base_batch if cfg.lr_scaling == "linear" else 1.0)
+    """Peak learning rate: ``lr`` times B/B₀ under linear scaling (Goyal et al. 2017), times
+    √(B/B₀) under square-root scaling (Krizhevsky 2014; Hoffer et al. 2017), with B₀ = ``lr_base_batch``."""
+    ratio = cfg.batch_size / cfg.lr_base_batch
+    return cfg.lr * {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[cfg.lr_scaling]
 
 
 def lr_at(cfg: TrainConfig, epoch: float) -> float:

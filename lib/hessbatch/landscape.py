@@ -1,4 +1,5 @@
-"""Loss landscapes: along a direction (Fig. 2/7), on a plane (Fig. 3), between two models (Fig. 5).
+"""Loss landscapes: along a direction (Fig. 2/7), on a plane (Fig. 3), between two models (Fig. 5);
+seeded random directions, filter-normalized (Li et al. 2018) or of unit norm.
 
 Every function returns a tidy ``pandas.DataFrame`` with one row per (point, split):
 coordinates, ``split``, ``loss`` and ``acc``. Models are evaluated in eval mode; their
@@ -39,6 +40,31 @@ def _eval_all(model, data, coords: dict) -> list[dict]:
         loss, acc = evaluate(model, x, y)
         rows.append({**coords, "split": split, "loss": loss, "acc": acc})
     return rows
+
+
+def random_direction(model: nn.Module, seed: int = 0, normalize: str | None = "filter") -> torch.Tensor:
+    """A seeded Gaussian direction over the trainable parameters, as one flat vector.
+
+    ``normalize="filter"`` (Li et al. 2018): each filter of the direction (a convolution's
+    output channel, a linear layer's output unit: one row of the weight) is scaled to the norm
+    of the same filter of the model's weights, and the entries of one-dimensional parameters
+    (biases, batch-norm scales and shifts) are zero, so that a step along it is the same relative
+    change for every filter however the weights are scaled (λ_max is not: Dinh et al. 2017).
+    ``None``: the direction of unit norm."""
+    check(normalize in (None, "filter"), f"normalize must be 'filter' or None, got {normalize!r}")
+    g = torch.Generator().manual_seed(seed)
+    parts = []
+    for p in _params(model):
+        d = torch.randn(p.shape, generator=g, dtype=p.dtype).to(p.device)
+        if normalize == "filter":
+            if p.dim() <= 1:
+                d = torch.zeros_like(p)
+            else:
+                rows, w = d.reshape(len(d), -1), p.detach().reshape(len(p), -1)
+                d = (rows * (w.norm(dim=1) / rows.norm(dim=1).clamp_min(1e-12))[:, None]).reshape(p.shape)
+        parts.append(d.reshape(-1))
+    out = torch.cat(parts)
+    return out if normalize == "filter" else out / out.norm()
 
 
 def along_direction(model: nn.Module, direction: torch.Tensor, alphas, data: Mapping[str, tuple]) -> pd.DataFrame:

@@ -200,6 +200,28 @@ def landscape_1d(run: Run | str, radius: float = 0.5, points: int = 21, rank: in
     return {"curve.csv": table}, {"lambda": float(spec.csv("eigenvalues.csv")["eigenvalue"][rank - 1])}
 
 
+def _random_landscape_key(a) -> dict:
+    check(a["radius"] > 0 and a["points"] >= 3, "landscape needs radius > 0 and at least 3 points")
+    check(a["normalize"] in (None, "filter"), f"normalize must be 'filter' or None, got {a['normalize']!r}")
+    return {"run": a["run"].key, **{f: a[f] for f in ("radius", "points", "seed", "normalize")}}
+
+
+@measurement("landscape-random", key=_random_landscape_key)
+def random_landscape_1d(run: Run | str, radius: float = 1.0, points: int = 21, seed: int = 0,
+                        normalize: str | None = "filter", store: Store | None = None, device="cpu",
+                        data_root=None) -> Entry:
+    """Loss and accuracy on train and test along a seeded random direction, filter-normalized by
+    default (Li et al. 2018): a sharpness that rescaling the weights does not change, unlike
+    λ_max (Dinh et al. 2017). ``curvature_<split>``: the curve's second difference at the run."""
+    model = run.model(device)
+    ds = run_data(run, data_root).to(device)
+    table = landscape.along_direction(model, landscape.random_direction(model, seed, normalize),
+                                      np.linspace(-radius, radius, points),
+                                      {"train": ds.split("train"), "test": ds.split("test")})
+    return {"curve.csv": table}, {f"curvature_{s}": landscape.second_difference(table, 0.0, s)
+                                  for s in ("train", "test")}
+
+
 @measurement("landscape-2d", key=lambda a: _landscape_key(a, 2))
 def landscape_2d(run: Run | str, radius: float = 0.5, points: int = 11, spectrum_split: str = "train",
                  store: Store | None = None, device="cpu", data_root=None) -> Entry:

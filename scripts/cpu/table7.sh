@@ -13,12 +13,14 @@ for f in "$src"/MNIST/raw/*.gz; do
   t="data/MNIST/raw/$(basename "${f%.gz}")"
   [ -s "$t" ] || gunzip -c "$f" > "$t"
 done
+# HESSBATCH: the command to run (default .venv/bin/hessbatch; may be a command line, e.g.
+# "env PYTHONPATH=$PWD/lib python3 -m hessbatch.paper.cli" for a second checkout)
 hb=${HESSBATCH:-.venv/bin/hessbatch}
 for b in ${@:-64 128 256 512 1024 2048}; do
   out=$(mktemp -d)
-  "$hb" plan m1-table7-cpu --set "batch_sizes=[$b]" --data-root data --out "$out" \
+  $hb plan m1-table7-cpu --set "batch_sizes=[$b]" --data-root data --out "$out" \
       --results "${STORE:-results/table7}" --no-progress
-  "$hb" plan --unpack "$out"
+  $hb plan --unpack "$out"
   git add paper-results
   git commit -q -m "paper-results: Table 7 at the protocol on 2 CPU cores, B = $b" -- paper-results
   rm -rf "$out"

@@ -32,7 +32,8 @@ from .profiles import executions, load_profile, profile_results, repo_root, sele
 ROOT_FILES = ("_config.yml", "_toc.yml", "references.bib")
 
 
-def provenance_table(profile: str, timings: list[tuple[str, float, str]], computed: dict | None = None) -> str:
+def provenance_table(profile: str, timings: list[tuple[str, float, str]], computed: dict | None = None,
+                     phases: dict | None = None) -> str:
     """Markdown: the machine, each chapter's wall time when it was last executed (a chapter whose
     results were already in the store only reads them, and is fast), and where ``hessbatch compute``
     measured them, if it did."""
@@ -48,6 +49,10 @@ def provenance_table(profile: str, timings: list[tuple[str, float, str]], comput
              "results were already in the store only reads them):", "", "| chapter | device | wall time |",
              "|---|---|---:|"]
     lines += [f"| [{n}]({n}) | {d} | {t / 60:.1f} min |" for n, t, d in timings]
+    if phases:
+        lines += ["", "Before the notebooks ran (they then only read the store), the pages' training runs took "
+                  f"{phases.get('_training', 0) / 60:.1f} min and their measurements "
+                  f"{phases.get('_measuring', 0) / 60:.1f} min, several processes at once."]
     if computed:
         lines += ["", *computed_summary(computed)]
     return "\n".join(lines) + "\n"
@@ -120,8 +125,9 @@ def build(profile: str = "quick", results: str | None = None, device: str = "cpu
         fetch_data(runs, data_root)
     stored = bool(prof.get("results") and not results)
     executor, workers = choose_executor(executor, workers, device)
+    phases = []
     if executor != "local" and not stored:
-        _precompute(runs, res, device, data_root, executor, scheduler, workers, progress, out_dir)
+        phases = _precompute(runs, res, device, data_root, executor, scheduler, workers, progress, src)
     if stored:
         runs, absent = stored_split(runs, res)
         for name, chapter, _, title in absent:
@@ -135,7 +141,7 @@ def build(profile: str = "quick", results: str | None = None, device: str = "cpu
     for name, chapter, _, _ in every:
         if not (src / "book" / f"{name}.ipynb").exists() and not (src / "book" / f"{name}.md").exists():
             shutil.copy2(root / "book" / f"{chapter}.ipynb", src / "book" / f"{name}.ipynb")
-    _write_provenance(src, prof, every, timings, device, res)
+    _write_provenance(src, prof, every, timings + phases, device, res)
     notes = prof.get("notes")
     (src / "book" / "_profile-notes.md").write_text((root / "book" / notes).read_text() if notes else "")
     return _render(src, out_dir) if html else src
@@ -236,20 +242,28 @@ def choose_executor(executor: str, workers: int | None, device: str) -> tuple[st
     return "local", workers
 
 
-def _precompute(runs, res, device, data_root, executor, scheduler, workers, progress, out_dir: Path) -> None:
-    """The pages' training runs, then (with processes) their measurements, before any notebook."""
+def _precompute(runs, res, device, data_root, executor, scheduler, workers, progress,
+                src: Path) -> list[tuple[str, float]]:
+    """The pages' training runs, then (with processes) their measurements, before any notebook;
+    the wall time of each phase (``_training``, ``_measuring``), which the next build's progress
+    lines take as their estimate."""
+    known = build_timings(src / "book" / "_timings.yml")
     configs = registry.profile_train_configs({n: p for n, _, p, _ in runs})
     keys = [run_key(c) for wave in configs for c in wave]
-    events = out_dir / ".precompute.events"
+    events = src.parent / ".precompute.events"
     label = f"[training] {executor}, {workers or 'one per core'} at once"
-    with _following(Follower(label, events, Store(res), keys) if progress else None):
+    t0 = time.perf_counter()
+    with _following(Follower(label, events, Store(res), keys, known.get("_training", {}).get("seconds"))
+                    if progress else None):
         train_profile(runs, res, device, data_root, executor, scheduler, workers, progress=False)
+    phases = [("_training", time.perf_counter() - t0)]
     if executor != "processes" or (workers or 1) < 2:
-        return
+        return phases
     # a chapter's first page first: its other pages (variants, sweeps) reuse much of what it measures
     ordered = sorted(runs, key=lambda r: r[0] != r[1])
     label = f"[measuring] pages 0/{len(ordered)}, {workers} at once"
-    follower = Follower(label, events, Store(res), []) if progress else None
+    follower = Follower(label, events, Store(res), [], known.get("_measuring", {}).get("seconds")) \
+        if progress else None
     failed, finished = [], []
 
     def done(name, seconds, error=None, written=0):
@@ -259,10 +273,12 @@ def _precompute(runs, res, device, data_root, executor, scheduler, workers, prog
         if error:
             failed.append(f"{name}: {error}")
 
+    t0 = time.perf_counter()
     with _following(follower):
         measure_chapters(ordered, res, device, data_root, workers, done)
     if failed:
         raise HessbatchError(f"{len(failed)} page(s) failed while computing: {failed[0]}")
+    return [*phases, ("_measuring", time.perf_counter() - t0)]
 
 
 def _write_provenance(src: Path, prof: dict, every, timings, device, res) -> None:
@@ -273,7 +289,8 @@ def _write_provenance(src: Path, prof: dict, every, timings, device, res) -> Non
     ordered = [(n, known[n]["seconds"], known[n]["device"]) for n, _, _, _ in every if n in known]
     computed = Path(res) / "_timings.yml"
     computed = yaml.safe_load(computed.read_text()) if computed.is_file() else None
-    (src / "book" / "_provenance.md").write_text(provenance_table(prof["profile"], ordered, computed))
+    phases = {n: t for n, t in timings if n.startswith("_")}
+    (src / "book" / "_provenance.md").write_text(provenance_table(prof["profile"], ordered, computed, phases))
 
 
 def _render(src: Path, out_dir: Path) -> Path:

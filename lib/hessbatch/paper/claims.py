@@ -42,6 +42,31 @@ def trend(text: str, source: str, x, y, sign: int) -> dict:
     return claim(text, source, "Spearman ρ", rho, passed)
 
 
+def seed_trend(text: str, source: str, x, y, sign: int, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Claim that y rises (sign=+1) or falls (sign=-1) with x over runs repeated with several
+    seeds (one (x, y) pair per run): Spearman ρ of the means over seeds at each x, and a bootstrap
+    interval (seeds resampled within each x, 95 %) for the ratio mean y(x_max) / mean y(x_min).
+    Holds when ρ has the sign and the whole interval lies beyond 1 in its direction."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    levels = np.unique(x)
+    if len(levels) < 2:
+        return claim(text, source, "Spearman ρ (seed means)", float("nan"), False)
+    means = np.array([y[x == v].mean() for v in levels])
+    rho = spearman(levels, means) if len(levels) >= 3 else float(np.sign(means[-1] - means[0]))
+    rng = np.random.default_rng(seed)
+    lo_y, hi_y = y[x == levels[0]], y[x == levels[-1]]
+    ratios = np.array([rng.choice(hi_y, len(hi_y)).mean() / rng.choice(lo_y, len(lo_y)).mean()
+                       for _ in range(n_boot)])
+    lo, hi = np.percentile(ratios, [2.5, 97.5])
+    beyond = lo > 1 if sign > 0 else hi < 1
+    passed = (not math.isnan(rho)) and sign * rho > 0 and bool(beyond)
+    row = claim(text, source, f"Spearman ρ (seed means); ratio at the ends {means[-1] / means[0]:.3g} "
+                              f"[{lo:.3g}, {hi:.3g}]", rho, passed)
+    return {**row, "ratio": float(means[-1] / means[0]), "ratio_low": float(lo), "ratio_high": float(hi)}
+
+
 def table(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["claim", "paper", "statistic", "value", "holds"])
 

@@ -82,7 +82,7 @@ class Follower:
             self.done0 = done
         parts = [f"{self.label}: runs {done}/{len(self.keys)}" if self.keys else self.label]
         live = [e for e in self.bars.values() if not e.get("done")]
-        for e in live[-2:]:
+        for e in live[-3:]:  # two runs training side by side and the sweep over them
             total = f"/{e['total']}" if e.get("total") else ""
             post = f" ({e['postfix']})" if e.get("postfix") else ""
             parts.append(f"{e['desc']} {e['n']}{total} {e['unit']}{post}")

@@ -113,12 +113,12 @@ def compute(profile: str, results: str | None = None, device: str = "cpu", data_
     res = profile_results(prof, results)
     if download:
         fetch_data(runs, data_root)
-    hardware = hardware(dev)
+    hw = hardware(dev)
     t0 = time.perf_counter()
     record = Path(res) / "_timings.yml"
     timings = (yaml.safe_load(record.read_text()) if record.is_file() else None) or {}
     call = {"started": time.strftime("%Y-%m-%d %H:%M"), "chapters": [n for n, _, _, _ in runs], "workers": workers,
-            "hardware": hardware, "seconds": 0.0, "train_seconds": 0.0}
+            "hardware": hw, "seconds": 0.0, "train_seconds": 0.0}
     timings.setdefault("_calls", []).append(call)
 
     def save():
@@ -140,7 +140,7 @@ def compute(profile: str, results: str | None = None, device: str = "cpu", data_
             seconds, errors = train_profile(runs, res, str(dev), data_root, "processes" if workers > 1 else "local",
                                              workers=workers, keep_going=True, progress=progress)
             call["train_seconds"], training[0] = round(seconds, 1), False
-            _compute_chapters(runs, res, dev, data_root, workers, timings, hardware, call, errors, save, progress)
+            _compute_chapters(runs, res, dev, data_root, workers, timings, hw, call, errors, save, progress)
         except KeyboardInterrupt:
             interrupted()
             raise
@@ -155,7 +155,7 @@ def hardware(dev) -> str:
     return f"{gpu}{os.cpu_count()} CPU cores ({platform.machine()})"
 
 
-def _compute_chapters(runs, res, dev, data_root, workers, timings, hardware, call, errors, save,
+def _compute_chapters(runs, res, dev, data_root, workers, timings, hw, call, errors, save,
                       progress=False) -> None:
     """The measurement part of :func:`compute`: each chapter's results, its timing recorded as it ends."""
     for e in errors:
@@ -168,13 +168,13 @@ def _compute_chapters(runs, res, dev, data_root, workers, timings, hardware, cal
             print(f"{name}: failed after {seconds / 60:.1f} min: {error}", flush=True)
         elif not written and name in timings:
             print(f"{name}: already in the store (read in {seconds / 60:.1f} min; its timing is kept)", flush=True)
-        elif name in timings and timings[name].get("hardware") == hardware:
+        elif name in timings and timings[name].get("hardware") == hw:
             before = timings[name]
             timings[name] = {**before, "seconds": round(before["seconds"] + seconds, 1),
                              "calls": before.get("calls", 1) + 1}
             print(f"{name}: {seconds / 60:.1f} min for what was missing, added to its earlier timing", flush=True)
         else:
-            timings[name] = {"seconds": round(seconds, 1), "device": str(dev), "hardware": hardware}
+            timings[name] = {"seconds": round(seconds, 1), "device": str(dev), "hardware": hw}
             print(f"{name}: {seconds / 60:.1f} min", flush=True)
         call["failed"] = errors
         save()

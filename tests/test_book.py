@@ -158,11 +158,13 @@ def test_optional_variant_runs_only_when_named():
     names = lambda **kw: [n for n, *_ in executions(paper, **kw)]  # noqa: E731
     assert "01-batch-size--ResNet18" in names() and "01-batch-size--ResNet18" not in names(optional=False)
     assert names(chapters=["01-batch-size"], optional=False) == [
-        "01-batch-size", "01-batch-size--attack-fgsm10", "01-batch-size--C2", "01-batch-size--C2--attack-fgsm10",
-        "01-batch-size--M1", "01-batch-size--M1--attack-fgsm10"]
+        "01-batch-size", "01-batch-size--attack-fgsm10", "01-batch-size--M1", "01-batch-size--M1--attack-fgsm10",
+        "01-batch-size--C2", "01-batch-size--C2--attack-fgsm10", "01-batch-size--M1-cpu",
+        "01-batch-size--M1-cpu--attack-fgsm10", "01-batch-size--M1-15ep", "01-batch-size--M1-15ep--attack-fgsm10"]
     assert names(chapters=["01-batch-size--ResNet18"], optional=False) == ["01-batch-size--ResNet18"]
-    assert names(chapters=["01-batch-size--C1", "02-landscapes"], optional=False) == ["01-batch-size",
-                                                                                     "02-landscapes"]
+    assert names(chapters=["01-batch-size--C1", "02-landscapes"], optional=False) == [
+        "01-batch-size", "02-landscapes", "02-landscapes--C1", "02-landscapes--M1-15ep"]
+    assert names(chapters=["01-batch-size--C1"], overrides={"k": 5}) == ["01-batch-size--attack-fgsm--k-5"]
     with pytest.raises(HessbatchError, match="no chapter.*01-batch-size--nope; it has 01-batch-size, .*--C1"):
         compute("paper", chapters=["01-batch-size--nope"])
 
@@ -389,12 +391,12 @@ def test_paper_profile_renders_from_committed_results(tmp_path, monkeypatch):
     src = build("paper", out=str(tmp_path / "build"), html=False)
     executed = sorted(p.stem for p in (src / "book").glob("*.ipynb"))
     placeholders = sorted(p.stem for p in (src / "book").glob("0*.md"))
-    assert {"01-batch-size--M1", "02-landscapes", "03-dynamics", "04-saddle-free",
+    assert {"01-batch-size--M1-15ep", "02-landscapes--M1-15ep", "03-dynamics", "04-saddle-free",
             "05-adversarial-training", "07-pga-dynamics", "08-instability"} <= set(executed)
     assert not set(executed) & set(placeholders)
     assert len(executed) + len(placeholders) == len(executions(load_profile("paper")))
-    assert "--chapters 01-batch-size--C1 " in (src / "book" / "01-batch-size.md").read_text()
-    nb = json.loads((src / "book" / "01-batch-size--M1.ipynb").read_text())
+    assert "PLAN=c1-table1 bash scripts/gpu/plan.sh" in (src / "book" / "01-batch-size.md").read_text()
+    nb = json.loads((src / "book" / "01-batch-size--M1-15ep.ipynb").read_text())
     text = json.dumps(nb["cells"])
     assert "MNIST; used: 60,000 train / 10,000 test" in text and "device* cuda" in text
     ch8 = json.dumps(json.loads((src / "book" / "08-instability.ipynb").read_text())["cells"])

@@ -271,10 +271,20 @@ class Store:
             return entry
         if self.read_only:
             raise NotInStore(f"no {kind} entry {self.key(kind, config)} in the read-only store at {self.root}")
-        with self.lock(kind, self.key(kind, config)):  # another process computing it: wait, then read it
+        key = self.key(kind, config)
+        folder = self.root / kind
+        fresh = not folder.exists()
+        with self.lock(kind, key):  # another process computing it: wait, then read it
             if (entry := self.get(kind, config)) is not None:
                 return entry
-            return self._compute(kind, config, compute)
+            try:
+                return self._compute(kind, config, compute)
+            except BaseException:  # bad input found while computing: leave nothing behind
+                (folder / f".{key}.lock").unlink(missing_ok=True)
+                if fresh:
+                    with contextlib.suppress(OSError):
+                        folder.rmdir()
+                raise
 
     def _compute(self, kind: str, config: dict, compute) -> Entry:
         t0 = time.perf_counter()

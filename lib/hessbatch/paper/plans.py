@@ -99,6 +99,7 @@ def run(profile: str, name: str, out: str, device: str = "cpu", data_root: str |
     plan = find(prof, name)
     pages = selected(prof, list(plan.pages), overrides, optional=True)
     bases = [n for n, _, _, _ in selected(prof, list(plan.pages), None, optional=True)]
+    check(len(pages) == len(bases), f"plan {name}: the overrides changed which pages it has")
     if dry_run:
         pages = [(n, c, toy(p), t) for n, c, p, t in pages]
     budget = budget_s or plan.budget_s

@@ -114,7 +114,9 @@ def _pages(profile: dict, chapter: str, overrides: dict) -> list[dict]:
         for j, combo in enumerate(combos):
             changed = {**combo, **overrides}
             name = base if j == 0 and not overrides else f"{base}--{_label({**combo, **overrides})}"
-            aliases = [f"{chapter}--{label}"] if label and name == chapter else []
+            plain = base if j == 0 else f"{base}--{_label(combo)}"  # its name without the overrides
+            aliases = [f"{chapter}--{label}"] if label and plain == chapter else []
+            aliases += [plain] if plain != name else []
             title = ", ".join([*([var.get("title", label)] if label else []),
                                *(f"{k} = {v}" for k, v in changed.items())]) or None
             params = {**chapter_parameters(profile, chapter, label), **changed}

@@ -168,19 +168,26 @@ def _compute_chapters(runs, res, dev, data_root, workers, timings, hw, call, err
             print(f"{name}: failed after {seconds / 60:.1f} min: {error}", flush=True)
         elif not written and name in timings:
             print(f"{name}: already in the store (read in {seconds / 60:.1f} min; its timing is kept)", flush=True)
-        elif name in timings and timings[name].get("hardware") == hw:
-            before = timings[name]
-            timings[name] = {**before, "seconds": round(before["seconds"] + seconds, 1),
-                             "calls": before.get("calls", 1) + 1}
+        elif record_timing(timings, name, seconds, str(dev), hw):
             print(f"{name}: {seconds / 60:.1f} min for what was missing, added to its earlier timing", flush=True)
         else:
-            timings[name] = {"seconds": round(seconds, 1), "device": str(dev), "hardware": hw}
             print(f"{name}: {seconds / 60:.1f} min", flush=True)
         call["failed"] = errors
         save()
 
     measure_chapters(runs, res, dev, data_root, workers, done, progress)
     save()
+
+
+def record_timing(timings: dict, name: str, seconds: float, device: str, hw: str) -> bool:
+    """A page's compute time in a ``_timings.yml`` mapping: added to an earlier timing of the page
+    on the same hardware (``calls`` counts them; returns True), else replacing it."""
+    before = timings.get(name)
+    if isinstance(before, dict) and before.get("hardware") == hw:
+        timings[name] = {**before, "seconds": round(before["seconds"] + seconds, 1), "calls": before.get("calls", 1) + 1}
+        return True
+    timings[name] = {"seconds": round(seconds, 1), "device": device, "hardware": hw}
+    return False
 
 
 def measure_chapters(runs, res, device, data_root, workers: int, done, progress: bool = False) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..errors import check
 from ..store import MANIFEST, Store, atomic_write_bytes
-from .compute import compute_one, hardware, train_profile
+from .compute import compute_one, hardware, record_timing, train_profile
 from .profiles import check_chapters, load_profile, profile_results, selected
 
 
@@ -218,13 +218,7 @@ def _record_timings(path: Path, record: dict, yaml) -> None:
          "train_seconds": round(sum(p["train_seconds"] for p in done), 1), "plan": record["plan"],
          "failed": [f"{p['name']}: {p.get('error') or p['state']}" for p in record["pages"] if p not in done]})
     for p in done:
-        name = p.get("page", p["name"])
-        before = timings.get(name)
-        if isinstance(before, dict) and before.get("hardware") == record["hardware"]:
-            timings[name] = {**before, "seconds": round(before["seconds"] + p["seconds"], 1),
-                                  "calls": before.get("calls", 1) + 1}
-        else:
-            timings[name] = {"seconds": p["seconds"], "device": record["device"], "hardware": record["hardware"]}
+        record_timing(timings, p.get("page", p["name"]), p["seconds"], record["device"], record["hardware"])
     atomic_write_bytes(path, yaml.safe_dump(timings, sort_keys=False).encode())
 
 

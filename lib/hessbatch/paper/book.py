@@ -21,7 +21,7 @@ from .. import __version__
 from ..errors import HessbatchError
 from ..store import Store
 from . import registry
-from .compute import fetch_data, measure_chapters, stored_split, train_profile
+from .compute import fetch_data, overlapped, stored_split, train_profile
 from ..config import run_key
 from ..progress import EVENTS_ENV
 from .figures import commit
@@ -50,9 +50,10 @@ def provenance_table(profile: str, timings: list[tuple[str, float, str]], comput
              "|---|---|---:|"]
     lines += [f"| [{n}]({n}) | {d} | {t / 60:.1f} min |" for n, t, d in timings]
     if phases:
+        whole = (f"; with their measurements, which began as each page's runs were done, "
+                 f"{phases['_computing'] / 60:.1f} min in all" if "_computing" in phases else "")
         lines += ["", "Before the notebooks ran (they then only read the store), the pages' training runs took "
-                  f"{phases.get('_training', 0) / 60:.1f} min and their measurements "
-                  f"{phases.get('_measuring', 0) / 60:.1f} min, several processes at once."]
+                  f"{phases.get('_training', 0) / 60:.1f} min{whole}, several processes at once."]
     if computed:
         lines += ["", *computed_summary(computed)]
     return "\n".join(lines) + "\n"
@@ -106,9 +107,9 @@ def build(profile: str = "quick", results: str | None = None, device: str = "cpu
     """Execute the chapters with papermill and build the HTML; return the path of ``index.html``.
 
     With ``executor="processes"`` the chosen pages are first computed without notebooks, as
-    ``hessbatch compute`` does: their training runs ``workers`` at a time, one process each (the
-    cores split between them), then their measurements ``workers`` pages at a time; the notebooks
-    then only read the store. ``"auto"`` (the default) is that on a CPU of several cores, where
+    ``hessbatch compute`` does: in ``workers`` processes (the cores split between them), their
+    training runs, and each page's measurements as soon as its runs are done (see
+    :func:`hessbatch.paper.compute.overlapped`); the notebooks then only read the store. ``"auto"`` (the default) is that on a CPU of several cores, where
     small models gain from processes more than from threads, and ``"local"`` (each notebook
     computes what it shows) elsewhere. With ``"dask"`` only the training runs are computed first,
     as a sweep (see ``hessbatch.sweep``). With ``download``, missing datasets are fetched first.
@@ -244,41 +245,40 @@ def choose_executor(executor: str, workers: int | None, device: str) -> tuple[st
 
 def _precompute(runs, res, device, data_root, executor, scheduler, workers, progress,
                 src: Path) -> list[tuple[str, float]]:
-    """The pages' training runs, then (with processes) their measurements, before any notebook;
-    the wall time of each phase (``_training``, ``_measuring``), which the next build's progress
-    lines take as their estimate."""
+    """The pages' training runs and (with processes) their measurements, before any notebook; the
+    wall time until the last run ended (``_training``) and of the whole (``_computing``), which
+    the next build's progress line takes as its estimate."""
     known = build_timings(src / "book" / "_timings.yml")
     configs = registry.profile_train_configs({n: p for n, _, p, _ in runs})
     keys = [run_key(c) for wave in configs for c in wave]
     events = src.parent / ".precompute.events"
-    label = f"[training] {executor}, {workers or 'one per core'} at once"
     t0 = time.perf_counter()
-    with _following(Follower(label, events, Store(res), keys, known.get("_training", {}).get("seconds"))
-                    if progress else None):
-        train_profile(runs, res, device, data_root, executor, scheduler, workers, progress=False)
-    phases = [("_training", time.perf_counter() - t0)]
     if executor != "processes" or (workers or 1) < 2:
-        return phases
+        label = f"[training] {executor}, {workers or 'one per core'} at once"
+        with _following(Follower(label, events, Store(res), keys, known.get("_training", {}).get("seconds"))
+                        if progress else None):
+            train_profile(runs, res, device, data_root, executor, scheduler, workers, progress=False)
+        return [("_training", time.perf_counter() - t0)]
     # a chapter's first page first: its other pages (variants, sweeps) reuse much of what it measures
     ordered = sorted(runs, key=lambda r: r[0] != r[1])
-    label = f"[measuring] pages 0/{len(ordered)}, {workers} at once"
-    follower = Follower(label, events, Store(res), [], known.get("_measuring", {}).get("seconds")) \
+    label = f"[computing] pages 0/{len(ordered)} measured, {workers} processes"
+    follower = Follower(label, events, Store(res), keys, known.get("_computing", {}).get("seconds")) \
         if progress else None
     failed, finished = [], []
 
     def done(name, seconds, error=None, written=0):
         finished.append(name)
         if follower is not None:
-            follower.label = f"[measuring] pages {len(finished)}/{len(ordered)}, {workers} at once"
+            follower.label = f"[computing] pages {len(finished)}/{len(ordered)} measured, {workers} processes"
         if error:
             failed.append(f"{name}: {error}")
 
-    t0 = time.perf_counter()
     with _following(follower):
-        measure_chapters(ordered, res, device, data_root, workers, done)
-    if failed:
-        raise HessbatchError(f"{len(failed)} page(s) failed while computing: {failed[0]}")
-    return [*phases, ("_measuring", time.perf_counter() - t0)]
+        trained_at, errors = overlapped(ordered, res, device, data_root, workers, done)
+    if errors or failed:
+        raise HessbatchError(f"{len(errors)} training run(s) and {len(failed)} page(s) failed while computing: "
+                             f"{(errors or failed)[0]}")
+    return [("_training", trained_at), ("_computing", time.perf_counter() - t0)]
 
 
 def _write_provenance(src: Path, prof: dict, every, timings, device, res) -> None:

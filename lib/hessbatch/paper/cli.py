@@ -32,20 +32,21 @@ def add_commands(sub) -> None:
     profile_flags(bk)
     bk.add_argument("--out", default=None, metavar="DIR", help="build folder (default: _build/<profile>)")
     bk.add_argument("--executor", choices=("auto", *EXECUTORS), default="auto",
-                    help="processes: compute the pages' runs, then their measurements, several at once before the "
-                         "notebooks; dask: train the runs as a sweep first; local: each notebook computes what it "
+                    help="processes: compute the pages' runs and their measurements (a page's as soon as its runs "
+                         "are done), several at once before the notebooks; dask: train the runs as a sweep first; local: each notebook computes what it "
                          "shows (default: auto, processes on a CPU of several cores, else local)")
     bk.add_argument("--scheduler", default=None, metavar="ADDRESS", help="Dask scheduler (default: a LocalCluster)")
     bk.add_argument("--workers", type=int, default=None, help="worker processes (processes executor, or a Dask LocalCluster; default: one per core)")
     cli.common_flags(bk)
 
     co = sub.add_parser("compute", help="compute a book profile's results without notebooks (e.g. on a GPU)",
-                        description="Train every run of a profile (several at once with --workers), then compute "
-                        "each chapter's measurements into the profile's store; `hessbatch book` then only reads them. "
+                        description="Train every run of a profile and compute each chapter's measurements into the "
+                        "profile's store (with --workers, in that many processes, a chapter as soon as its runs are done); `hessbatch book` then only reads them. "
                         "Resumes from the store; each chapter's wall time goes to <results>/_timings.yml.")
     profile_flags(co)
     co.add_argument("--workers", type=int, default=1,
-                    help="training runs, then chapters, computed at once, one process each (default: 1)")
+                    help="processes sharing the training runs and then the chapters, a chapter starting as soon as "
+                         "its runs are done (default: 1)")
     cli.common_flags(co)
 
     pl = sub.add_parser("plan", help="list a profile's plans, run one within its time budget, or merge one's results",

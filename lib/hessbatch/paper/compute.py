@@ -97,8 +97,8 @@ def compute(profile: str, results: str | None = None, device: str = "cpu", data_
             progress: bool = True, overrides: dict | None = None) -> dict:
     """Compute every chapter of a profile into its store, without notebooks; return the timings.
 
-    Training runs go first (``workers`` at a time, each in its own process), then the
-    chapters' measurements (``workers`` chapters at a time). Everything resumes from the store.
+    With ``workers`` > 1, runs and chapters share one pool of processes (see :func:`overlapped`): the
+    runs first, ``workers`` at a time, and each chapter's measurements as soon as its runs are done. Everything resumes from the store.
     A failed training run or chapter is reported (in the timings too) and the others go on;
     the call then raises, naming what failed. A chapter found complete in the store keeps the
     timing of the call that computed it; one that was missing some results, on the same hardware,
@@ -126,7 +126,7 @@ def compute(profile: str, results: str | None = None, device: str = "cpu", data_
         Path(res).mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(record, yaml.safe_dump(timings, sort_keys=False).encode())
 
-    training = [True]
+    training, errors = [True], []
 
     def interrupted():
         call["interrupted"] = True
@@ -137,10 +137,10 @@ def compute(profile: str, results: str | None = None, device: str = "cpu", data_
     with _on_sigterm(interrupted):
         try:
             save()
-            seconds, errors = train_profile(runs, res, str(dev), data_root, "processes" if workers > 1 else "local",
-                                             workers=workers, keep_going=True, progress=progress)
+            done = _reporter(timings, dev, hw, call, errors, save)
+            seconds = _train_and_measure(runs, res, dev, data_root, workers, done, errors, progress)
             call["train_seconds"], training[0] = round(seconds, 1), False
-            _compute_chapters(runs, res, dev, data_root, workers, timings, hw, call, errors, save, progress)
+            save()
         except KeyboardInterrupt:
             interrupted()
             raise
@@ -149,19 +149,33 @@ def compute(profile: str, results: str | None = None, device: str = "cpu", data_
     return timings
 
 
+def _train_and_measure(runs, res, dev, data_root, workers, done, errors, progress) -> float:
+    """Train and measure (in processes, overlapped, with several workers); add what failed to
+    ``errors``; return the time the training took."""
+    def on_run(outcome):
+        if outcome["state"] == "failed":
+            print(f"failed: training run {outcome['key']}: {outcome['error']}", flush=True)
+
+    if workers > 1:
+        seconds, failed = overlapped(runs, res, dev, data_root, workers, done, on_run, keep_going=True)
+        errors += failed
+        return seconds
+    seconds, failed = train_profile(runs, res, str(dev), data_root, "local", keep_going=True, progress=progress)
+    errors += failed
+    for e in failed:
+        print(f"failed: {e}", flush=True)
+    measure_chapters(runs, res, dev, data_root, done, progress)
+    return seconds
+
+
 def hardware(dev) -> str:
     """The machine a call computes on, as ``_timings.yml`` records it."""
     gpu = f"{torch.cuda.get_device_name(dev)}, " if dev.type == "cuda" else ""
     return f"{gpu}{os.cpu_count()} CPU cores ({platform.machine()})"
 
 
-def _compute_chapters(runs, res, dev, data_root, workers, timings, hw, call, errors, save,
-                      progress=False) -> None:
-    """The measurement part of :func:`compute`: each chapter's results, its timing recorded as it ends."""
-    for e in errors:
-        print(f"failed: {e}", flush=True)
-    save()
-
+def _reporter(timings, dev, hw, call, errors, save):
+    """What :func:`compute` does as each page ends: print it, record its timing, save."""
     def done(name, seconds, error=None, written=1):
         if error:
             errors.append(f"chapter {name}: {error}")
@@ -175,8 +189,7 @@ def _compute_chapters(runs, res, dev, data_root, workers, timings, hw, call, err
         call["failed"] = errors
         save()
 
-    measure_chapters(runs, res, dev, data_root, workers, done, progress)
-    save()
+    return done
 
 
 def record_timing(timings: dict, name: str, seconds: float, device: str, hw: str) -> bool:
@@ -190,26 +203,73 @@ def record_timing(timings: dict, name: str, seconds: float, device: str, hw: str
     return False
 
 
-def measure_chapters(runs, res, device, data_root, workers: int, done, progress: bool = False) -> None:
-    """Each chapter's measurements, ``workers`` chapters at a time (one process each, the cores
-    split between them); ``done(name, seconds, error, written)`` as each ends."""
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    import multiprocessing as mp
+def measure_chapters(runs, res, device, data_root, done, progress: bool = False) -> None:
+    """Each chapter's measurements, one after another in this process; ``done(name, seconds, error,
+    written)`` as each ends (:func:`overlapped` runs them in processes)."""
+    for name, chapter, params, _ in runs:
+        done(*compute_one(name, chapter, params, res, str(device), data_root, progress=progress))
 
-    if workers == 1:
-        for name, chapter, params, _ in runs:
-            done(*compute_one(name, chapter, params, res, str(device), data_root, progress=progress))
-        return
-    at_once = min(workers, len(runs))
-    with ProcessPoolExecutor(max_workers=at_once, mp_context=mp.get_context("spawn")) as pool:
-        threads = max(1, (os.cpu_count() or 1) // at_once)
-        futures = {pool.submit(compute_one, n, c, p, res, str(device), data_root, threads, processes=at_once): n
-                   for n, c, p, _ in runs}
-        for fut in as_completed(futures):
-            try:
-                done(*fut.result())
-            except Exception as e:  # noqa: BLE001 — the worker process died
-                done(futures[fut], 0.0, f"{type(e).__name__}: {e}".splitlines()[0])
+
+def overlapped(runs, res, device, data_root, workers: int, done, on_run=None,
+               keep_going: bool = False) -> tuple[float, list[str]]:
+    """The pages' training runs and their measurements in one pool of ``workers`` processes (the
+    cores split between them): runs first, wave after wave; a page is measured as soon as its own
+    runs are trained, on a process the training no longer needs, so the measurements fill the
+    cores left idle by the last long runs and by the wait for the second wave. Pages go in the
+    order given (put a chapter's first page first: its other pages reuse much of what it
+    measures). ``done(name, seconds, error, written)`` as each page ends, ``on_run(outcome)`` as
+    each run ends. A failed run starts no new run (unless ``keep_going``), and a page lacking a
+    run is then reported failed without running (the order is :class:`hessbatch.schedule.Schedule`'s).
+    Returns the time the last run ended and the failed runs' errors."""
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    from ..config import run_key
+    from ..schedule import Schedule
+    from ..sweep import run_one, validate
+
+    t0, root = time.perf_counter(), str(Path(res).resolve())
+    waves = [[(run_key(c), c.to_dict()) for c, _ in validate(w, data_root)]
+             for w in registry.profile_train_configs({n: p for n, _, p, _ in runs})]
+    jobs = [(n, {run_key(c) for w in registry.profile_train_configs({n: p}) for c in w}, (n, c, p))
+            for n, c, p, _ in runs]
+    plan = Schedule(waves, jobs, keep_going)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    inflight, errors, trained_at = {}, [], 0.0
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        while True:
+            while len(inflight) < workers and (step := plan.next()) is not None:
+                kind, what = step
+                if kind == "skip":
+                    done(what[0], 0.0, f"not measured: {what[1]}", 0)
+                elif kind == "run":
+                    inflight[pool.submit(run_one, what[1], root, str(device), data_root, False, threads)] = step
+                else:
+                    name, chapter, params = what
+                    inflight[pool.submit(compute_one, name, chapter, params, res, str(device), data_root, threads,
+                                         processes=workers)] = step
+            if not inflight:
+                break
+            finished, _ = wait(inflight, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                kind, what = inflight.pop(fut)
+                if kind == "run":
+                    try:
+                        outcome = fut.result()
+                    except Exception as e:  # noqa: BLE001 — the worker process died
+                        outcome = {"key": what[0], "state": "failed", "error": f"{type(e).__name__}: {e}"}
+                    plan.ended(what[0], outcome["state"] != "failed")
+                    if outcome["state"] == "failed":
+                        errors.append(f"training run {what[0]}: {outcome['error'].splitlines()[0]}")
+                    trained_at = time.perf_counter() - t0
+                    if on_run is not None:
+                        on_run(outcome)
+                    continue
+                try:
+                    done(*fut.result())
+                except Exception as e:  # noqa: BLE001 — the worker process died
+                    done(what[0], 0.0, f"{type(e).__name__}: {e}".splitlines()[0])
+    return trained_at, errors
 
 
 @contextmanager

@@ -135,6 +135,13 @@ def _num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def parent_keys(config: TrainConfig | dict) -> set[str]:
+    """The runs a configuration needs in the store before it can train: the one it starts from
+    (``init_from``) and the one guiding its label smoothing (``sample_smoothing``)."""
+    cfg = TrainConfig.from_dict(config) if isinstance(config, dict) else config
+    return {k for k in (cfg.init_from, (cfg.sample_smoothing or {}).get("guide")) if k}
+
+
 def run_key(config: TrainConfig | dict) -> str:
     """The store key a training configuration gets (without training it)."""
     cfg = TrainConfig.from_dict(config) if isinstance(config, dict) else config

@@ -213,9 +213,9 @@ def measure_chapters(runs, res, device, data_root, done, progress: bool = False)
 def overlapped(runs, res, device, data_root, workers: int, done, on_run=None,
                keep_going: bool = False) -> tuple[float, list[str]]:
     """The pages' training runs and their measurements in one pool of ``workers`` processes (the
-    cores split between them): runs first, wave after wave; a page is measured as soon as its own
-    runs are trained, on a process the training no longer needs, so the measurements fill the
-    cores left idle by the last long runs and by the wait for the second wave. Pages go in the
+    cores split between them): runs first, each as soon as the runs it starts from are done; a
+    page is measured as soon as its own runs are trained, on a process the training no longer
+    needs, so the measurements fill the cores left idle by the last long runs. Pages go in the
     order given (put a chapter's first page first: its other pages reuse much of what it
     measures). ``done(name, seconds, error, written)`` as each page ends, ``on_run(outcome)`` as
     each run ends. A failed run starts no new run (unless ``keep_going``), and a page lacking a
@@ -224,16 +224,16 @@ def overlapped(runs, res, device, data_root, workers: int, done, on_run=None,
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    from ..config import run_key
+    from ..config import parent_keys, run_key
     from ..schedule import Schedule
     from ..sweep import run_one, validate
 
     t0, root = time.perf_counter(), str(Path(res).resolve())
-    waves = [[(run_key(c), c.to_dict()) for c, _ in validate(w, data_root)]
-             for w in registry.profile_train_configs({n: p for n, _, p, _ in runs})]
+    configs = [c for w in registry.profile_train_configs({n: p for n, _, p, _ in runs}) for c in w]
+    order = [(run_key(c), c.to_dict(), parent_keys(c)) for c, _ in validate(configs, data_root)]
     jobs = [(n, {run_key(c) for w in registry.profile_train_configs({n: p}) for c in w}, (n, c, p))
             for n, c, p, _ in runs]
-    plan = Schedule(waves, jobs, keep_going)
+    plan = Schedule(order, jobs, keep_going)
     threads = max(1, (os.cpu_count() or 1) // workers)
     inflight, errors, trained_at = {}, [], 0.0
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
@@ -242,6 +242,8 @@ def overlapped(runs, res, device, data_root, workers: int, done, on_run=None,
                 kind, what = step
                 if kind == "skip":
                     done(what[0], 0.0, f"not measured: {what[1]}", 0)
+                elif kind == "lost":
+                    errors.append(f"training run {what[0]}: not trained: {what[1]}")
                 elif kind == "run":
                     inflight[pool.submit(run_one, what[1], root, str(device), data_root, False, threads)] = step
                 else:

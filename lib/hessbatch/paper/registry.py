@@ -8,7 +8,7 @@ import dataclasses
 from dataclasses import dataclass
 from types import ModuleType
 
-from ..config import run_key
+from ..config import parent_keys, run_key
 from ..errors import HessbatchError
 from ..store import Store
 from .chapters import (adversarial_training, batch_size, dynamics, instability, landscapes, large_batch_robust,
@@ -64,6 +64,6 @@ def profile_train_configs(params_by_chapter: dict[str, dict]) -> list[list[dict]
     first, second = {}, {}
     for name, params in params_by_chapter.items():
         for cfg in chapter(name).train_configs(params):
-            wave = second if cfg.get("init_from") or cfg.get("sample_smoothing") else first
+            wave = second if parent_keys(cfg) else first
             wave.setdefault(run_key(cfg), cfg)
     return [list(w.values()) for w in (first, second) if w]

@@ -212,15 +212,12 @@ def measure_chapters(runs, res, device, data_root, done, progress: bool = False)
 
 def overlapped(runs, res, device, data_root, workers: int, done, on_run=None,
                keep_going: bool = False) -> tuple[float, list[str]]:
-    """The pages' training runs and their measurements in one pool of ``workers`` processes (the
-    cores split between them): runs first, each as soon as the runs it starts from are done; a
-    page is measured as soon as its own runs are trained, on a process the training no longer
-    needs, so the measurements fill the cores left idle by the last long runs. Pages go in the
-    order given (put a chapter's first page first: its other pages reuse much of what it
-    measures). ``done(name, seconds, error, written)`` as each page ends, ``on_run(outcome)`` as
-    each run ends. A failed run starts no new run (unless ``keep_going``), and a page lacking a
-    run is then reported failed without running (the order is :class:`hessbatch.schedule.Schedule`'s).
-    Returns the time the last run ended and the failed runs' errors."""
+    """The pages' training runs and their measurements in one pool of ``workers`` processes, in
+    the order of :class:`hessbatch.schedule.Schedule`: runs first, a page as soon as its runs are
+    done, so measurements fill the cores the last long runs leave idle (put a chapter's first page
+    first: its other pages reuse what it measures). ``done(name, seconds, error, written)`` as each
+    page ends, ``on_run(outcome)`` as each run ends. Returns the time the last run ended and the
+    failed runs' errors."""
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 

@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 LIB = ROOT / "lib"
 CHAPTERS = sorted(p.stem for p in (ROOT / "book").glob("*.ipynb"))
 FIGURES = {"01-batch-size": 2, "02-landscapes": 2, "03-dynamics": 1, "04-saddle-free": 1,
-           "05-adversarial-training": 2, "06-large-batch-robust": 1, "07-pga-dynamics": 3, "08-instability": 3}
+           "05-adversarial-training": 2, "06-large-batch-robust": 1, "07-pga-dynamics": 3, "08-instability": 3,
+           "09-lr-scaling": 3}
 
 
 def _parameters_cell(name):

@@ -29,3 +29,16 @@ def test_sgd_converges_below_the_threshold_and_diverges_above(lr, momentum):
 def test_bad_values():
     with pytest.raises(HessbatchError, match="momentum in"):
         stability_threshold(0.1, 1.0)
+
+
+def test_a_runs_threshold_follows_its_learning_rate_schedule():
+    from hessbatch.config import TrainConfig
+    from hessbatch.thresholds import threshold_after
+
+    base = {"model": "MLP", "dataset": "mnist5k", "batch_size": 64, "lr": 0.01, "momentum": 0.9}
+    const = TrainConfig.from_dict(base).resolved()
+    assert threshold_after(const, 0) == threshold_after(const, 7) == pytest.approx(380.0)
+    scaled = TrainConfig.from_dict({**base, "lr_scaling": "linear", "lr_base_batch": 16, "warmup_epochs": 4}).resolved()
+    assert threshold_after(scaled, 1) == pytest.approx(380.0)        # the first epoch runs at the base lr
+    assert threshold_after(scaled, 3) == pytest.approx(3.8 / 0.025)  # warm-up: lr at epoch 2 of 4 is 0.01 + 0.03·2/4
+    assert threshold_after(scaled, 10) == pytest.approx(3.8 / 0.04)  # after it, 4× the base lr

@@ -16,3 +16,11 @@ def stability_threshold(lr: float, momentum: float = 0.0) -> float:
     """2(1 + β)/η."""
     check(lr > 0 and 0 <= momentum < 1, f"need lr > 0 and momentum in [0, 1), got {lr!r}, {momentum!r}")
     return 2 * (1 + momentum) / lr
+
+
+def threshold_after(config, epochs: int) -> float:
+    """The threshold of a run (a ``TrainConfig``) after ``epochs`` epochs: at the learning rate
+    and momentum of its last epoch (of its first, at the initialization)."""
+    from .config import lr_at
+
+    return stability_threshold(lr_at(config, max(epochs, 1) - 1), config.momentum)

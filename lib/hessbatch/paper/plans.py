@@ -65,7 +65,7 @@ def find(prof: dict, name: str) -> Plan:
 _TOY_TRAIN = {"subset": 8, "test_subset": 4, "max_epochs": 2}
 _TOY_VALUES = {"hessian_samples": 32, "curvature_samples": 16, "test_limit": 16, "k": 2, "tol": 1e-2,
                "points": 3, "plane_points": 3, "interpolation_points": 3, "robust_epochs": 1,
-               "warmup_epochs": 1, "save_every": 1, "base_batch": 8}
+               "warmup_epochs": 1, "save_every": 1, "base_batch": 8, "direction_points": 3}
 _TOY_BATCHES = (8, 16, 32, 48)
 
 

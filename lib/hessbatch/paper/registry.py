@@ -12,7 +12,7 @@ from ..config import parent_keys, run_key
 from ..errors import HessbatchError
 from ..store import Store
 from .chapters import (adversarial_training, batch_size, dynamics, instability, landscapes, large_batch_robust,
-                       pga_dynamics, saddle_free)
+                       lr_scaling, pga_dynamics, saddle_free)
 from .chapters.common import RUNTIME, Context
 
 
@@ -37,7 +37,7 @@ class Chapter:
 
 
 CHAPTERS = {m.NAME: Chapter(m.NAME, m) for m in (batch_size, landscapes, dynamics, saddle_free, adversarial_training,
-                                                   large_batch_robust, pga_dynamics, instability)}
+                                                   large_batch_robust, pga_dynamics, instability, lr_scaling)}
 
 
 def chapter(name: str) -> Chapter:

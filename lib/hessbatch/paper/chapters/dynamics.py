@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from ... import measurements, progress
+from ...thresholds import threshold_after
 from .. import claims
 from .common import Common, Context, hessian_subsample, sweep_configs, sweep_runs
 
@@ -59,7 +60,8 @@ def _trajectory(run, b, method, p: Params, ctx: Context) -> list[dict]:
         state = measurements.initial_state(run, **kw).json() if ep == 0 else hist.loc[ep]
         rows.append({"batch_size": b, "method": method, "epoch": ep,
                      "lambda_max": float(spec.csv("eigenvalues.csv")["eigenvalue"].iloc[0]),
-                     "grad_norm": float(state["grad_norm"]), "train_loss": float(state["train_loss"])})
+                     "grad_norm": float(state["grad_norm"]), "train_loss": float(state["train_loss"]),
+                     "threshold": threshold_after(run.config, ep)})
     return rows
 
 

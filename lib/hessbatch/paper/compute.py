@@ -97,8 +97,9 @@ def compute(profile: str, results: str | None = None, device: str = "cpu", data_
             progress: bool = True, overrides: dict | None = None) -> dict:
     """Compute every chapter of a profile into its store, without notebooks; return the timings.
 
-    With ``workers`` > 1, runs and chapters share one pool of processes (see :func:`overlapped`): the
-    runs first, ``workers`` at a time, and each chapter's measurements as soon as its runs are done. Everything resumes from the store.
+    With ``workers`` > 1, runs and chapters share one pool of processes (see :func:`overlapped`):
+    the runs first, ``workers`` at a time, and each chapter's measurements as soon as its runs are
+    done. Everything resumes from the store.
     A failed training run or chapter is reported (in the timings too) and the others go on;
     the call then raises, naming what failed. A chapter found complete in the store keeps the
     timing of the call that computed it; one that was missing some results, on the same hardware,

@@ -11,8 +11,10 @@ Prints Markdown tables:
 1. One epoch of SGD (lr 0.01, momentum 0.9) on the whole training set, per batch size:
    *DataLoader*: the common baseline (a ``TensorDataset`` in host memory, ``DataLoader`` with
    shuffling, pinned memory and worker processes, a host-to-device copy and ``loss.item()`` per
-   step); *hessbatch*: ``train.train_epoch`` (data resident on the device, indices shuffled there,
-   no synchronisation until the epoch's end). Median of ``--repeats`` epochs after one warm-up.
+   step); *hessbatch eager*: ``train.train_epoch`` (data resident on the device, indices shuffled
+   there, no synchronisation until the epoch's end); *hessbatch captured* (CUDA only): the same with
+   each step replayed from a CUDA graph (``hessbatch.captured``), capture time excluded, and how far
+   its weights end from the eager epochs'. Median of ``--repeats`` epochs after one warm-up.
 2. ``--parallel`` runs at once, each in its own process (the ``processes`` executor of
    ``hessbatch sweep``/``compute``): time per epoch of each, and the throughput gained.
 3. The total wall time that ``hessbatch compute`` recorded for a profile (``--timings``).
@@ -29,13 +31,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 import yaml
 
-from hessbatch import catalog, data, models
+from hessbatch import captured, catalog, data, models
 from hessbatch.config import TrainConfig
 from hessbatch.devices import resolve_device
 from hessbatch.paper.book import computed_summary
-from hessbatch.train import train_epoch
+from hessbatch.train import train_epoch, training_loss
 
 
 def _sync(dev):
@@ -80,19 +83,27 @@ def time_dataloader(name, ds, b, dev, repeats, workers) -> float:
     return statistics.median(times)
 
 
-def time_ours(name, ds_dev, b, dev, repeats) -> float:
+def time_ours(name, ds_dev, b, dev, repeats, graph: bool = False) -> tuple[float, nn.Module]:
+    """Median epoch time, and the model after the epochs (``graph``: steps replayed from a CUDA graph)."""
     model = _model(name, ds_dev, dev)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     cfg = TrainConfig(model=name, batch_size=b, lr=0.01, momentum=0.9)
+    step = captured.CapturedStep(model, opt, ds_dev, cfg, training_loss) if graph else None
     times = []
     for r in range(repeats + 1):
         _sync(dev)
         t0 = time.perf_counter()
-        train_epoch(model, opt, ds_dev, cfg, r + 1)
+        train_epoch(model, opt, ds_dev, cfg, r + 1, captured=step)
         _sync(dev)
         if r or not repeats:
             times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(times), model
+
+
+def _drift(a: nn.Module, b: nn.Module) -> float:
+    """Largest parameter difference relative to the largest parameter."""
+    diff = max((p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters()))
+    return diff / max(p.abs().max().item() for p in a.parameters())
 
 
 def _worker(name, dataset, root, b, device, repeats, barrier, out):
@@ -101,7 +112,7 @@ def _worker(name, dataset, root, b, device, repeats, barrier, out):
     ds = data.load_dataset(dataset, root).to(dev)
     time_ours(name, ds, b, dev, 0)  # warm-up (kernels, allocator)
     barrier.wait()  # the timed epochs of all runs start together
-    out.put(time_ours(name, ds, b, dev, repeats))
+    out.put(time_ours(name, ds, b, dev, repeats)[0])
 
 
 def time_parallel(name, dataset, root, b, device, repeats, n) -> float:
@@ -139,19 +150,29 @@ def main():
     ds_dev = data.load_dataset(dataset, a.data_root).to(dev)
     hw = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{platform.processor() or platform.machine()}"
     print(f"\n{name} on {ds.label} ({ds.n_train:,} training samples), {hw}, torch {torch.__version__}\n")
-    print("| batch size | steps | DataLoader loop (s/epoch) | hessbatch (s/epoch) | speed-up |")
-    print("|---:|---:|---:|---:|---:|")
+    graphs = dev.type == "cuda"
+    print("| batch size | steps | DataLoader loop (s/epoch) | hessbatch eager (s/epoch) | speed-up | "
+          "hessbatch captured (s/epoch) | speed-up over eager | weights vs eager (relative) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     sizes = [int(b) for b in a.batch_sizes.split(",")]
     for b in sizes:
         base = time_dataloader(name, ds, b, dev, a.repeats, a.loader_workers)
-        ours = time_ours(name, ds_dev, b, dev, a.repeats)
-        print(f"| {b} | {ds.n_train // b} | {base:.2f} | {ours:.2f} | {base / ours:.1f}× |", flush=True)
+        ours, eager_model = time_ours(name, ds_dev, b, dev, a.repeats)
+        row = f"| {b} | {ds.n_train // b} | {base:.2f} | {ours:.2f} | {base / ours:.1f}× |"
+        if graphs:
+            cap, cap_model = time_ours(name, ds_dev, b, dev, a.repeats, graph=True)
+            row += f" {cap:.2f} | {ours / cap:.1f}× | {_drift(eager_model, cap_model):.1e} |"
+        else:
+            row += " — | — | — |"
+        print(row, flush=True)
+    if not graphs:
+        print("\n(captured steps need a CUDA device)")
     if a.parallel:
         print(f"\n{a.parallel} runs at once, one process each (same model and data):\n")
         print("| batch size | one run alone (s/epoch) | each of the runs at once (s/epoch) | throughput gain |")
         print("|---:|---:|---:|---:|")
         for b in [int(v) for v in a.parallel_batch_sizes.split(",")]:
-            alone = time_ours(name, ds_dev, b, dev, a.repeats)
+            alone = time_ours(name, ds_dev, b, dev, a.repeats)[0]
             each = time_parallel(name, dataset, a.data_root, b, a.device, a.repeats, a.parallel)
             print(f"| {b} | {alone:.2f} | {each:.2f} | {a.parallel * alone / each:.1f}× |", flush=True)
     path = Path(a.timings)

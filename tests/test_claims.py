@@ -58,3 +58,20 @@ def test_seed_trend_on_hand_made_runs():
     assert noisy["holds"] == "✗" and noisy["ratio_low"] < 1 < noisy["ratio_high"]
     assert seed_trend("rises", "x", b, [9.0, 10.0, 11.0, 2.0, 2.2, 1.8, 1.0, 1.1, 0.9], +1)["holds"] == "✗"
     assert seed_trend("falls", "x", b, [9.0, 10.0, 11.0, 2.0, 2.2, 1.8, 1.0, 1.1, 0.9], -1)["holds"] == "✓"
+
+
+def test_seed_trend_from_zero_without_warnings():
+    """A mean of 0 at the smallest x (FGSM accuracy of a broken model): a rise from 0 holds with an
+    infinite ratio, a fall does not, all zeros give no verdict, and numpy warns of nothing."""
+    import warnings
+
+    from hessbatch.paper.claims import seed_trend
+
+    b = [16, 16, 64, 64]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rise = seed_trend("rises", "x", b, [0.0, 0.0, 0.3, 0.5], +1)
+        fall = seed_trend("falls", "x", b, [0.0, 0.0, 0.3, 0.5], -1)
+        flat = seed_trend("rises", "x", b, [0.0, 0.0, 0.0, 0.0], +1)
+    assert rise["holds"] == "✓" and rise["ratio"] == float("inf")
+    assert fall["holds"] == "✗" and flat["holds"] == "✗"

@@ -56,6 +56,7 @@ def test_each_plan_runs_dry_and_hands_back_what_its_pages_render_from(name, data
     assert [p["state"] for p in record["pages"]] == ["done"] * len(plans.find(PAPER, name).pages), record
     saved = json.loads((out / "plan.json").read_text())
     assert saved["plan"] == name and saved["dry_run"] and all(p["measure_seconds"] >= 0 for p in saved["pages"])
+    assert saved["graph_check"] == {"graphs": False, "why": "cpu device"}
     # what came back, without weights, is all a page needs: run read-only, nothing is missing
     with tarfile.open(out / "tidy.tgz") as tar:
         assert not [m.name for m in tar.getmembers() if m.name.endswith(".pt")]
@@ -68,13 +69,25 @@ def test_each_plan_runs_dry_and_hands_back_what_its_pages_render_from(name, data
 
 
 def test_a_plan_out_of_time_records_the_pages_it_did_not_start(data_root, tmp_path, monkeypatch):
+    """Also, with CUDA graphs 'enabled' on the CPU: the plan's check first trains its first run's
+    model (C1) a few steps by the graph's body and eagerly and records how far apart they end; each
+    run's capture then fails (no CUDA device) and the run trains eagerly, saying so in its result."""
+    from hessbatch import captured
+
     monkeypatch.setenv("HESSBATCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(captured, "enabled", lambda dev: True)
     clock = iter([0.0, 0.0, 0.0, 1e4, 1e4, 1e4, 1e4, 1e4, 1e4, 1e4, 1e4])
     monkeypatch.setattr(plans.time, "perf_counter", lambda: next(clock, 1e4))
-    record = plans.run("paper", "c1-table1", str(tmp_path / "out"), "cpu", str(data_root),
-                       results=str(tmp_path / "store"), dry_run=True, budget_s=60)
+    with pytest.warns(RuntimeWarning, match="capture failed"):
+        record = plans.run("paper", "c1-table1", str(tmp_path / "out"), "cpu", str(data_root),
+                           results=str(tmp_path / "store"), dry_run=True, budget_s=60)
     assert [p["state"] for p in record["pages"]] == ["done", "not started: out of time"]
     assert tarfile.is_tarfile(tmp_path / "out" / "tidy.tgz")
+    check = record["graph_check"]
+    assert check["graphs"] and check["captured"] is False and check["steps"] == 5, check
+    assert check["relative_param_diff"] < 1e-6 and check["eager_loss"] == pytest.approx(check["captured_loss"])
+    runs = Store(tmp_path / "store").entries("train")
+    assert runs and all(e.json()["step"].startswith("eager (capture failed: CaptureUnavailable") for e in runs)
 
 
 def _entry(store, kind, config, text):

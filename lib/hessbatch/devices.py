@@ -8,16 +8,29 @@ from .errors import HessbatchError
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``auto`` (or None): the GPU if there is one; else the named device, which must exist."""
+    """``auto`` (or None): the GPU if there is one; else the named device, which must exist.
+    A CUDA device is set up by ``full_fp32``."""
     if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise HessbatchError(f"unknown device {device!r}; choose cpu, cuda, cuda:N or auto") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise HessbatchError(f"device {device!r} asked for, but no CUDA GPU is available")
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise HessbatchError(f"unknown device {device!r}; choose cpu, cuda, cuda:N or auto") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise HessbatchError(f"device {device!r} asked for, but no CUDA GPU is available")
+    if dev.type == "cuda":
+        full_fp32()
     return dev
+
+
+def full_fp32() -> None:
+    """Matrix products and convolutions on CUDA in full fp32: no TF32, whose 10-bit mantissa would
+    swamp the eigen-solvers' 1e-4 tolerance (cuDNN allows it by default); cuDNN benchmarks its
+    algorithms per shape (GPU results are then not bitwise repeatable; CPU ones are)."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.benchmark = True
 
 
 def default_chunk(device, cpu: int = 1024, gpu: int = 8192) -> int:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import captured as captured_mod
 from . import data as data_mod
 from . import models, progress
 from .config import TrainConfig, lr_at
@@ -106,12 +107,38 @@ def _train(cfg, key, ds, store, dev, show, step_hook) -> Run:
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     work = store.work_dir("train", key)
     start, history, elapsed, resumed = _resume(work / "checkpoint.pt", model, opt, dev)
+    captured, step_path = _captured_step(model, opt, ds, cfg, dev, step_hook, smoothing)
     bar = progress.bar(total=cfg.max_epochs, initial=start, unit="epoch", show=show,
                        desc=f"{cfg.model}/{cfg.dataset} B={cfg.batch_size}")
     with bar:
         status, epoch = _epochs(model, opt, ds, cfg, start, history, elapsed, resumed, work, bar, step_hook,
-                                smoothing)
-    return _publish(cfg, key, ds, store, dev, model, status, epoch, history, work, resumed)
+                                smoothing, captured)
+    return _publish(cfg, key, ds, store, dev, model, status, epoch, history, work, resumed, step_path)
+
+
+def check_capture(config: TrainConfig | dict, device, data_root=None, steps: int = 5) -> dict:
+    """``captured.self_check`` on a configuration's model and data: a few steps replayed from a CUDA
+    graph against the same eager steps (on a CPU, the graph's body run eagerly)."""
+    cfg, ds = prepare(config, data_root)
+    dev = resolve_device(device)
+    torch.manual_seed(cfg.seed)
+    model = models.build_model(cfg.model, ds.input_shape, ds.num_classes, ds.mean, ds.std, cfg.reading).to(dev)
+    return captured_mod.self_check(model, ds.to(dev), cfg, training_loss, steps, capture=dev.type == "cuda")
+
+
+def _captured_step(model, opt, ds, cfg, dev, step_hook, smoothing):
+    """The run's full-size step in a CUDA graph where graphs are enabled and the step is plain, else
+    None; and which path trained, for the run's result. A capture that fails falls back to eager steps."""
+    if not captured_mod.enabled(dev):
+        return None, "eager"
+    if step_hook is not None or cfg.micro_batch:
+        return None, "eager (a step hook or micro-batches are not captured)"
+    try:
+        return captured_mod.CapturedStep(model, opt, ds, cfg, training_loss, smoothing), "cuda-graph"
+    except Exception as e:  # noqa: BLE001 -- whatever stops a capture, the eager step trains the same run
+        why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        warnings.warn(f"CUDA graph capture failed ({why}); training with eager steps", RuntimeWarning, stacklevel=3)
+        return None, f"eager (capture failed: {why})"
 
 
 def _resume(ckpt, model, opt, dev) -> tuple[int, list, float, list]:
@@ -135,12 +162,12 @@ def _resume(ckpt, model, opt, dev) -> tuple[int, list, float, list]:
 
 
 def _epochs(model, opt, ds, cfg, start, history, elapsed, resumed, work, bar, step_hook,
-            smoothing) -> tuple[str, int]:
+            smoothing, captured=None) -> tuple[str, int]:
     """Train from epoch ``start`` until the target loss, the cap or divergence; checkpoint every epoch."""
     epoch = start
     for epoch in range(start + 1, cfg.max_epochs + 1):
         t0 = time.perf_counter()
-        run_loss = train_epoch(model, opt, ds, cfg, epoch, step_hook, smoothing)
+        run_loss = train_epoch(model, opt, ds, cfg, epoch, step_hook, smoothing, captured)
         train_loss, train_acc = evaluate(model, ds.x_train, ds.y_train)
         test_loss, test_acc = evaluate(model, ds.x_test, ds.y_test)
         row = {"epoch": epoch, "lr": lr_at(cfg, epoch - 1), "running_loss": run_loss, "train_loss": train_loss,
@@ -164,13 +191,13 @@ def _epochs(model, opt, ds, cfg, start, history, elapsed, resumed, work, bar, st
     return "capped", epoch  # resumed a checkpoint of the last epoch
 
 
-def _publish(cfg, key, ds, store, dev, model, status, epoch, history, work, resumed) -> Run:
+def _publish(cfg, key, ds, store, dev, model, status, epoch, history, work, resumed, step_path="eager") -> Run:
     """Write the finished run into the store (history, result, weights and snapshots) and drop its work folder."""
     last = history[-1] if history else {}
     result = {"status": status, "epochs": epoch, "key": key, "train_loss": last.get("train_loss"),
               "train_acc": last.get("train_acc"), "test_loss": last.get("test_loss"),
               "test_acc": last.get("test_acc"), "time_s": last.get("time_s", 0.0), "device": str(dev),
-              "dataset_label": ds.label, "n_train": ds.n_train, "n_test": len(ds.y_test),
+              "step": step_path, "dataset_label": ds.label, "n_train": ds.n_train, "n_test": len(ds.y_test),
               "n_params": models.n_params(model), "torch": torch.__version__, "resumed_from": resumed,
               "model_spec": {"name": cfg.model, "reading": cfg.reading, "input_shape": list(ds.input_shape),
                              "num_classes": ds.num_classes, "mean": list(ds.mean), "std": list(ds.std)}}
@@ -187,9 +214,11 @@ def _publish(cfg, key, ds, store, dev, model, status, epoch, history, work, resu
 
 
 def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, ds: data_mod.Dataset, cfg: TrainConfig, epoch: int,
-                step_hook=None, smoothing: torch.Tensor | None = None) -> float:
+                step_hook=None, smoothing: torch.Tensor | None = None,
+                captured: captured_mod.CapturedStep | None = None) -> float:
     """One epoch of SGD over ``ds`` (already on the model's device); returns the mean batch loss.
-    ``smoothing`` holds a label-smoothing α per training sample.
+    ``smoothing`` holds a label-smoothing α per training sample. With ``captured``, full-size
+    steps replay its CUDA graph and a last partial batch (``drop_last=False``) is stepped eagerly.
 
     The shuffle is fixed by (seed, epoch); the learning rate follows ``lr_at`` step by step;
     nothing waits for the GPU until the epoch's end.
@@ -200,10 +229,16 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, ds: data_mod.Datas
     model.train()
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)).to(dev)
     run_loss = torch.zeros((), device=dev)
+    if captured is not None:
+        captured.total.zero_()
     for s in range(steps):
         idx = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+        lr = lr_at(cfg, epoch - 1 + s / steps)
+        if captured is not None and len(idx) == cfg.batch_size:
+            captured.step(idx, lr)
+            continue
         for g in opt.param_groups:
-            g["lr"] = lr_at(cfg, epoch - 1 + s / steps)
+            g["lr"] = lr
         opt.zero_grad(set_to_none=True)
         for part in idx.split(cfg.micro_batch or len(idx)):
             xb, yb = ds.x_train[part], ds.y_train[part]
@@ -214,4 +249,6 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, ds: data_mod.Datas
             loss.backward()
             run_loss += loss.detach()
         opt.step()
+    if captured is not None:
+        run_loss += captured.total
     return run_loss.item() / steps

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..errors import check
 from ..store import MANIFEST, Store, atomic_write_bytes
+from . import registry
 from .compute import compute_one, hardware, record_timing, train_profile
 from .profiles import check_chapters, load_profile, profile_results, selected
 
@@ -113,6 +114,8 @@ def run(profile: str, name: str, out: str, device: str = "cpu", data_root: str |
               "device": str(dev), "hardware": hardware(dev), "workers": workers, "budget_s": budget,
               "started": time.strftime("%Y-%m-%d %H:%M"), "pages": []}
     t0 = time.perf_counter()
+    record["graph_check"] = _graph_check(pages, dev, data_root)
+    _write_record(out_dir, record)
     for page, base in zip(pages, bases):
         if time.perf_counter() - t0 > budget:
             record["pages"].append({"name": page[0], "page": base, "state": "not started: out of time"})
@@ -133,6 +136,26 @@ def run(profile: str, name: str, out: str, device: str = "cpu", data_root: str |
     record["seconds"] = round(time.perf_counter() - t0, 1)
     _write_record(out_dir, record)
     return record
+
+
+def _graph_check(pages, dev, data_root) -> dict:
+    """Before a plan on a GPU: its first run's model trained a few steps from a CUDA graph and
+    eagerly, and how far apart they end (logged and recorded). Runs train with graphs only where
+    this is on (``hessbatch.captured.enabled``); a failed check is recorded, never fatal."""
+    from .. import captured
+    from ..train import check_capture
+
+    if not captured.enabled(dev):
+        return {"graphs": False, "why": f"{dev.type} device" if dev.type != "cuda" else f"{captured.ENV}=0"}
+    first = next((c for wave in registry.profile_train_configs({n: p for n, _, p, _ in pages}) for c in wave), None)
+    if first is None:
+        return {"graphs": True, "why": "the plan trains nothing"}
+    try:
+        report = {"graphs": True, **check_capture(first, dev, data_root)}
+    except Exception as e:  # noqa: BLE001 -- the check informs; each run falls back on its own
+        report = {"graphs": True, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+    print(f"CUDA graph check: {report}", flush=True)
+    return report
 
 
 def _write_record(out_dir: Path, record: dict) -> None:

@@ -39,6 +39,8 @@ def sgd_update(params, bufs, neg_lr: torch.Tensor, momentum: float, weight_decay
     the first step, where SGD would clone the gradient: the same numbers), or Nones when μ = 0."""
     with torch.no_grad():
         for p, buf in zip(params, bufs):
+            if p.grad is None:  # frozen, as torch.optim.SGD skips it
+                continue
             g = p.grad if not weight_decay else p.grad.add(p, alpha=weight_decay)
             if buf is not None:
                 g = buf.mul_(momentum).add_(g)

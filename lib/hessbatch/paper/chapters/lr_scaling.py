@@ -30,8 +30,8 @@ class Params(Common):
     hessian_samples: int | None = None
     curvature_samples: int | None = None
     tol: float = 1e-3
-    direction_radius: float = 0.5
-    direction_points: int = 11
+    direction_radius: float = 0.1       # with 3 points: the second difference at spacing h = 0.1
+    direction_points: int = 3
 
     def check(self) -> None:
         for r in self.lr_rules:

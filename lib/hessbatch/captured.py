@@ -97,8 +97,8 @@ class CapturedStep:
                 for _ in range(warmup):
                     self.opt.zero_grad(set_to_none=True)
                     self._body()
-            torch.cuda.current_stream(self.idx.device).wait_stream(side)
         finally:
+            torch.cuda.current_stream(self.idx.device).wait_stream(side)
             with torch.no_grad():
                 for t, s in zip(self._state(), saved):
                     t.copy_(s)

@@ -46,3 +46,9 @@ def check_options(fn, given, what: str, own=(), spell=None) -> None:
     if unknown and spell is not None:
         raise HessbatchError(f"{what} takes no option {spell(unknown[0])}")
     check(not unknown, f"{what} has no option(s) {', '.join(unknown)}; it takes: {', '.join(sorted(known)) or 'none'}")
+
+
+def describe(e: BaseException) -> str:
+    """An error in one line, for tables and logs: its type and its message's first line."""
+    first = str(e).splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__

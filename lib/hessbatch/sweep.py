@@ -28,7 +28,7 @@ from . import progress as progress_mod
 from . import train as train_mod
 from .catalog import EXECUTORS
 from .config import TrainConfig
-from .errors import HessbatchError, check
+from .errors import HessbatchError, check, describe
 from .store import Store
 
 
@@ -64,7 +64,7 @@ def run_one(config: dict, results: str, device="cpu", data_root=None, download=F
     except Exception as e:  # one failing run must not lose the rest of the sweep
         key = store.key("train", TrainConfig.from_dict(config).resolved().to_dict())
         return {"key": key, "state": "failed", "status": None, "seconds": round(time.perf_counter() - t0, 1),
-                "error": f"{type(e).__name__}: {e}".splitlines()[0]}
+                "error": describe(e)}
 
 
 def run_sweep(configs: list[dict], store: Store, device="cpu", data_root=None, download=False,
@@ -112,7 +112,7 @@ def _collect(futures: dict, configs, root, as_completed, bar) -> list[dict]:
             outcomes[i] = fut.result()
         except Exception as e:
             outcomes[i] = {"key": Store(root).key("train", configs[i]), "state": "failed", "status": None,
-                           "seconds": 0.0, "error": f"{type(e).__name__}: {e}".splitlines()[0]}
+                           "seconds": 0.0, "error": describe(e)}
         bar.update(1)
     return outcomes
 

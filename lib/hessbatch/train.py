@@ -20,7 +20,7 @@ from . import data as data_mod
 from . import models, progress
 from .config import TrainConfig, lr_at
 from .devices import resolve_device
-from .errors import HessbatchError, NotInStore, ResumeWarning, check
+from .errors import HessbatchError, NotInStore, ResumeWarning, check, describe
 from .evaluation import evaluate, full_gradient_norm
 from .runs import Run, parent_entry
 from .store import Store, atomic_torch_save
@@ -136,7 +136,7 @@ def _captured_step(model, opt, ds, cfg, dev, step_hook, smoothing):
     try:
         return captured_mod.CapturedStep(model, opt, ds, cfg, training_loss, smoothing), "cuda-graph"
     except Exception as e:  # noqa: BLE001 -- whatever stops a capture, the eager step trains the same run
-        why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        why = describe(e)
         warnings.warn(f"CUDA graph capture failed ({why}); training with eager steps", RuntimeWarning, stacklevel=3)
         return None, f"eager (capture failed: {why})"
 
@@ -155,9 +155,8 @@ def _resume(ckpt, model, opt, dev) -> tuple[int, list, float, list]:
     except (RuntimeError, KeyError, ValueError, EOFError, TypeError, pickle.UnpicklingError) as e:
         bad = ckpt.parent.parent / f".{ckpt.parent.name}.unreadable-checkpoint.pt"
         os.replace(ckpt, bad)
-        warnings.warn(f"the checkpoint of this run could not be resumed ({type(e).__name__}: "
-                      f"{str(e).splitlines()[0] if str(e) else ''}); it is kept as {bad} and training starts over",
-                      ResumeWarning, stacklevel=3)
+        warnings.warn(f"the checkpoint of this run could not be resumed ({describe(e)}); it is kept as {bad} "
+                      "and training starts over", ResumeWarning, stacklevel=3)
         return 0, [], 0.0, []
 
 

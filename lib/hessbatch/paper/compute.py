@@ -15,7 +15,7 @@ import yaml
 
 from ..data import load_dataset
 from ..devices import resolve_device
-from ..errors import HessbatchError, NotInStore, check
+from ..errors import HessbatchError, NotInStore, check, describe
 from ..hessian import graph_memory_share, split_graph_memory
 from ..store import Store, atomic_write_bytes
 from ..sweep import run_sweep
@@ -88,7 +88,7 @@ def compute_one(name: str, chapter: str, params: dict, res: str, device: str, da
         registry.run_chapter(chapter, params, store, device=device, data_root=data_root, progress=progress)
         error = None
     except Exception as e:  # noqa: BLE001 — reported per chapter; the others go on
-        error = f"{type(e).__name__}: {e}".splitlines()[0]
+        error = describe(e)
     return name, time.perf_counter() - t0, error, store.written
 
 
@@ -268,7 +268,7 @@ def overlapped(runs, res, device, data_root, workers: int, done, on_run=None,
                 try:
                     done(*fut.result())
                 except Exception as e:  # noqa: BLE001 — the worker process died
-                    done(what[0], 0.0, f"{type(e).__name__}: {e}".splitlines()[0])
+                    done(what[0], 0.0, describe(e))
     return trained_at, errors
 
 

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import check
+from ..errors import check, describe
 from ..store import MANIFEST, Store, atomic_write_bytes
 from . import registry
 from .compute import compute_one, hardware, record_timing, train_profile
@@ -153,7 +153,7 @@ def _graph_check(pages, dev, data_root) -> dict:
     try:
         report = {"graphs": True, **check_capture(first, dev, data_root)}
     except Exception as e:  # noqa: BLE001 -- the check informs; each run falls back on its own
-        report = {"graphs": True, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+        report = {"graphs": True, "error": describe(e)}
     print(f"CUDA graph check: {report}", flush=True)
     return report
 

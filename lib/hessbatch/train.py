@@ -92,8 +92,7 @@ def _train(cfg, key, ds, store, dev, show, step_hook) -> Run:
 
         guide = Run(parent_entry(store, cfg.sample_smoothing["guide"], "sample_smoothing guide"))
         smoothing = guided_smoothing(guide, ds, cfg.sample_smoothing["alpha"], dev)
-    torch.manual_seed(cfg.seed)
-    model = models.build_model(cfg.model, ds.input_shape, ds.num_classes, ds.mean, ds.std, cfg.reading).to(dev)
+    model = _initial_model(cfg, ds, dev)
     if cfg.init_from:
         try:
             model.load_state_dict(Run(parent_entry(store, cfg.init_from, "init_from")).entry.torch())
@@ -116,13 +115,18 @@ def _train(cfg, key, ds, store, dev, show, step_hook) -> Run:
     return _publish(cfg, key, ds, store, dev, model, status, epoch, history, work, resumed, step_path)
 
 
+def _initial_model(cfg: TrainConfig, ds: data_mod.Dataset, dev) -> nn.Module:
+    """The run's model at its seeded initialization, on ``dev``."""
+    torch.manual_seed(cfg.seed)
+    return models.build_model(cfg.model, ds.input_shape, ds.num_classes, ds.mean, ds.std, cfg.reading).to(dev)
+
+
 def check_capture(config: TrainConfig | dict, device, data_root=None, steps: int = 5) -> dict:
     """``captured.self_check`` on a configuration's model and data: a few steps replayed from a CUDA
     graph against the same eager steps (on a CPU, the graph's body run eagerly)."""
     cfg, ds = prepare(config, data_root)
     dev = resolve_device(device)
-    torch.manual_seed(cfg.seed)
-    model = models.build_model(cfg.model, ds.input_shape, ds.num_classes, ds.mean, ds.std, cfg.reading).to(dev)
+    model = _initial_model(cfg, ds, dev)
     return captured_mod.self_check(model, ds.to(dev), cfg, training_loss, steps, capture=dev.type == "cuda")
 
 

@@ -410,7 +410,7 @@ def test_compute_isolates_a_failing_chapter(tmp_path, monkeypatch):
     import hessbatch.paper.compute as compute_mod
     import hessbatch.paper.registry as registry
 
-    def fake(chapter, params, store=None, device="cpu", data_root=None, progress=False):
+    def fake(chapter, params, store=None, device="cpu", data_root=None, progress=False, part=(0, 1)):
         if chapter.startswith("07"):
             raise RuntimeError("boom")
         return {}

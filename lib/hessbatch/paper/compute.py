@@ -73,11 +73,12 @@ def train_profile(runs, res, device, data_root, executor, scheduler=None, worker
 
 def compute_one(name: str, chapter: str, params: dict, res: str, device: str, data_root,
                  threads: int | None = None, progress: bool = False,
-                 processes: int = 1) -> tuple[str, float, str | None, int]:
+                 processes: int = 1, part: tuple[int, int] = (0, 1)) -> tuple[str, float, str | None, int]:
     """Compute one chapter's results; never raises (the error comes back as text). Returns the
     name, wall time, error and the number of store entries written. ``progress``: bars of the
     chapter's runs and of each spectrum's HVPs (for one chapter at a time). ``processes``: how
-    many run at once (they split the memory for cached gradient graphs)."""
+    many run at once (they split the memory for cached gradient graphs). ``part``: which of the
+    processes computing this chapter together this is (:meth:`Context.each`)."""
     if threads:
         torch.set_num_threads(threads)
     if processes > 1:
@@ -85,7 +86,8 @@ def compute_one(name: str, chapter: str, params: dict, res: str, device: str, da
     t0 = time.perf_counter()
     store = Store(res)
     try:
-        registry.run_chapter(chapter, params, store, device=device, data_root=data_root, progress=progress)
+        registry.run_chapter(chapter, params, store, device=device, data_root=data_root, progress=progress,
+                             part=part)
         error = None
     except Exception as e:  # noqa: BLE001 — reported per chapter; the others go on
         error = describe(e)
@@ -212,13 +214,15 @@ def measure_chapters(runs, res, device, data_root, done, progress: bool = False)
 
 
 def overlapped(runs, res, device, data_root, workers: int, done, on_run=None,
-               keep_going: bool = False) -> tuple[float, list[str]]:
+               keep_going: bool = False, parts: int | None = None) -> tuple[float, list[str]]:
     """The pages' training runs and their measurements in one pool of ``workers`` processes, in
     the order of :class:`hessbatch.schedule.Schedule`: runs first, a page as soon as its runs are
     done, so measurements fill the cores the last long runs leave idle (put a chapter's first page
-    first: its other pages reuse what it measures). ``done(name, seconds, error, written)`` as each
-    page ends, ``on_run(outcome)`` as each run ends. Returns the time the last run ended and the
-    failed runs' errors."""
+    first: its other pages reuse what it measures). Each page is measured in ``parts`` processes
+    (default ``workers``), each starting at a different run (:meth:`Context.each`), so a page
+    measured last does not leave cores idle. ``done(name, seconds, error, written)`` as each page
+    ends (its wall time from its first part's start to its last part's end), ``on_run(outcome)``
+    as each run ends. Returns the time the last run ended and the failed runs' errors."""
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
@@ -229,25 +233,29 @@ def overlapped(runs, res, device, data_root, workers: int, done, on_run=None,
     t0, root = time.perf_counter(), str(Path(res).resolve())
     configs = [c for w in registry.profile_train_configs({n: p for n, _, p, _ in runs}) for c in w]
     order = [(run_key(c), c.to_dict(), parent_keys(c)) for c, _ in validate(configs, data_root)]
-    jobs = [(n, {run_key(c) for w in registry.profile_train_configs({n: p}) for c in w}, (n, c, p))
-            for n, c, p, _ in runs]
+    parts = parts or workers
+    check(parts >= 1, f"parts must be >= 1, got {parts}")
+    jobs = [(n, {run_key(c) for w in registry.profile_train_configs({n: p}) for c in w}, (n, c, p, (k, parts)))
+            for n, c, p, _ in runs for k in range(parts)]
     plan = Schedule(order, jobs, keep_going)
     threads = max(1, (os.cpu_count() or 1) // workers)
     inflight, errors, trained_at = {}, [], 0.0
+    page = _Parts(parts, done)
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
         while True:
             while len(inflight) < workers and (step := plan.next()) is not None:
                 kind, what = step
                 if kind == "skip":
-                    done(what[0], 0.0, f"not measured: {what[1]}", 0)
+                    page.ended(what[0], time.perf_counter(), f"not measured: {what[1]}", 0)
                 elif kind == "lost":
                     errors.append(f"training run {what[0]}: not trained: {what[1]}")
                 elif kind == "run":
                     inflight[pool.submit(run_one, what[1], root, str(device), data_root, False, threads)] = step
                 else:
-                    name, chapter, params = what
+                    name, chapter, params, part = what
+                    page.started(name, time.perf_counter())
                     inflight[pool.submit(compute_one, name, chapter, params, res, str(device), data_root, threads,
-                                         processes=workers)] = step
+                                         processes=workers, part=part)] = step
             if not inflight:
                 break
             finished, _ = wait(inflight, return_when=FIRST_COMPLETED)
@@ -266,10 +274,31 @@ def overlapped(runs, res, device, data_root, workers: int, done, on_run=None,
                         on_run(outcome)
                     continue
                 try:
-                    done(*fut.result())
+                    name, _, error, written = fut.result()
                 except Exception as e:  # noqa: BLE001 — the worker process died
-                    done(what[0], 0.0, describe(e))
+                    name, error, written = what[0], describe(e), 0
+                page.ended(name, time.perf_counter(), error, written)
     return trained_at, errors
+
+
+class _Parts:
+    """A page measured in ``n`` parts: ``done`` once, when its last part ends, with the wall time
+    from its first part's start, the first error and the entries written in all."""
+
+    def __init__(self, n: int, done):
+        self.n, self.done, self.pages = n, done, {}
+
+    def started(self, name: str, at: float) -> None:
+        self.pages.setdefault(name, {"start": at, "ended": 0, "error": None, "written": 0})
+
+    def ended(self, name: str, at: float, error: str | None, written: int) -> None:
+        self.started(name, at)
+        p = self.pages[name]
+        p["ended"] += 1
+        p["error"] = p["error"] or error
+        p["written"] += written
+        if p["ended"] == self.n:
+            self.done(name, at - p["start"], p["error"], p["written"])
 
 
 @contextmanager

@@ -49,12 +49,13 @@ def chapter(name: str) -> Chapter:
 
 
 def run_chapter(name: str, params: dict, store: Store | None = None, device="cpu", data_root=None,
-                progress: bool = False) -> dict:
+                progress: bool = False, part: tuple[int, int] = (0, 1)) -> dict:
     """Everything a book chapter shows, from its parameters (a profile's ``common``, chapter and
     variant entries merged, as in the notebook's parameters cell). The notebooks and
-    ``hessbatch compute`` both call this, so a chapter computed on a GPU is found by the book."""
+    ``hessbatch compute`` both call this, so a chapter computed on a GPU is found by the book.
+    ``part`` ``(k, n)``: this call is one of n computing the chapter at once (:meth:`Context.each`)."""
     ch = chapter(name)
-    return ch.module.compute(ch.params(params), Context(store or Store(), device, data_root, progress))
+    return ch.module.compute(ch.params(params), Context(store or Store(), device, data_root, progress, part))
 
 
 def profile_train_configs(params_by_chapter: dict[str, dict]) -> list[list[dict]]:

@@ -74,7 +74,7 @@ def compute(p: Params, ctx: Context) -> dict:
     table = _transfer_table(models, ori, p, ctx)
     curves, spectra = [], []
     kw = dict(store=ctx.store, device=ctx.device, data_root=ctx.data_root)
-    for label, run in models.items():
+    for label, run in ctx.each(models.items(), "curvature"):
         if label != "ORI":
             c = measurements.interpolation(ori, run, p.interpolation_points, **kw)
             curves.append(c.csv("curve.csv").assign(robust=label))
@@ -89,7 +89,7 @@ def _transfer_table(models, ori, p: Params, ctx: Context) -> pd.DataFrame:
     kw = dict(limit=p.test_limit, store=ctx.store, device=ctx.device, data_root=ctx.data_root)
     eps = {"linf": p.eps_linf, "l2": p.eps_l2}
     rows = []
-    for label, run in progress.bar(list(models.items()), desc="transfer attacks", unit="run", show=ctx.progress):
+    for label, run in ctx.each(models.items(), "transfer attacks"):
         row = {"model": label, "clean": measurements.adversarial_accuracy(run, "fgsm", 0.0, **kw).json()["accuracy"]}
         for name in attacks.ATTACKS:
             a = attacks.get(name)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from ... import attacks, measurements, progress
+from ... import attacks, measurements
 from ...errors import check, check_options
 from .. import claims
 from .common import Common, Context, batch_size_sweep, batch_size_sweep_configs, hessian_subsample, sweep_runs
@@ -41,7 +41,7 @@ train_configs = batch_size_sweep_configs
 def compute(p: Params, ctx: Context) -> dict:
     runs = sweep_runs(batch_size_sweep(p), ctx)
     rows, spectra = [], []
-    for b, run in progress.bar(list(runs.items()), desc="curvature", unit="run", show=ctx.progress):
+    for b, run in ctx.each(runs.items(), "curvature"):
         row = {"batch_size": b, "status": run.result["status"], "epochs": run.result["epochs"],
                "final_train_loss": run.result["train_loss"], "train_acc": run.result["train_acc"],
                "test_acc": run.result["test_acc"], "run": run.key}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from ... import progress as progress_mod
 from ...errors import check
 from ...runs import Run
 from ...store import Store
@@ -16,15 +17,27 @@ RUNTIME = ("profile", "variant", "results", "device", "data_root")
 
 @dataclass
 class Context:
-    """Where a chapter computes: its store, device, data folder, and whether it shows progress."""
+    """Where a chapter computes: its store, device, data folder, whether it shows progress, and
+    which part ``(k, n)`` of the chapter's computation this process is (see :meth:`each`)."""
 
     store: Store
     device: str = "cpu"
     data_root: str | None = None
     progress: bool = True
+    part: tuple = (0, 1)
 
     def train(self, config: dict) -> Run:
         return train(config, self.store, device=self.device, data_root=self.data_root, progress=self.progress)
+
+    def each(self, items, desc: str, unit: str = "run"):
+        """``items`` under a progress bar. Part k of n starts k/n of the way in and wraps around, so
+        that n processes computing one chapter at once measure different items first and read the
+        rest from the store (where one waits while another computes the same entry). What a part
+        with k > 0 returns is in that order: it is only for filling the store."""
+        items = list(items)
+        k, n = self.part
+        start = len(items) * k // n
+        return progress_mod.bar(items[start:] + items[:start], desc=desc, unit=unit, show=self.progress)
 
 
 @dataclass

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from ... import measurements, progress
+from ... import measurements
 from ...thresholds import threshold_after
 from .. import claims
 from .common import Common, Context, hessian_subsample, sweep_configs, sweep_runs
@@ -53,7 +53,7 @@ def _trajectory(run, b, method, p: Params, ctx: Context) -> list[dict]:
     kw = dict(store=ctx.store, device=ctx.device, data_root=ctx.data_root)
     hist = run.history.set_index("epoch")
     rows = []
-    for ep in progress.bar([0, *run.snapshot_epochs()], desc=f"λ_max B={b} {method}", unit="epoch", show=ctx.progress):
+    for ep in ctx.each([0, *run.snapshot_epochs()], f"λ_max B={b} {method}", "epoch"):
         spec = measurements.spectrum(run, "train", k=1, tol=1e-3, epoch=ep, keep_vectors=0,
                                      subsample=hessian_subsample(run, p.hessian_samples, "train"),
                                      progress=ctx.progress, **kw)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from ... import measurements, progress
+from ... import measurements
 from ...landscape import end_rise
 from .. import claims
 from .common import Common, Context, batch_size_sweep, batch_size_sweep_configs, sweep_runs
@@ -30,12 +30,12 @@ def compute(p: Params, ctx: Context) -> dict:
     runs = sweep_runs(batch_size_sweep(p), ctx)
     kw = dict(store=ctx.store, device=ctx.device, data_root=ctx.data_root)
     curves, surfaces = [], []
-    for b, run in progress.bar(list(runs.items()), desc="landscape", unit="run", show=ctx.progress):
+    for b, run in ctx.each(runs.items(), "landscape"):
         if run.status == "diverged":
             continue
         c = measurements.landscape_1d(run, p.radius, p.points, **kw)
         curves.append(c.csv("curve.csv").assign(batch_size=b, lambda_max=c.json()["lambda"]))
-    for b in p.plane_batch_sizes or [min(p.batch_sizes), max(p.batch_sizes)]:
+    for b in ctx.each(p.plane_batch_sizes or [min(p.batch_sizes), max(p.batch_sizes)], "plane"):
         s = measurements.landscape_2d(runs[b], p.radius, p.plane_points, **kw)
         surfaces.append(s.csv("surface.csv").assign(batch_size=b))
     curves = pd.concat(curves, ignore_index=True)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from ... import catalog, measurements, progress
+from ... import catalog, measurements
 from ...config import lr_at, run_key
 from ...errors import check
 from ...thresholds import threshold_after
@@ -66,7 +66,7 @@ def train_configs(p: Params) -> list[dict]:
 
 def compute(p: Params, ctx: Context) -> dict:
     rows, used = [], {}
-    for rule, b, s, cfg in progress.bar(grid(p), desc="lr rules", unit="run", show=ctx.progress):
+    for rule, b, s, cfg in ctx.each(grid(p), "lr rules"):
         run = used.get(run_key(cfg)) or used.setdefault(run_key(cfg), ctx.train(cfg))
         rows.append(_row(run, rule, b, s, p, ctx))
     table = pd.DataFrame(rows)

@@ -262,16 +262,8 @@ def overlapped(runs, res, device, data_root, workers: int, done, on_run=None,
             for fut in finished:
                 kind, what = inflight.pop(fut)
                 if kind == "run":
-                    try:
-                        outcome = fut.result()
-                    except Exception as e:  # noqa: BLE001 — the worker process died
-                        outcome = {"key": what[0], "state": "failed", "error": f"{type(e).__name__}: {e}"}
-                    plan.ended(what[0], outcome["state"] != "failed")
-                    if outcome["state"] == "failed":
-                        errors.append(f"training run {what[0]}: {outcome['error'].splitlines()[0]}")
+                    _run_ended(fut, what[0], plan, errors, on_run)
                     trained_at = time.perf_counter() - t0
-                    if on_run is not None:
-                        on_run(outcome)
                     continue
                 try:
                     name, _, error, written = fut.result()
@@ -279,6 +271,19 @@ def overlapped(runs, res, device, data_root, workers: int, done, on_run=None,
                     name, error, written = what[0], describe(e), 0
                 page.ended(name, time.perf_counter(), error, written)
     return trained_at, errors
+
+
+def _run_ended(fut, key, plan, errors, on_run) -> None:
+    """A training run's future has ended: tell the schedule, record a failure, call ``on_run``."""
+    try:
+        outcome = fut.result()
+    except Exception as e:  # noqa: BLE001 — the worker process died
+        outcome = {"key": key, "state": "failed", "error": f"{type(e).__name__}: {e}"}
+    plan.ended(key, outcome["state"] != "failed")
+    if outcome["state"] == "failed":
+        errors.append(f"training run {key}: {outcome['error'].splitlines()[0]}")
+    if on_run is not None:
+        on_run(outcome)
 
 
 class _Parts:

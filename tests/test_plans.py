@@ -35,13 +35,18 @@ def test_the_paper_profile_has_the_plans_of_the_issue_in_priority_order():
     m1 = pages["m1-table7"][0][2]
     assert m1["batch_sizes"] == [64, 128, 256, 512, 1024, 2048] and m1["curvature_samples"] is None
     assert pages["c2-table1"][0][2]["batch_sizes"] == [256, 512, 1024, 2048]
+    # whole-set input curvature by the exact c x c method; the committed CPU page keeps the paper's power iteration
+    assert {pages[n][0][2]["curvature_method"] for n in ("c1-table1", "m1-table7", "c2-table1")} == {"exact"}
+    assert selected(PAPER, ["01-batch-size--M1-cpu"])[0][2].get("curvature_method", "power") == "power"
 
 
 def test_toy_shrinks_what_costs_and_keeps_whole_sets_whole():
     p = plans.toy({"batch_sizes": [16, 32, 64, 128, 256], "hessian_samples": None, "curvature_samples": 5000,
                    "k": 20, "train_options": {"lr": 0.02, "max_epochs": 200, "target_loss": 0.001},
-                   "t8_train": {"lr": 0.02, "max_epochs": 20, "micro_batch": 5000}, "eps": [0.02, 0.01]})
-    assert p["batch_sizes"] == [8, 16, 32, 48] and p["hessian_samples"] is None and p["curvature_samples"] == 16
+                   "t8_train": {"lr": 0.02, "max_epochs": 20, "micro_batch": 5000}, "eps": [0.02, 0.01],
+                   "subsample_sizes": [1, 128], "plane_batch_sizes": [16]})
+    assert p["batch_sizes"] == [8, 32] and p["hessian_samples"] is None and p["curvature_samples"] == 16
+    assert p["subsample_sizes"] == [1, 8] and p["plane_batch_sizes"] == [8]
     assert p["k"] == 2 and p["eps"] == [0.02, 0.01]
     assert p["train_options"] == {"lr": 0.02, "max_epochs": 2, "target_loss": 0.001, "subset": 8, "test_subset": 4}
     assert p["t8_train"]["micro_batch"] == 8

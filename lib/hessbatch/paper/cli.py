@@ -60,7 +60,7 @@ def add_commands(sub) -> None:
     pl.add_argument("--dry-run", action="store_true",
                     help="the same pages through the same code and export at toy size (tiny data, 2 epochs)")
     pl.add_argument("--budget", type=int, default=None, metavar="SECONDS",
-                    help="start no page after this much wall time (default: the plan's budget_s)")
+                    help="start no page after this much wall time (default: the plan's budget_s; a dry run: none)")
     pl.add_argument("--workers", type=int, default=1, help="training runs at once, one process each (default: 1)")
     pl.add_argument("--unpack", metavar="DIR", default=None,
                     help="merge DIR/tidy.tgz (what a plan handed back) into the profile's store instead")

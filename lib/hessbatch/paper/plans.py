@@ -67,13 +67,15 @@ _TOY_TRAIN = {"subset": 8, "test_subset": 4, "max_epochs": 2}
 _TOY_VALUES = {"hessian_samples": 32, "curvature_samples": 16, "test_limit": 16, "k": 2, "tol": 1e-2,
                "points": 3, "plane_points": 3, "interpolation_points": 3, "robust_epochs": 1,
                "warmup_epochs": 1, "save_every": 1, "base_batch": 8, "direction_points": 3}
-_TOY_BATCHES = (8, 16, 32, 48)
+_TOY_BATCHES = (8, 32)
+_TOY_SUBSAMPLE = 8
 
 
 def toy(params: dict) -> dict:
     """A page's parameters at dry-run size: every training recipe (a mapping with ``lr``) on
     8 training and 4 test samples per class for at most two epochs, gradient chunks of 8; batch-size lists
-    as 8, 16, 32, 48 (as many as there were, at most four); measurement sizes small."""
+    as 8, 32 (as many as there were, at most two: a list's code path is the same for two as for eight);
+    Hessian subsample sizes at most 8; other measurement sizes small."""
     out = {}
     for k, v in params.items():
         if isinstance(v, dict) and "lr" in v:
@@ -84,6 +86,8 @@ def toy(params: dict) -> dict:
                 v["batch_size"] = _TOY_BATCHES[0]
         elif k.endswith("batch_sizes") and isinstance(v, (list, tuple)):
             v = list(_TOY_BATCHES[:min(len(v), len(_TOY_BATCHES))])
+        elif k == "subsample_sizes":
+            v = sorted({min(s, _TOY_SUBSAMPLE) for s in v})
         elif k in _TOY_VALUES and v is not None:
             v = min(v, _TOY_VALUES[k]) if k in ("k", "robust_epochs", "warmup_epochs", "save_every") else _TOY_VALUES[k]
         out[k] = v
@@ -95,7 +99,8 @@ def run(profile: str, name: str, out: str, device: str = "cpu", data_root: str |
         overrides: dict | None = None, progress: bool = False) -> dict:
     """Compute a plan page by page into ``results`` (default: a fresh temporary store) and hand
     back ``<out>/tidy.tgz`` and ``<out>/plan.json`` after each page; return the record. A page not
-    started before the budget runs out is recorded as such. Every name and value is checked first."""
+    started before the budget runs out is recorded as such; a dry run has no budget unless given one
+    (its toy pages on a slow CPU say nothing about the GPU's time). Every name and value is checked first."""
     prof = load_profile(profile)
     plan = find(prof, name)
     pages = selected(prof, list(plan.pages), overrides, optional=True)
@@ -103,7 +108,7 @@ def run(profile: str, name: str, out: str, device: str = "cpu", data_root: str |
     check(len(pages) == len(bases), f"plan {name}: the overrides changed which pages it has")
     if dry_run:
         pages = [(n, c, toy(p), t) for n, c, p, t in pages]
-    budget = budget_s or plan.budget_s
+    budget = budget_s or (None if dry_run else plan.budget_s)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     res = results or tempfile.mkdtemp(prefix=f"hessbatch-plan-{name}-")
@@ -117,7 +122,7 @@ def run(profile: str, name: str, out: str, device: str = "cpu", data_root: str |
     record["graph_check"] = _graph_check(pages, dev, data_root)
     _write_record(out_dir, record)
     for page, base in zip(pages, bases):
-        if time.perf_counter() - t0 > budget:
+        if budget is not None and time.perf_counter() - t0 > budget:
             record["pages"].append({"name": page[0], "page": base, "state": "not started: out of time"})
             _write_record(out_dir, record)
             continue

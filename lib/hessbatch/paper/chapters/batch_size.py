@@ -25,8 +25,11 @@ class Params(Common):
     eps: tuple = (0.02, 0.01)
     hessian_samples: int | None = None
     curvature_samples: int | None = None
+    curvature_method: str = "power"
 
     def check(self) -> None:
+        check(self.curvature_method in ("power", "exact"),
+              f"curvature_method must be power or exact, got {self.curvature_method!r}")
         a = attacks.get(self.attack)
         check(self.attack_options is None or isinstance(self.attack_options, dict),
               f"attack_options must be a mapping of {a.name}'s options, got {self.attack_options!r}")
@@ -63,7 +66,7 @@ def _measure(run, split, row, p: Params, ctx: Context) -> list[dict]:
     ev = spec.csv("eigenvalues.csv")
     row[f"lambda_theta_{split}"] = float(ev["eigenvalue"].iloc[0])
     row[f"n_hvp_{split}"] = spec.json()["n_hvp"]
-    ic = measurements.input_curvature(run, split, limit=p.curvature_samples, **kw).json()
+    ic = measurements.input_curvature(run, split, method=p.curvature_method, limit=p.curvature_samples, **kw).json()
     row[f"lambda_x_{split}"], row[f"grad_x_{split}"] = ic["lambda_max"], ic["grad_norm"]
     for tag, e in zip(("a", "b"), p.eps):
         acc = measurements.adversarial_accuracy(run, p.attack, e, split, limit=p.curvature_samples, **kw,

@@ -402,6 +402,14 @@ def test_paper_profile_renders_from_committed_results(tmp_path, monkeypatch):
     nb = json.loads((src / "book" / "01-batch-size--M1-15ep.ipynb").read_text())
     text = json.dumps(nb["cells"])
     assert "MNIST; used: 60,000 train / 10,000 test" in text and "device* cuda" in text
+    assert "Not at the stopping rule" in text  # the 15-epoch runs are flagged
+    # Table 7 at the protocol (CPU): every batch size trained to loss 0.001, none flagged
+    cells = json.loads((src / "book" / "01-batch-size--M1-cpu.ipynb").read_text())["cells"]
+    t7 = json.dumps(cells)
+    assert "device* cpu" in t7 and "Not at the stopping rule" not in t7
+    table = "".join("".join(o["data"]["text/html"]) for c in cells if c["cell_type"] == "code"
+                    for o in c.get("outputs", []) if "text/html" in o.get("data", {}))
+    assert table.count("converged") == 6 and "capped" not in table
     ch8 = json.dumps(json.loads((src / "book" / "08-instability.ipynb").read_text())["cells"])
     assert "0.0205" in ch8 and "B=2048 \\u2212 B=128" in ch8
     assert "## The paper profile: what differs" in (src / "book" / "_profile-notes.md").read_text()

@@ -149,6 +149,7 @@ def test_the_gpu_script_runs_a_plan_dry_from_packed_data(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     env = {**os.environ, "PLAN": "m1-table7", "DEVICE": "cpu", "WORKERS": "1", "DRY": "1", "OUT": str(out),
+           "SET": "batch_sizes=[64, 128]; seed=0",  # a plan split by its parameters, as a long one is
            "GPUDATA": str(packed), "HESSBATCH_CACHE": str(tmp_path / "cache"),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.run(["bash", "scripts/gpu/plan.sh"], cwd=root, env=env, capture_output=True, text=True,
@@ -158,3 +159,5 @@ def test_the_gpu_script_runs_a_plan_dry_from_packed_data(tmp_path):
     assert [p["state"] for p in record["pages"]] == ["done"] * 3
     assert {p.name for p in out.iterdir()} == {"plan.json", "tidy.tgz", "plan.log"}
     assert "plan m1-table7: 3/3 page(s)" in (out / "plan.log").read_text()
+    assert all("batch_sizes-64_128" in p["name"] and "seed-0" in p["name"] for p in record["pages"]), record["pages"]
+    assert not any("batch_sizes" in p["page"] for p in record["pages"])  # each part names its whole page

@@ -131,7 +131,8 @@ def test_unpack_keeps_equal_entries_replaces_changed_ones_and_drops_their_depend
 
 def test_the_gpu_script_runs_a_plan_dry_from_packed_data(tmp_path):
     """scripts/gpu/plan.sh as the GPU machine runs it, from data packed as prepare.sh packs it
-    (gzipped MNIST, CIFAR-10 JPEG archives), at toy size on the CPU."""
+    (gzipped MNIST, CIFAR-10 JPEG archives), at toy size on the CPU, in two worker processes: it
+    hands back exactly the entries that one process computes."""
     import gzip
     import os
     import shutil
@@ -148,7 +149,7 @@ def test_the_gpu_script_runs_a_plan_dry_from_packed_data(tmp_path):
             shutil.copyfileobj(src, dst)
     out = tmp_path / "out"
     out.mkdir()
-    env = {**os.environ, "PLAN": "m1-table7", "DEVICE": "cpu", "WORKERS": "1", "DRY": "1", "OUT": str(out),
+    env = {**os.environ, "PLAN": "m1-table7", "DEVICE": "cpu", "WORKERS": "2", "DRY": "1", "OUT": str(out),
            "SET": "batch_sizes=[64, 128]; seed=0",  # a plan split by its parameters, as a long one is
            "GPUDATA": str(packed), "HESSBATCH_CACHE": str(tmp_path / "cache"),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -161,3 +162,13 @@ def test_the_gpu_script_runs_a_plan_dry_from_packed_data(tmp_path):
     assert "plan m1-table7: 3/3 page(s)" in (out / "plan.log").read_text()
     assert all("batch_sizes-64_128" in p["name"] and "seed-0" in p["name"] for p in record["pages"]), record["pages"]
     assert not any("batch_sizes" in p["page"] for p in record["pages"])  # each part names its whole page
+    one = plans.run("paper", "m1-table7", str(tmp_path / "one"), "cpu", str(packed), results=str(tmp_path / "store"),
+                    dry_run=True, overrides={"batch_sizes": [64, 128], "seed": 0})
+    assert [p["state"] for p in one["pages"]] == ["done"] * 3
+
+    def entries(tgz):
+        with tarfile.open(tgz) as tar:
+            return sorted(m.name.split("/")[1:3] for m in tar.getmembers() if m.name.endswith("/result.json"))
+
+    assert entries(out / "tidy.tgz") == entries(tmp_path / "one" / "tidy.tgz")
+    assert len(entries(out / "tidy.tgz")) > 10

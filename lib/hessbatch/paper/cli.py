@@ -61,7 +61,9 @@ def add_commands(sub) -> None:
                     help="the same pages through the same code and export at toy size (tiny data, 2 epochs)")
     pl.add_argument("--budget", type=int, default=None, metavar="SECONDS",
                     help="start no page after this much wall time (default: the plan's budget_s; a dry run: none)")
-    pl.add_argument("--workers", type=int, default=1, help="training runs at once, one process each (default: 1)")
+    pl.add_argument("--workers", type=int, default=1,
+                    help="processes: a page's training runs this many at once, then its measurements in as many "
+                         "parts (default: 1)")
     pl.add_argument("--unpack", metavar="DIR", default=None,
                     help="merge DIR/tidy.tgz (what a plan handed back) into the profile's store instead")
     pl.add_argument("--set", dest="overrides", action="append", default=None, metavar="NAME=VALUE",

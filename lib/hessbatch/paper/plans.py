@@ -24,7 +24,8 @@ from pathlib import Path
 from ..errors import check, describe
 from ..store import MANIFEST, Store, atomic_write_bytes
 from . import registry
-from .compute import compute_one, hardware, record_timing, train_profile
+from ..hessian import graph_memory_share
+from .compute import compute_one, hardware, overlapped, record_timing, train_profile
 from .profiles import check_chapters, load_profile, profile_results, selected
 
 
@@ -103,6 +104,7 @@ def run(profile: str, name: str, out: str, device: str = "cpu", data_root: str |
     (its toy pages on a slow CPU say nothing about the GPU's time). Every name and value is checked first."""
     prof = load_profile(profile)
     plan = find(prof, name)
+    graph_memory_share()
     pages = selected(prof, list(plan.pages), overrides, optional=True)
     bases = [n for n, _, _, _ in selected(prof, list(plan.pages), None, optional=True)]
     check(len(pages) == len(bases), f"plan {name}: the overrides changed which pages it has")
@@ -127,10 +129,7 @@ def run(profile: str, name: str, out: str, device: str = "cpu", data_root: str |
             _write_record(out_dir, record)
             continue
         t1 = time.perf_counter()
-        train_s, errors = train_profile([page], res, str(dev), data_root, "processes" if workers > 1 else "local",
-                                        workers=workers, keep_going=True, progress=progress)
-        _, measure_s, error, _ = compute_one(*page[:3], res, str(dev), data_root, progress=progress)
-        error = errors[0] if errors else error
+        train_s, measure_s, error = _compute_page(page, res, dev, data_root, workers, progress)
         export(res, out_dir / "tidy.tgz")
         row = {"name": page[0], "page": base, "state": "failed" if error else "done", "seconds": round(time.perf_counter() - t1, 1),
                "train_seconds": round(train_s, 1), "measure_seconds": round(measure_s, 1), "error": error}
@@ -141,6 +140,24 @@ def run(profile: str, name: str, out: str, device: str = "cpu", data_root: str |
     record["seconds"] = round(time.perf_counter() - t0, 1)
     _write_record(out_dir, record)
     return record
+
+
+def _compute_page(page, res, dev, data_root, workers: int, progress: bool) -> tuple[float, float, str | None]:
+    """Train a page's runs and measure it; return the training and measurement seconds and the
+    first error. With several workers, in one pool of processes (:func:`overlapped`): the runs
+    ``workers`` at a time, then the page's measurements in ``workers`` parts, each starting at a
+    different run, so a GPU that one small model leaves idle measures several runs at once."""
+    if workers == 1:
+        train_s, errors = train_profile([page], res, str(dev), data_root, "local", keep_going=True, progress=progress)
+        _, measure_s, error, _ = compute_one(*page[:3], res, str(dev), data_root, progress=progress)
+        return train_s, measure_s, errors[0] if errors else error
+    ended = {}
+
+    def done(name, seconds, error=None, written=0):
+        ended.update(seconds=seconds, error=error)
+
+    train_s, errors = overlapped([page], res, dev, data_root, workers, done, keep_going=True)
+    return train_s, ended.get("seconds", 0.0), errors[0] if errors else ended.get("error")
 
 
 def _graph_check(pages, dev, data_root) -> dict:

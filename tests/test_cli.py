@@ -86,13 +86,16 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, argv, msg):
     assert not (tmp_path / "r").exists()
 
 
-def test_bad_graph_memory_share_is_one_line_before_compute(tmp_path):
+@pytest.mark.parametrize("command", [["compute", "--profile", "smoke"],
+                                     ["plan", "m1-table7", "--dry-run", "--out", "OUT"]])
+def test_bad_graph_memory_share_is_one_line_before_compute(tmp_path, command):
     env = {**os.environ, "HESSBATCH_GRAPH_MEMORY": "2"}
-    res = subprocess.run([sys.executable, "-m", "hessbatch.paper.cli", "compute", "--profile", "smoke", "--results",
-                          str(tmp_path / "r")], capture_output=True, text=True, timeout=120, env=env)
+    argv = [str(tmp_path / "out") if a == "OUT" else a for a in command]
+    res = subprocess.run([sys.executable, "-m", "hessbatch.paper.cli", *argv, "--results", str(tmp_path / "r")],
+                         capture_output=True, text=True, timeout=120, env=env)
     assert res.returncode == 2
     assert res.stderr.strip() == "hessbatch: error: HESSBATCH_GRAPH_MEMORY must be a number in [0, 1], got '2'"
-    assert not (tmp_path / "r").exists()
+    assert not (tmp_path / "r").exists() and not (tmp_path / "out").exists()
 
 
 def test_chapters_flag_comma_separated_or_repeated():

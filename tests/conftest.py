@@ -108,3 +108,38 @@ def tiny_cfg():
     """A training configuration that runs in about a second on CPU."""
     return dict(model="MLP", dataset="mnist5k", subset=20, test_subset=10, batch_size=50, lr=0.05,
                 max_epochs=3, target_loss=None)
+
+
+INJECT = """
+import os
+how, b, epochs = os.environ["HB_INJECT"].split(":")
+import hessbatch.train as t
+real = t.train_epoch
+
+def train_epoch(model, opt, ds, cfg, epoch, *a, **kw):
+    if cfg.batch_size == int(b) and cfg.max_epochs == int(epochs):
+        if how == "die":
+            os._exit(9)
+        raise RuntimeError("injected")
+    return real(model, opt, ds, cfg, epoch, *a, **kw)
+
+t.train_epoch = train_epoch
+"""
+
+
+@pytest.fixture
+def inject_failure(tmp_path, monkeypatch):
+    """``inject_failure(how, batch_size, max_epochs)``: in every Python process started from now on
+    (a pool's spawned workers), training runs of that batch size and epoch cap raise
+    (``how="raise"``) or kill their process (``"die"``) at their first epoch."""
+    import os
+
+    site = tmp_path / "inject-site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(INJECT)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+
+    def inject(how, batch_size, max_epochs):
+        monkeypatch.setenv("HB_INJECT", f"{how}:{batch_size}:{max_epochs}")
+
+    return inject

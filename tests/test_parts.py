@@ -5,6 +5,7 @@ import shutil
 import time
 
 import pandas as pd
+import pytest
 import torch
 
 from hessbatch.paper.chapters.common import Context
@@ -12,6 +13,7 @@ from hessbatch.paper.compute import _Parts, compute_one, overlapped
 from hessbatch.paper.profiles import load_profile, selected
 from hessbatch.paper.registry import chapter as find_chapter
 from hessbatch.paper.registry import run_chapter
+from hessbatch.pool import DIED
 from hessbatch.store import Store
 
 
@@ -64,3 +66,22 @@ def test_two_processes_measure_a_chapter_as_one_does(tmp_path):
     a = run_chapter(chapter, params, parts)["table"]
     b = run_chapter(chapter, params, Store(one.root, read_only=True))["table"]
     pd.testing.assert_frame_equal(a, b)
+
+
+
+@pytest.mark.parametrize("how", ["raise", "die"])
+def test_a_run_failing_in_a_worker_process_skips_only_the_pages_that_need_it(tmp_path, inject_failure, how):
+    """A real failure in a pool process (an exception, or the process dying as in an out-of-memory
+    kill): the page that needs the run is reported as not measured, the run's error is returned,
+    and a page that does not need it is still measured."""
+    inject_failure(how, 200, 15)
+    runs = selected(load_profile("smoke"), ["01-batch-size", "04-saddle-free"], optional=False)
+    runs = [r for r in runs if r[0] in ("01-batch-size", "04-saddle-free")]
+    seen = {}
+    _, errors = overlapped(runs, str(tmp_path / "store"), "cpu", None, 2,
+                           lambda name, s, error=None, written=0: seen.update({name: error}), keep_going=True)
+    assert len(errors) == 1 and errors[0].startswith("training run "), errors
+    assert ("RuntimeError: injected" if how == "raise" else DIED) in errors[0]
+    assert seen == {"01-batch-size": "not measured: a training run it needs failed", "04-saddle-free": None}
+    store = Store(tmp_path / "store", read_only=True)
+    assert sorted(e.config["config"]["batch_size"] for e in store.entries("train")) == [10, 50]

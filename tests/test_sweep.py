@@ -13,6 +13,7 @@ import torch
 
 from hessbatch import HessbatchError
 from hessbatch.params import expand_grid
+from hessbatch.pool import DIED
 from hessbatch.store import Store
 from hessbatch.sweep import run_sweep
 
@@ -54,6 +55,19 @@ def test_processes_executor_matches_local_bitwise(tmp_path):
     for key in local["key"]:
         a, b = _weights(Store(tmp_path / "local"), key), _weights(Store(tmp_path / "procs"), key)
         assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_a_run_whose_process_dies_fails_alone(tmp_path, inject_failure):
+    """The processes executor: a worker killed mid-run (as for memory) fails that run only."""
+    grid = expand_grid(GRID)
+    configs = [grid[0], grid[-1]]
+    doomed = configs[1]
+    inject_failure("die", doomed["batch_size"], doomed["max_epochs"])
+    assert configs[0]["batch_size"] != doomed["batch_size"]
+    table = run_sweep(configs, Store(tmp_path), progress=False, executor="processes", workers=2, threads=1)
+    assert list(table["state"]) == ["done", "failed"]
+    assert table["error"].iloc[1] == f"BrokenProcessPool: {DIED}"
+    assert [e.key for e in Store(tmp_path).entries("train")] == [table["key"].iloc[0]]
 
 
 def test_killed_worker_task_is_retried(tmp_path):

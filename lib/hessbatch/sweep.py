@@ -29,6 +29,7 @@ from . import train as train_mod
 from .catalog import EXECUTORS
 from .config import TrainConfig
 from .errors import HessbatchError, check, describe
+from .pool import Pool
 from .store import Store
 
 
@@ -111,21 +112,31 @@ def _collect(futures: dict, configs, root, as_completed, bar) -> list[dict]:
         try:
             outcomes[i] = fut.result()
         except Exception as e:
-            outcomes[i] = {"key": Store(root).key("train", configs[i]), "state": "failed", "status": None,
-                           "seconds": 0.0, "error": describe(e)}
+            outcomes[i] = _not_run(root, configs[i], describe(e))
         bar.update(1)
     return outcomes
 
 
-def _run_processes(configs, root, device, data_root, download, workers, threads, bar) -> list[dict]:
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+def _not_run(root, config: dict, error: str) -> dict:
+    """The outcome of a run whose task could not run at all."""
+    return {"key": Store(root).key("train", config), "state": "failed", "status": None, "seconds": 0.0,
+            "error": error}
 
+
+def _run_processes(configs, root, device, data_root, download, workers, threads, bar) -> list[dict]:
+    """Outcomes in the order of ``configs``; a run whose process dies fails alone (:class:`Pool`)."""
     n, threads = _pool_size(configs, workers, threads)
-    with ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("spawn")) as pool:
-        futures = {pool.submit(run_one, cfg, root, device, data_root, download, threads): i
-                   for i, cfg in enumerate(configs)}
-        return _collect(futures, configs, root, as_completed, bar)
+    outcomes: list[dict | None] = [None] * len(configs)
+    queue = list(enumerate(configs))
+    with Pool(n) as pool:
+        while queue or pool.busy():
+            while queue and pool.free():
+                i, cfg = queue.pop(0)
+                pool.submit(i, run_one, cfg, root, device, data_root, download, threads)
+            for i, outcome, error in pool.wait():
+                outcomes[i] = outcome or _not_run(root, configs[i], error)
+                bar.update(1)
+    return outcomes
 
 
 def _run_dask(configs, root, device, data_root, download, scheduler, workers, threads, retries, bar) -> list[dict]:

@@ -222,11 +222,11 @@ def overlapped(runs, res, device, data_root, workers: int, done, on_run=None,
     (default ``workers``), each starting at a different run (:meth:`Context.each`), so a page
     measured last does not leave cores idle. ``done(name, seconds, error, written)`` as each page
     ends (its wall time from its first part's start to its last part's end), ``on_run(outcome)``
-    as each run ends. Returns the time the last run ended and the failed runs' errors."""
-    import multiprocessing as mp
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
+    as each run ends. A process that dies (killed for memory, say) fails only the run or page
+    that killed it (:class:`hessbatch.pool.Pool`). Returns the time the last run ended and the
+    failed runs' errors."""
     from ..config import parent_keys, run_key
+    from ..pool import Pool
     from ..schedule import Schedule
     from ..sweep import run_one, validate
 
@@ -239,49 +239,41 @@ def overlapped(runs, res, device, data_root, workers: int, done, on_run=None,
             for n, c, p, _ in runs for k in range(parts)]
     plan = Schedule(order, jobs, keep_going)
     threads = max(1, (os.cpu_count() or 1) // workers)
-    inflight, errors, trained_at = {}, [], 0.0
+    errors, trained_at = [], 0.0
     page = _Parts(parts, done)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+    with Pool(workers) as pool:
         while True:
-            while len(inflight) < workers and (step := plan.next()) is not None:
+            while pool.free() and (step := plan.next()) is not None:
                 kind, what = step
                 if kind == "skip":
                     page.ended(what[0], time.perf_counter(), f"not measured: {what[1]}", 0)
                 elif kind == "lost":
                     errors.append(f"training run {what[0]}: not trained: {what[1]}")
                 elif kind == "run":
-                    inflight[pool.submit(run_one, what[1], root, str(device), data_root, False, threads)] = step
+                    pool.submit(step, run_one, what[1], root, str(device), data_root, False, threads)
                 else:
                     name, chapter, params, part = what
                     page.started(name, time.perf_counter())
-                    inflight[pool.submit(compute_one, name, chapter, params, res, str(device), data_root, threads,
-                                         processes=workers, part=part)] = step
-            if not inflight:
+                    pool.submit(step, compute_one, name, chapter, params, res, str(device), data_root, threads,
+                                False, workers, part)
+            if not pool.busy():
                 break
-            finished, _ = wait(inflight, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                kind, what = inflight.pop(fut)
+            for (kind, what), result, error in pool.wait():
                 if kind == "run":
-                    _run_ended(fut, what[0], plan, errors, on_run)
+                    _run_ended(result or {"key": what[0], "state": "failed", "error": error}, plan, errors, on_run)
                     trained_at = time.perf_counter() - t0
-                    continue
-                try:
-                    name, _, error, written = fut.result()
-                except Exception as e:  # noqa: BLE001 — the worker process died
-                    name, error, written = what[0], describe(e), 0
-                page.ended(name, time.perf_counter(), error, written)
+                else:
+                    name, _, err, written = result or (what[0], 0.0, error, 0)
+                    page.ended(name, time.perf_counter(), err, written)
     return trained_at, errors
 
 
-def _run_ended(fut, key, plan, errors, on_run) -> None:
-    """A training run's future has ended: tell the schedule, record a failure, call ``on_run``."""
-    try:
-        outcome = fut.result()
-    except Exception as e:  # noqa: BLE001 — the worker process died
-        outcome = {"key": key, "state": "failed", "error": f"{type(e).__name__}: {e}"}
-    plan.ended(key, outcome["state"] != "failed")
+def _run_ended(outcome: dict, plan, errors, on_run) -> None:
+    """A training run has ended (its outcome, or a failure of its process): tell the schedule,
+    record a failure, call ``on_run``."""
+    plan.ended(outcome["key"], outcome["state"] != "failed")
     if outcome["state"] == "failed":
-        errors.append(f"training run {key}: {outcome['error'].splitlines()[0]}")
+        errors.append(f"training run {outcome['key']}: {outcome['error'].splitlines()[0]}")
     if on_run is not None:
         on_run(outcome)
 

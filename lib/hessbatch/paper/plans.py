@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import check, describe
+from ..hessian import graph_memory_share
 from ..store import MANIFEST, Store, atomic_write_bytes
 from . import registry
-from ..hessian import graph_memory_share
 from .compute import compute_one, hardware, overlapped, record_timing, train_profile
 from .profiles import check_chapters, load_profile, profile_results, selected
 

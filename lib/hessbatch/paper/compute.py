@@ -141,7 +141,7 @@ def compute(profile: str, results: str | None = None, device: str = "cpu", data_
         try:
             save()
             done = _reporter(timings, dev, hw, call, errors, save)
-            seconds = _train_and_measure(runs, res, dev, data_root, workers, done, errors, progress)
+            seconds = train_and_measure(runs, res, dev, data_root, workers, done, errors, progress)
             call["train_seconds"], training[0] = round(seconds, 1), False
             save()
         except KeyboardInterrupt:
@@ -152,7 +152,7 @@ def compute(profile: str, results: str | None = None, device: str = "cpu", data_
     return timings
 
 
-def _train_and_measure(runs, res, dev, data_root, workers, done, errors, progress) -> float:
+def train_and_measure(runs, res, dev, data_root, workers, done, errors, progress) -> float:
     """Train and measure (in processes, overlapped, with several workers); add what failed to
     ``errors``; return the time the training took."""
     def on_run(outcome):

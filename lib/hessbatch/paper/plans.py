@@ -25,7 +25,7 @@ from ..errors import check, describe
 from ..hessian import graph_memory_share
 from ..store import MANIFEST, Store, atomic_write_bytes
 from . import registry
-from .compute import compute_one, hardware, overlapped, record_timing, train_profile
+from .compute import hardware, record_timing, train_and_measure
 from .profiles import check_chapters, load_profile, profile_results, selected
 
 
@@ -143,20 +143,15 @@ def run(profile: str, name: str, out: str, device: str = "cpu", data_root: str |
 
 
 def _compute_page(page, res, dev, data_root, workers: int, progress: bool) -> tuple[float, float, str | None]:
-    """Train a page's runs and measure it; return the training and measurement seconds and the
-    first error. With several workers, in one pool of processes (:func:`overlapped`): the runs
-    ``workers`` at a time, then the page's measurements in ``workers`` parts, each starting at a
-    different run, so a GPU that one small model leaves idle measures several runs at once."""
-    if workers == 1:
-        train_s, errors = train_profile([page], res, str(dev), data_root, "local", keep_going=True, progress=progress)
-        _, measure_s, error, _ = compute_one(*page[:3], res, str(dev), data_root, progress=progress)
-        return train_s, measure_s, errors[0] if errors else error
-    ended = {}
+    """Train a page's runs and measure it as ``hessbatch compute`` does (:func:`train_and_measure`:
+    with several workers, one pool, the measurements in parts); return the training and measurement
+    seconds and the first error."""
+    errors, ended = [], {}
 
     def done(name, seconds, error=None, written=0):
         ended.update(seconds=seconds, error=error)
 
-    train_s, errors = overlapped([page], res, dev, data_root, workers, done, keep_going=True)
+    train_s = train_and_measure([page], res, dev, data_root, workers, done, errors, progress)
     return train_s, ended.get("seconds", 0.0), errors[0] if errors else ended.get("error")
 
 

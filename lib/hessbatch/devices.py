@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import platform
+
 import torch
 
 from .errors import HessbatchError
@@ -36,3 +39,16 @@ def full_fp32() -> None:
 def default_chunk(device, cpu: int = 1024, gpu: int = 8192) -> int:
     """Samples per forward/backward pass: small on a CPU (cache), large on a GPU (launch-bound)."""
     return cpu if torch.device(device).type == "cpu" else gpu
+
+
+@functools.cache
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else the platform's processor string."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from .errors import check
 from .evaluation import evaluate
@@ -32,6 +31,19 @@ def _restored(model: nn.Module):
 
 def _params(model):
     return [p for p in model.parameters() if p.requires_grad]
+
+
+def _flat(params) -> torch.Tensor:
+    """The parameters as one flat vector, in their logical order whatever their memory layout."""
+    return torch.cat([p.detach().reshape(-1) for p in params])
+
+
+def _assign(vec: torch.Tensor, params) -> None:
+    """Copy a flat vector into the parameters in place, keeping each one's memory layout."""
+    i = 0
+    for p in params:
+        p.copy_(vec[i:i + p.numel()].view(p.shape))
+        i += p.numel()
 
 
 def _eval_all(model, data, coords: dict) -> list[dict]:
@@ -78,10 +90,10 @@ def along_direction(model: nn.Module, direction: torch.Tensor, alphas, data: Map
           f"direction has {direction.numel()} entries, the model {sum(p.numel() for p in params)} parameters")
     rows = []
     with _restored(model), torch.no_grad():
-        theta = parameters_to_vector(params).detach().clone()
+        theta = _flat(params)
         d = direction.to(theta)
         for a in np.asarray(alphas, dtype=float):
-            vector_to_parameters(theta + a * d, params)
+            _assign(theta + a * d, params)
             rows += _eval_all(model, data, {"alpha": a})
     return pd.DataFrame(rows)
 
@@ -92,11 +104,11 @@ def plane(model: nn.Module, d1: torch.Tensor, d2: torch.Tensor, alphas, betas,
     params = _params(model)
     rows = []
     with _restored(model), torch.no_grad():
-        theta = parameters_to_vector(params).detach().clone()
+        theta = _flat(params)
         d1, d2 = d1.to(theta), d2.to(theta)
         for a in np.asarray(alphas, dtype=float):
             for b in np.asarray(betas, dtype=float):
-                vector_to_parameters(theta + a * d1 + b * d2, params)
+                _assign(theta + a * d1 + b * d2, params)
                 rows += _eval_all(model, data, {"alpha": a, "beta": b})
     return pd.DataFrame(rows)
 

@@ -17,7 +17,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from . import attacks, eigensolvers, hessian, landscape
+from . import attacks, eigensolvers, fastpath, hessian, landscape
 from . import input_curvature as input_curvature_mod
 from .devices import default_chunk, resolve_device
 from .errors import NotConvergedWarning, check
@@ -120,24 +120,27 @@ def spectrum(run: Run | str, split: str = "train", k: int = 20, tol: float = 1e-
              max_iter: int | None = None) -> Entry:
     """Top-k Hessian eigenvalues of a run's loss on its train or test set (or a subsample).
 
-    Stores ``eigenvalues.csv`` (rank, eigenvalue, residual), the first ``keep_vectors``
+    Stores ``eigenvalues.csv`` (rank, eigenvalue, residual ‖Hv − θv‖/|θ| measured with the product,
+    the product's rounding error against float64 at the top vector, and their sum: each eigenvalue's
+    relative error bound), the first ``keep_vectors``
     eigenvectors in ``vectors.pt`` and the gradient norm at that point. ``progress``: a bar
     of Hessian-vector products while it computes. ``max_iter``: the solver's cap (its default
     when None). A result short of ``tol`` gives a :class:`~hessbatch.errors.NotConvergedWarning`,
     also when it is read back from the store.
     """
-    model = run.model(device, epoch)
+    model = fastpath.for_hessian(run.model(device, epoch))
     data = tuple(t.to(device) for t in run_data(run, data_root).split(split))
     if subsample:
         data = hessian.subsample(data, subsample, seed)
     e = eigensolvers.top_eigen(model, data, k=k, tol=tol, method=method, which=which, chunk=chunk, hvp=hvp,
-                               seed=seed, max_iter=max_iter, progress=progress)
+                               seed=seed, max_iter=max_iter, progress=progress, rounding=True)
     grad_norm = full_gradient_norm(model, *data, chunk=chunk or default_chunk(device))
-    table = pd.DataFrame({"rank": np.arange(1, len(e) + 1), "eigenvalue": e.eigenvalues, "residual": e.residuals})
+    table = pd.DataFrame({"rank": np.arange(1, len(e) + 1), "eigenvalue": e.eigenvalues, "residual": e.residuals,
+                          "rounding": e.rounding, "bound": e.error_bounds()})
     files = {"eigenvalues.csv": table}
     if keep_vectors:
         files["vectors.pt"] = e.eigenvectors[:keep_vectors].detach().float().cpu().contiguous()
-    return files, {"n_hvp": e.n_hvp, "converged": e.converged, "n_converged": e.n_converged, "grad_norm": grad_norm,
+    return files, {"n_hvp": e.n_hvp, "residuals": "measured", "rounding": e.rounding, "converged": e.converged, "n_converged": e.n_converged, "grad_norm": grad_norm,
                    "lambda_max": float(e.eigenvalues[0]), "n_samples": len(data[1]), "device": str(device)}
 
 

@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import models
+from . import fastpath, models
 from .config import TrainConfig
 from .errors import HessbatchError
 from .store import Entry, Store, check_key
@@ -52,7 +52,7 @@ class Run:
                                   spec["reading"])
 
     def model(self, device="cpu", epoch: int | None = None) -> nn.Module:
-        """The trained model (eval mode); ``epoch`` picks a snapshot saved with ``save_every``, and
+        """The trained model (eval mode, in its fastest layout: ``hessbatch.fastpath``); ``epoch`` picks a snapshot saved with ``save_every``, and
         ``epoch=0`` the initialization (rebuilt from the seed, or the ``init_from`` run's weights)."""
         if epoch == 0:
             if self.config.init_from:
@@ -60,7 +60,7 @@ class Run:
                 return Run(parent_entry(store, self.config.init_from, "init_from")).model(device)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.config.seed)
-                return self.build().to(device).eval()
+                return fastpath.to_fast(self.build(), device).eval()
         if self.status == "diverged":
             raise HessbatchError(f"run {self.key} diverged at epoch {self.result['epochs']}: it has no weights")
         model = self.build()
@@ -71,7 +71,7 @@ class Run:
                                      f"weights, {self.entry.path.parent.parent}); train it again to measure more")
             raise HessbatchError(f"run {self.key} has no snapshot for epoch {epoch}")
         model.load_state_dict(self.entry.torch(name))
-        return model.to(device).eval()
+        return fastpath.to_fast(model, device).eval()
 
     def weights_id(self, epoch: int | None = None) -> dict:
         """What identifies the weights ``model(epoch=epoch)`` returns, for the store keys of

@@ -17,9 +17,9 @@ from torch import nn
 
 from . import captured as captured_mod
 from . import data as data_mod
-from . import models, progress
+from . import fastpath, models, progress
 from .config import TrainConfig, lr_at
-from .devices import resolve_device
+from .devices import cpu_model, resolve_device
 from .errors import HessbatchError, NotInStore, ResumeWarning, check, describe
 from .evaluation import evaluate, full_gradient_norm
 from .runs import Run, parent_entry
@@ -107,18 +107,20 @@ def _train(cfg, key, ds, store, dev, show, step_hook) -> Run:
     work = store.work_dir("train", key)
     start, history, elapsed, resumed = _resume(work / "checkpoint.pt", model, opt, dev)
     captured, step_path = _captured_step(model, opt, ds, cfg, dev, step_hook, smoothing)
+    forward, step_path = _forward(model, ds, cfg, dev, captured, step_path, step_hook, smoothing)
     bar = progress.bar(total=cfg.max_epochs, initial=start, unit="epoch", show=show,
                        desc=f"{cfg.model}/{cfg.dataset} B={cfg.batch_size}")
     with bar:
         status, epoch = _epochs(model, opt, ds, cfg, start, history, elapsed, resumed, work, bar, step_hook,
-                                smoothing, captured)
+                                smoothing, captured, forward)
     return _publish(cfg, key, ds, store, dev, model, status, epoch, history, work, resumed, step_path)
 
 
 def _initial_model(cfg: TrainConfig, ds: data_mod.Dataset, dev) -> nn.Module:
-    """The run's model at its seeded initialization, on ``dev``."""
+    """The run's model at its seeded initialization, on ``dev``, in its fastest layout (``hessbatch.fastpath``)."""
     torch.manual_seed(cfg.seed)
-    return models.build_model(cfg.model, ds.input_shape, ds.num_classes, ds.mean, ds.std, cfg.reading).to(dev)
+    model = models.build_model(cfg.model, ds.input_shape, ds.num_classes, ds.mean, ds.std, cfg.reading)
+    return fastpath.to_fast(model, dev)
 
 
 def check_capture(config: TrainConfig | dict, device, data_root=None, steps: int = 5) -> dict:
@@ -145,6 +147,17 @@ def _captured_step(model, opt, ds, cfg, dev, step_hook, smoothing):
         return None, f"eager (capture failed: {why})"
 
 
+def _forward(model, ds, cfg, dev, captured, step_path, step_hook, smoothing):
+    """What a step's forward goes through (the model, or its compiled form where
+    ``fastpath.compiles`` says it pays) and the path the run records."""
+    if captured is not None or step_hook is not None or smoothing is not None \
+            or not fastpath.compiles(model, cfg.batch_size, dev):
+        return model, step_path
+    first = torch.arange(min(cfg.micro_batch or cfg.batch_size, ds.n_train), device=dev)
+    return fastpath.compiled_forward(model, ds.x_train[first], ds.y_train[first],
+                                     lambda out, y: training_loss(out, y, cfg))
+
+
 def _resume(ckpt, model, opt, dev) -> tuple[int, list, float, list]:
     """The epoch, history, training time and earlier resumes of an interrupted run's checkpoint
     (loaded into ``model`` and ``opt``), or a fresh start. A checkpoint that cannot be read (damaged, or of
@@ -165,12 +178,12 @@ def _resume(ckpt, model, opt, dev) -> tuple[int, list, float, list]:
 
 
 def _epochs(model, opt, ds, cfg, start, history, elapsed, resumed, work, bar, step_hook,
-            smoothing, captured=None) -> tuple[str, int]:
+            smoothing, captured=None, forward=None) -> tuple[str, int]:
     """Train from epoch ``start`` until the target loss, the cap or divergence; checkpoint every epoch."""
     epoch = start
     for epoch in range(start + 1, cfg.max_epochs + 1):
         t0 = time.perf_counter()
-        run_loss = train_epoch(model, opt, ds, cfg, epoch, step_hook, smoothing, captured)
+        run_loss = train_epoch(model, opt, ds, cfg, epoch, step_hook, smoothing, captured, forward)
         train_loss, train_acc = evaluate(model, ds.x_train, ds.y_train)
         test_loss, test_acc = evaluate(model, ds.x_test, ds.y_test)
         row = {"epoch": epoch, "lr": lr_at(cfg, epoch - 1), "running_loss": run_loss, "train_loss": train_loss,
@@ -200,7 +213,8 @@ def _publish(cfg, key, ds, store, dev, model, status, epoch, history, work, resu
     result = {"status": status, "epochs": epoch, "key": key, "train_loss": last.get("train_loss"),
               "train_acc": last.get("train_acc"), "test_loss": last.get("test_loss"),
               "test_acc": last.get("test_acc"), "time_s": last.get("time_s", 0.0), "device": str(dev),
-              "step": step_path, "dataset_label": ds.label, "n_train": ds.n_train, "n_test": len(ds.y_test),
+              "step": step_path, "memory_format": fastpath.format_name(fastpath.memory_format(model, dev)),
+              "threads": torch.get_num_threads(), "cpu": cpu_model(), "dataset_label": ds.label, "n_train": ds.n_train, "n_test": len(ds.y_test),
               "n_params": models.n_params(model), "torch": torch.__version__, "resumed_from": resumed,
               "model_spec": {"name": cfg.model, "reading": cfg.reading, "input_shape": list(ds.input_shape),
                              "num_classes": ds.num_classes, "mean": list(ds.mean), "std": list(ds.std)}}
@@ -218,10 +232,11 @@ def _publish(cfg, key, ds, store, dev, model, status, epoch, history, work, resu
 
 def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, ds: data_mod.Dataset, cfg: TrainConfig, epoch: int,
                 step_hook=None, smoothing: torch.Tensor | None = None,
-                captured: captured_mod.CapturedStep | None = None) -> float:
+                captured: captured_mod.CapturedStep | None = None, forward=None) -> float:
     """One epoch of SGD over ``ds`` (already on the model's device); returns the mean batch loss.
     ``smoothing`` holds a label-smoothing α per training sample. With ``captured``, full-size
     steps replay its CUDA graph and a last partial batch (``drop_last=False``) is stepped eagerly.
+    ``forward``: what the batches go through (``model`` by default; its compiled form, say).
 
     The shuffle is fixed by (seed, epoch); the learning rate follows ``lr_at`` step by step;
     nothing waits for the GPU until the epoch's end.
@@ -248,7 +263,7 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, ds: data_mod.Datas
             if step_hook is not None:
                 xb, yb = step_hook(model, xb, yb)
             alpha = None if smoothing is None else smoothing[part]
-            loss = training_loss(model(xb), yb, cfg, alpha) * (len(part) / len(idx))
+            loss = training_loss((forward or model)(xb), yb, cfg, alpha) * (len(part) / len(idx))
             loss.backward()
             run_loss += loss.detach()
         opt.step()

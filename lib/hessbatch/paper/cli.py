@@ -64,6 +64,9 @@ def add_commands(sub) -> None:
     pl.add_argument("--workers", type=int, default=1,
                     help="processes: a page's training runs this many at once, then its measurements in as many "
                          "parts (default: 1)")
+    pl.add_argument("--train-only", action="store_true",
+                    help="only train the plan's runs into --results (resuming from their checkpoints); measure "
+                         "them later with a full call")
     pl.add_argument("--unpack", metavar="DIR", default=None,
                     help="merge DIR/tidy.tgz (what a plan handed back) into the profile's store instead")
     pl.add_argument("--set", dest="overrides", action="append", default=None, metavar="NAME=VALUE",
@@ -87,13 +90,19 @@ def _cmd_plan(a) -> int:
             state = f"missing {', '.join(missing)}" if missing else "computed"
             print(f"{plan.name:<16} {plan.budget_s:>4} s  {plan.title}: {state}")
         return 0
-    check(a.out, "running a plan needs --out DIR (where tidy.tgz and plan.json go)")
+    check(a.out or a.train_only, "running a plan needs --out DIR (where tidy.tgz and plan.json go)")
     check(a.workers >= 1, f"--workers must be >= 1, got {a.workers}")
     check(a.budget is None or a.budget > 0, f"--budget must be positive, got {a.budget}")
     plans.find(prof, a.name)
     from ..devices import resolve_device
 
     resolve_device(a.device)
+    if a.train_only:
+        check(not a.dry_run, "--train-only and --dry-run exclude each other")
+        seconds = plans.train_only(a.profile, a.name, a.device, a.data_root, a.results, parse_overrides(a.overrides),
+                                   not a.no_progress)
+        print(f"plan {a.name}: its runs are trained ({seconds / 60:.1f} min)")
+        return 0
     record = plans.run(a.profile, a.name, a.out, a.device, a.data_root, a.workers, a.results, a.dry_run,
                        a.budget, parse_overrides(a.overrides), not a.no_progress)
     print("| page | state | wall (min) | training | measurements |\n|---|---|---:|---:|---:|")

@@ -23,9 +23,9 @@ from pathlib import Path
 
 from ..errors import check, describe
 from ..hessian import graph_memory_share
-from ..store import MANIFEST, Store, atomic_write_bytes
+from ..store import MANIFEST, Store, atomic_write_bytes, results_root
 from . import registry
-from .compute import hardware, record_timing, train_and_measure
+from .compute import hardware, record_timing, train_and_measure, train_profile
 from .profiles import check_chapters, load_profile, profile_results, selected
 
 
@@ -140,6 +140,19 @@ def run(profile: str, name: str, out: str, device: str = "cpu", data_root: str |
     record["seconds"] = round(time.perf_counter() - t0, 1)
     _write_record(out_dir, record)
     return record
+
+
+def train_only(profile: str, name: str, device: str = "cpu", data_root: str | None = None,
+               results: str | None = None, overrides: dict | None = None, progress: bool = False) -> float:
+    """Train a plan's runs into ``results`` (default: ``$HESSBATCH_RESULTS`` or ``./results``), one after another, and
+    measure nothing: for runs of many hours, each resumed from its checkpoint by the next call. Returns
+    the wall time; a failed run raises."""
+    prof = load_profile(profile)
+    pages = selected(prof, list(find(prof, name).pages), overrides, optional=True)
+    from ..devices import resolve_device
+
+    return train_profile(pages, str(results_root(results)), str(resolve_device(device)), data_root, "local",
+                         progress=progress)[0]
 
 
 def _compute_page(page, res, dev, data_root, workers: int, progress: bool) -> tuple[float, float, str | None]:

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# A table at the paper's protocol on this machine's CPUs, one batch size per call of `hessbatch plan`:
+# every batch size trained to training loss 0.001, then measured; each finished batch size is merged into
+# paper-results/ and committed at once, so an interruption loses at most the run in progress, which
+# resumes from its last epoch's checkpoint when the script runs again.
+#   DATA=../shared/data bash scripts/cpu/protocol.sh c1-table1-cpu [B ...]   (default: 16 32 ... 2048)
+#   DATA=../shared/data bash scripts/cpu/protocol.sh m1-table7-cpu [B ...]   (default: 64 128 ... 2048)
+#   TRAIN_ONLY=1 ...: train the batch sizes only (measure them with a later call)
+# DATA holds MNIST/raw/*.gz (torchvision's layout; in DATA/mnist) and cifar10-jpeg/{train,test}.tar.gz;
+# what a plan reads is copied into the git-ignored data/.
+set -euo pipefail
+cd "$(git rev-parse --show-toplevel)"
+plan=${1:?name a plan: c1-table1-cpu or m1-table7-cpu}
+shift
+src=${DATA:?set DATA: a folder holding mnist/MNIST/raw/*.gz and cifar10-jpeg/*.tar.gz}
+case $plan in
+  c1-table1-cpu)
+    default="16 32 64 128 256 512 1024 2048"
+    mkdir -p data/cifar10-jpeg
+    for p in train test; do
+      [ -d "data/cifar10-jpeg/$p" ] || [ -s "data/cifar10-jpeg/$p.tar.gz" ] || cp "$src/cifar10-jpeg/$p.tar.gz" data/cifar10-jpeg/
+    done ;;
+  m1-table7-cpu)
+    default="64 128 256 512 1024 2048"
+    mkdir -p data/MNIST/raw
+    for f in "$src"/mnist/MNIST/raw/*.gz; do
+      t="data/MNIST/raw/$(basename "${f%.gz}")"
+      [ -s "$t" ] || gunzip -c "$f" > "$t"
+    done ;;
+  *) echo "protocol.sh: unknown plan $plan (c1-table1-cpu or m1-table7-cpu)" >&2; exit 2 ;;
+esac
+# HESSBATCH: the command to run (default .venv/bin/hessbatch; may be a command line, e.g.
+# "env PYTHONPATH=$PWD/lib python3 -m hessbatch.paper.cli" for a second checkout)
+hb=${HESSBATCH:-.venv/bin/hessbatch}
+store=${STORE:-results/$plan}
+for b in ${@:-$default}; do
+  if [ -n "${TRAIN_ONLY:-}" ]; then
+    $hb plan "$plan" --train-only --set "batch_sizes=[$b]" --data-root data --results "$store" --no-progress
+    continue
+  fi
+  out=$(mktemp -d)
+  $hb plan "$plan" --set "batch_sizes=[$b]" --data-root data --out "$out" --results "$store" --no-progress
+  $hb plan --unpack "$out"
+  git add paper-results
+  git commit -q -m "paper-results: $plan at the protocol on 2 CPU cores, B = $b" -- paper-results
+  rm -rf "$out"
+done

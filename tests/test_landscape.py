@@ -89,11 +89,12 @@ def test_an_unconverged_spectrum_warns_when_computed_and_when_read(tmp_path, tin
 
     store = Store(tmp_path)
     run = train(tiny_cfg, store, progress=False)
-    with pytest.warns(NotConvergedWarning, match=r"Lanczos: only \d+ of 10 eigenpairs .* in 12 Hessian-vector"):
+    with pytest.warns(NotConvergedWarning, match=r"Lanczos: only \d+ of 10 eigenpairs .* in 22 Hessian-vector products \(max_iter=12\)"):
         short = analysis.spectrum(run, k=10, max_iter=12, store=store)
-    assert short.json()["converged"] is False and short.json()["n_hvp"] == 12
+    # 12 Lanczos steps, then one product per returned pair to measure its residual
+    assert short.json()["converged"] is False and short.json()["n_hvp"] == 12 + 10
     ev = short.csv("eigenvalues.csv")
-    n_ok = int((ev["residual"] <= 1e-4 * ev["eigenvalue"].abs()).sum())
+    n_ok = int((ev["residual"] <= 1e-4).sum())  # residuals are relative, measured
     assert n_ok < 10
     with pytest.warns(NotConvergedWarning, match=f"stored spectrum {short.key}.* {n_ok} of 10 eigenpairs"):
         assert analysis.spectrum(run, k=10, max_iter=12, store=store).key == short.key

@@ -206,7 +206,9 @@ def _cifar10_jpeg(name, root, download) -> Dataset:
 
 
 def _extract(path: Path) -> Path:
-    """Extract ``train.tar.gz`` and ``test.tar.gz`` beside themselves, or into the cache if that is read-only."""
+    """Extract ``train.tar.gz`` and ``test.tar.gz`` beside themselves, or into the cache if that is read-only;
+    safe when several processes do it at once."""
+    import shutil
     import tarfile
 
     target = path if os.access(path, os.W_OK) else _cache_base() / f"cifar10-jpeg-{_digest(str(path.resolve()))}"
@@ -218,10 +220,13 @@ def _extract(path: Path) -> Path:
         with tarfile.open(path / f"{part}.tar.gz") as tar:
             tar.extractall(tmp, filter="data")
         inner = tmp / part if (tmp / part).is_dir() else tmp
-        os.replace(inner, target / part)
-        if tmp.exists():
-            import shutil
-
+        try:
+            os.replace(inner, target / part)
+        except OSError:
+            # another process extracted the same part first: keep its copy, drop ours
+            if not (target / part).is_dir():
+                raise
+        finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return target
 

@@ -117,10 +117,10 @@ BAD = [
     (["sweep", "{tmp}/missing.yaml"], "does not exist"),
     (["sweep", "{tmp}/typo.yaml", "--executor", "ray"], "argument --executor: invalid choice"),
     # export, ls, verify
-    (["export", "{results}"], "that is the store itself or a folder inside it"),
-    (["export", "{results}/../{results_name}"], "that is the store itself or a folder inside it"),
-    (["export", "{results}/tidy"], "that is the store itself or a folder inside it"),
-    (["export", "{tmp}/link"], "that is the store itself or a folder inside it"),
+    (["export", "{results}"], "the two folders overlap"),
+    (["export", "{results}/../{results_name}"], "the two folders overlap"),
+    (["export", "{results}/tidy"], "the two folders overlap"),
+    (["export", "{tmp}/link"], "the two folders overlap"),
     (["export", "{tmp}/afile"], "is not a folder"),
     (["ls", "--results", "{tmp}/afile"], "is not a folder"),
     (["verify", "--results", "{tmp}/none"], "no result store at"),
@@ -197,13 +197,13 @@ def _fill(a: str, fill: dict) -> str:
 
 
 def test_export_never_deletes_the_stores_weights(tmp_path, monkeypatch):
-    """The same folder spelled four ways, and a folder inside the store, are refused."""
+    """The same folder spelled four ways, a folder inside the store and one that holds it are refused."""
     results = tmp_path / "results"
     assert main(["train", *TINY, "--results", str(results)]) == 0
     (tmp_path / "link").symlink_to(results)
     monkeypatch.chdir(tmp_path)
-    for dest in ("results", str(results), f"{results}/../results", "link", "results/train"):
-        with pytest.raises(HessbatchError, match="store itself or a folder inside it"):
+    for dest in ("results", str(results), f"{results}/../results", "link", "results/train", ".", str(tmp_path)):
+        with pytest.raises(HessbatchError, match="the two folders overlap"):
             Store("results").export(dest)
     assert len(list(results.rglob("weights.pt"))) == 1
     assert Store("results").export(tmp_path / "tidy")[0] == 1 and len(list(results.rglob("weights.pt"))) == 1

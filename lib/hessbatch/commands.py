@@ -174,6 +174,7 @@ def _cmd_ls(a) -> int:
     from .store import Store
 
     store = Store(a.results)
+    _check_kind(store, a.kind)
     entries, skipped = store.entries(a.kind), store.invalid(a.kind)
     note = (f"{len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} skipped: incomplete, or files that do not "
             "match their manifest (they are computed again when asked for; `hessbatch verify --remove` deletes "
@@ -199,18 +200,25 @@ def _cmd_ls(a) -> int:
     return 0
 
 
-def _cmd_verify(a) -> int:
-    import shutil
+def _check_kind(store, kind: str | None) -> None:
+    from .errors import choose
+    from .store import check_kind
 
+    if kind is not None:
+        choose(f"kind of entry in {store.root}", check_kind(kind), store.kinds())
+
+
+def _cmd_verify(a) -> int:
     from .store import Store
 
     store = Store(a.results)
     check(store.root.is_dir(), f"no result store at {store.root}")
+    _check_kind(store, a.kind)
     n, bad = store.verify(a.kind)
     for e in bad:
         print(f"corrupt: {e.kind}/{e.key}")
         if a.remove:
-            shutil.rmtree(e.path)
+            store.remove(e)
     print(f"{n} entries checked, {len(bad)} corrupt" + (" (removed)" if bad and a.remove else ""))
     return 1 if bad and not a.remove else 0
 

@@ -3,7 +3,10 @@
 Layout: ``<root>/<kind>/<key>/`` holds ``config.json``, the result files, and
 ``MANIFEST.json`` (size and SHA-256 of every file). An entry is built in a temporary
 folder beside its final place and renamed into place in one step, so a reader sees a
-whole entry or none. Reads check the manifest, every file's size and the SHA-256 of the
+whole entry or none; a newer entry replaces an older one by an atomic exchange of the two
+folders. Every path is built from the store's root and validated names (a kind is one lower-case
+word, a key hex digits, a manifest's file name one path component), and no symlink inside the
+store is followed out of it. Reads check the manifest, every file's size and the SHA-256 of the
 small files (up to ``HASHED_ON_READ`` bytes: results, tables); weight files are hashed
 when they are loaded (``Entry.torch``), by ``Store.verify`` (``hessbatch verify``), on
 export, and with ``get(..., verify=True)``, so that listing a store of hundreds of C1 runs
@@ -15,6 +18,7 @@ manifest is missing or disagrees with its files is treated as absent and recompu
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import io
 import json
@@ -36,6 +40,8 @@ HASHED_ON_READ = 1 << 20
 
 
 KEY = re.compile(r"[0-9a-f]{1,16}")
+KIND = re.compile(r"[a-z][a-z0-9-]{0,63}")
+FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 
 def results_root(root: str | os.PathLike | None = None) -> Path:
@@ -53,6 +59,18 @@ def check_key(key: str, what: str = "run") -> str:
     check(isinstance(key, str) and KEY.fullmatch(key) is not None,
           f"{what} {key!r} is not a store key (1 to 16 hex digits, as `hessbatch ls` lists them)")
     return key
+
+
+def check_kind(kind: str) -> str:
+    """A kind of entry: one lower-case word (letters, digits, hyphens), so it names a folder inside the store."""
+    check(isinstance(kind, str) and KIND.fullmatch(kind) is not None,
+          f"{kind!r} is not a kind of entry (a lower-case word such as train or spectrum, as `hessbatch ls` lists them)")
+    return kind
+
+
+def _inside(path: Path, root: Path) -> bool:
+    real, top = path.resolve(), root.resolve()
+    return real == top or top in real.parents
 
 
 def _tmp_name(key: str) -> str:
@@ -108,11 +126,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed write (disk full) leaves nothing behind
 
 
 def atomic_torch_save(obj, path: Path) -> None:
@@ -178,20 +199,35 @@ class Store:
     def key(self, kind: str, config: dict) -> str:
         return config_key(kind, config)
 
+    def folder(self, kind: str) -> Path:
+        """The folder of one kind of entry; an error if it is a symlink that leads out of the store."""
+        path = self.root / check_kind(kind)
+        check(not path.is_symlink() or _inside(path, self.root),
+              f"{path} is a symlink out of the store at {self.root}; remove it")
+        return path
+
     def path(self, kind: str, key: str) -> Path:
-        return self.root / kind / check_key(key, "key")
+        return self.folder(kind) / check_key(key, "key")
 
     def work_dir(self, kind: str, key: str) -> Path:
-        """Folder for resumable work in progress on (kind, key)."""
-        return self.root / kind / f"{key}.work"
+        """Folder for resumable work in progress on (kind, key); never a symlink."""
+        path = self.folder(kind) / f"{check_key(key, 'key')}.work"
+        check(not path.is_symlink(), f"{path} is a symlink; remove it (work in progress is written only inside "
+                                     "the store)")
+        return path
 
     @contextlib.contextmanager
     def lock(self, kind: str, key: str):
         """Exclusive lock on computing (kind, key) across processes (``flock``; released if the
-        holder dies). Another process asking for it waits."""
-        path = self.root / kind / f".{key}.lock"
+        holder dies). Another process asking for it waits. The lock file is never a symlink."""
+        path = self.folder(kind) / f".{check_key(key, 'key')}.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as f:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as e:
+            raise HessbatchError(f"cannot open the lock file {path} ({e.strerror}); if it is a symlink, "
+                                 "remove it") from None
+        with os.fdopen(fd, "a") as f:
             try:
                 import fcntl
             except ImportError:  # pragma: no cover - not POSIX: no cross-process lock
@@ -216,10 +252,39 @@ class Store:
         return Entry(path, kind, key) if _valid(path, verify) else None
 
     def verify(self, kind: str | None = None) -> tuple[int, list[Entry]]:
-        """Check the SHA-256 of every file of every entry: the number of entries checked and those
-        whose files disagree with their manifest (they are treated as absent from now on)."""
-        entries = self.entries(kind)
-        return len(entries), [e for e in entries if not _valid(e.path, verify=True)]
+        """Check the SHA-256 of every file of every entry folder: the number of folders checked and
+        those that are not whole entries (a file missing or damaged, a manifest unreadable or naming
+        a file outside its folder; they are treated as absent from now on)."""
+        folders = self._folders(kind)
+        return len(folders), [Entry(p, k, p.name) for k, p in folders if not _valid(p, verify=True)]
+
+    def remove(self, entry: Entry) -> None:
+        """Delete an entry of this store: it disappears in one step (renamed aside, then deleted)."""
+        check(entry.path.parent == self.folder(entry.kind) and KEY.fullmatch(entry.path.name),
+              f"{entry.path} is not an entry of the store at {self.root}")
+        trash = entry.path.parent / _tmp_name(entry.key)
+        os.rename(entry.path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def building(self, kind: str, key: str, replace: bool = False):
+        """Yield a fresh temporary folder beside entry (kind, key) to build it in (its files and
+        MANIFEST); on success publish it in one step. An entry already there is kept if it is whole
+        (unless ``replace``), and otherwise exchanged atomically with the new one. Every write to
+        the store goes through here; ``written`` counts the builds that became entries."""
+        final = self.path(kind, key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        check(_inside(final.parent, self.root), f"{final.parent} leads out of the store at {self.root}")
+        _clean_stale(final.parent)
+        tmp = final.parent / _tmp_name(key)
+        tmp.mkdir()
+        try:
+            yield tmp
+            if self._publish(tmp, final, replace):
+                self.written += 1
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
 
     @contextlib.contextmanager
     def writer(self, kind: str, config: dict):
@@ -231,37 +296,38 @@ class Store:
         key = self.key(kind, config)
         if self.read_only:
             raise NotInStore(f"no {kind} entry {key} in the read-only store at {self.root}")
-        final = self.path(kind, key)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        _clean_stale(final.parent)
-        tmp = final.parent / _tmp_name(key)
-        tmp.mkdir()
-        try:
+        with self.building(kind, key) as tmp:
             yield tmp
             (tmp / "config.json").write_text(json.dumps(
                 {"kind": kind, "key": key, "schema": SCHEMA, "config": json.loads(canonical_json(config))}, indent=2))
             files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)}
                      for p in sorted(tmp.iterdir()) if p.is_file()}
             (tmp / MANIFEST).write_text(json.dumps({"key": key, "files": files}, indent=2))
-            self._publish(tmp, final)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
 
-    def _publish(self, tmp: Path, final: Path) -> None:
+    @staticmethod
+    def _publish(tmp: Path, final: Path, replace: bool) -> bool:
+        """Move the built entry ``tmp`` to ``final``: whether it became the entry."""
+        if final.is_symlink():
+            raise HessbatchError(f"{final} is a symlink; remove it (entries are folders inside the store)")
         if final.exists():
-            if _valid(final, verify=True):
-                return
-            trash = final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}.trash"
-            with contextlib.suppress(OSError):
-                os.rename(final, trash)
-                shutil.rmtree(trash, ignore_errors=True)
+            if not replace and _valid(final, verify=True):
+                return False
+            if _exchange(tmp, final):  # tmp now holds the old entry, removed by the caller
+                return True
+            old = final.parent / _tmp_name(final.name)
+            os.rename(final, old)
+            try:
+                os.rename(tmp, final)
+            finally:
+                shutil.rmtree(old, ignore_errors=True)
+            return True
         try:
             os.rename(tmp, final)
-            self.written += 1
+            return True
         except OSError:
-            if not _valid(final, verify=True):
+            if not _valid(final, verify=True):  # another process published it meanwhile
                 raise
+            return False
 
     def cached(self, kind: str, config: dict, compute) -> Entry:
         """The entry for (kind, config), computed once: ``compute()`` returns ``(files, meta)``; a file
@@ -323,12 +389,20 @@ class Store:
         they count as absent and are computed again when asked for."""
         return [p for _, p in self._folders(kind) if not _valid(p)]
 
-    def _folders(self, kind: str | None) -> list[tuple[str, Path]]:
+    def kinds(self) -> list[str]:
+        """The kinds of entry this store holds."""
         if not self.root.is_dir():
             return []
-        kinds = [kind] if kind else sorted(p.name for p in self.root.iterdir() if p.is_dir())
-        return [(k, p) for k in kinds if (self.root / k).is_dir() for p in sorted((self.root / k).iterdir())
-                if p.is_dir() and not p.name.startswith(".") and "." not in p.name]
+        return sorted(p.name for p in self.root.iterdir()
+                      if KIND.fullmatch(p.name) and p.is_dir() and _inside(p, self.root))
+
+    def _folders(self, kind: str | None) -> list[tuple[str, Path]]:
+        kinds = self.kinds()
+        if kind is not None:
+            check_kind(kind)
+            kinds = [kind] if kind in kinds else []
+        return [(k, p) for k in kinds for p in sorted((self.root / k).iterdir())
+                if KEY.fullmatch(p.name) and p.is_dir() and not p.is_symlink()]
 
 
     def export(self, dest: str | os.PathLike, omit: tuple[str, ...] = ("*.pt", "probs.csv")) -> tuple[int, int]:
@@ -341,33 +415,25 @@ class Store:
 
         target = Store(dest)
         here, there = self.root.resolve(), target.root.resolve()
-        check(there != here and here not in there.parents,
-              f"cannot export the store at {self.root} into {dest}: that is the store itself or a folder inside it "
-              "(an export leaves out the weights, so it would delete them)")
+        check(there != here and here not in there.parents and there not in here.parents,
+              f"cannot export the store at {self.root} into {dest}: the two folders overlap "
+              "(an export leaves out the weights; it writes only into a folder apart from the store)")
         n, size = 0, 0
         for e in self.entries():
             if not _valid(e.path, verify=True):
                 continue
-            final = target.path(e.kind, e.key)
             manifest = json.loads((e.path / MANIFEST).read_text())
             keep = {f: m for f, m in manifest["files"].items() if not any(fnmatch.fnmatch(f, o) for o in omit)}
             gone = {f: m for f, m in manifest["files"].items() if f not in keep}
             gone.update(manifest.get("omitted", {}))
-            final.parent.mkdir(parents=True, exist_ok=True)
-            tmp = final.parent / _tmp_name(e.key)
-            tmp.mkdir()
-            try:
+            before = target.written
+            with target.building(e.kind, e.key) as tmp:  # an entry already there is kept, never deleted
                 for f in dict.fromkeys([*keep, "config.json"]):
                     shutil.copy2(e.path / f, tmp / f)
-                    size += (tmp / f).stat().st_size
                 (tmp / MANIFEST).write_text(json.dumps({"key": e.key, "files": keep, "omitted": gone}, indent=2))
-                if final.exists():
-                    shutil.rmtree(final)
-                os.rename(tmp, final)
-            finally:
-                if tmp.exists():
-                    shutil.rmtree(tmp, ignore_errors=True)
-            n += 1
+            if target.written > before:
+                n += 1
+                size += sum(m["size"] for m in keep.values()) + (e.path / "config.json").stat().st_size
         for extra in ("_timings.yml",):
             if (self.root / extra).is_file():
                 target.root.mkdir(parents=True, exist_ok=True)
@@ -375,15 +441,32 @@ class Store:
         return n, size
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two folders in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
 def _valid(path: Path, verify: bool = False) -> bool:
     """Whether ``path`` is a complete entry whose files have the sizes and the SHA-256 sums its
-    manifest lists (the sums of files over ``HASHED_ON_READ`` bytes only with ``verify``)."""
+    manifest lists (the sums of files over ``HASHED_ON_READ`` bytes only with ``verify``). A
+    manifest that names anything but a plain file inside the folder makes it incomplete."""
     try:
+        if path.is_symlink():
+            return False
         manifest = json.loads((path / MANIFEST).read_text())
         if "config.json" not in manifest["files"]:
             return False
         for name, meta in manifest["files"].items():
+            if not (isinstance(name, str) and FILE_NAME.fullmatch(name)):
+                return False
             f = path / name
+            if f.is_symlink():
+                return False
             size = f.stat().st_size
             if size != meta["size"] or ((verify or size <= HASHED_ON_READ) and _sha256(f) != meta["sha256"]):
                 return False

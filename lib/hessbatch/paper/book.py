@@ -333,7 +333,7 @@ def _placeholder(folder: Path, name: str, chapter: str, title: str | None, prof:
            f"    hessbatch compute --profile {profile} --chapters {only} --device cuda --data-root DATA --workers 6\n"
            f"    hessbatch export --results RESULTS paper-results\n\n")
     (folder / f"{name}.md").write_text(
-        f"{heading}{f' — {title}' if title else ''}\n\n"
+        f"{heading}{f' — {markdown_text(title)}' if title else ''}\n\n"
         f"```{{note}}\nThis chapter has not been computed at the scale of the `{profile}` profile yet: its results "
         f"are not among the committed ones. {how}"
         f"then build the book again. The `quick` profile's book has this chapter on the embedded MNIST digits.\n```\n")
@@ -381,6 +381,13 @@ def build_timings(record: Path) -> dict:
     return out
 
 
+def markdown_text(text: str) -> str:
+    """A profile's string as literal text in MyST Markdown: raw HTML, links, code and roles backslash-escaped."""
+    import re
+
+    return re.sub(r"([\\`<>&\[\]{}*_])", r"\\\1", str(text))
+
+
 def _finish(path: Path, chapter: str, title: str | None) -> None:
     """An executed notebook as it is published: `` — title`` appended to its first heading, and
     papermill's record of the paths it ran from made relative (no page carries local paths)."""
@@ -390,7 +397,7 @@ def _finish(path: Path, chapter: str, title: str | None) -> None:
     for cell in nb.cells if title else []:
         if cell.cell_type == "markdown" and cell.source.lstrip().startswith("# "):
             first, _, rest = cell.source.lstrip().partition("\n")
-            cell.source = f"{first} — {title}" + (f"\n{rest}" if rest else "")
+            cell.source = f"{first} — {markdown_text(title)}" + (f"\n{rest}" if rest else "")
             break
     record = nb.metadata.get("papermill", {})
     record.update(input_path=f"book/{chapter}.ipynb", output_path=path.name)

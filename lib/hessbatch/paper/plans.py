@@ -1,6 +1,6 @@
 """Plans: named, ordered pieces of a profile (its ``plans:`` block), each computed within one
-command of bounded wall time and handed back as tidy results. They exist for a GPU lent in short
-windows (one command of at most 10 minutes): a plan computes page after page (training that page's
+command of bounded wall time and handed back as tidy results. They exist for a GPU machine reached
+through commands of bounded wall time (at most 10 minutes each): a plan computes page after page (training that page's
 runs, then its measurements) into a fresh store and, as each page finishes, rewrites
 ``<out>/tidy.tgz`` (the store without weights) and ``<out>/plan.json`` (per page: wall time,
 training and measurement time, device). A command stopped at its limit so loses only the page in
@@ -220,6 +220,10 @@ def unpack(folder: str, profile: str = "paper", results: str | None = None) -> d
     with tempfile.TemporaryDirectory() as tmp:
         with tarfile.open(src / "tidy.tgz") as tar:
             tar.extractall(tmp, filter="data")
+        n, bad = Store(tmp).verify()
+        check(not bad, f"{folder}: tidy.tgz holds {len(bad)} of {n} entries that are not whole (files missing, "
+                       f"damaged, or named outside their folder: {', '.join(f'{e.kind}/{e.key}' for e in bad[:5])}); "
+                       "nothing merged")
         incoming = Store(tmp).entries()
         keys = {e.key for e in incoming}
         for e in incoming:
@@ -232,7 +236,9 @@ def unpack(folder: str, profile: str = "paper", results: str | None = None) -> d
                 counts["removed"] += _remove_dependents(dest, e.key, keys)
             else:
                 counts["added"] += 1
-            _copy_entry(e.path, dest.path(e.kind, e.key))
+            with dest.building(e.kind, e.key, replace=True) as tmp:
+                for f in (*e.files(), MANIFEST):
+                    shutil.copy2(e.path / f, tmp / f)
     _record_timings(dest.root / "_timings.yml", record, yaml)
     return counts
 
@@ -245,19 +251,9 @@ def _remove_dependents(store: Store, key: str, incoming: set[str]) -> int:
     n = 0
     for e in store.entries():
         if e.key not in incoming and e.kind != "train" and key in (e.path / "config.json").read_text():
-            shutil.rmtree(e.path)
+            store.remove(e)
             n += 1
     return n
-
-
-def _copy_entry(src: Path, final: Path) -> None:
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.unpack"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(tmp, final)
 
 
 def _record_timings(path: Path, record: dict, yaml) -> None:

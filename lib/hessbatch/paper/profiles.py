@@ -60,7 +60,9 @@ def load_profile(profile: str) -> dict:
                                   *(sweep or {}),
                                   *(k for v in (variants or {}).values() for k in v if k not in _VARIANT_KEYS)])
     notes = params.get("notes")
-    check(notes is None or (repo_root() / "book" / str(notes)).is_file(),
+    book = (repo_root() / "book").resolve()
+    check(notes is None or (isinstance(notes, str) and book in (book / notes).resolve().parents
+                            and (book / notes).is_file()),
           f"{path}: notes must name a file in book/, got {notes!r}")
     params.setdefault("profile", path.stem)
     return params

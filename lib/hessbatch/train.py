@@ -177,6 +177,21 @@ def _resume(ckpt, model, opt, dev) -> tuple[int, list, float, list]:
         return 0, [], 0.0, []
 
 
+def in_progress(store: Store, key: str) -> dict | None:
+    """Where an unfinished training run stands, from its last per-epoch checkpoint: ``epoch``,
+    ``elapsed`` (seconds of training), ``resumed`` and the last row of its history (losses,
+    accuracies); ``None`` if it has no checkpoint."""
+    ckpt = store.work_dir("train", key) / "checkpoint.pt"
+    if not ckpt.is_file():
+        return None
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    except (RuntimeError, ValueError, EOFError, pickle.UnpicklingError):
+        return None
+    last = state["history"][-1] if state.get("history") else {}
+    return {**last, "epoch": state["epoch"], "elapsed": state["elapsed"], "resumed": state.get("resumed", [])}
+
+
 def _epochs(model, opt, ds, cfg, start, history, elapsed, resumed, work, bar, step_hook,
             smoothing, captured=None, forward=None) -> tuple[str, int]:
     """Train from epoch ``start`` until the target loss, the cap or divergence; checkpoint every epoch."""

@@ -33,6 +33,9 @@ esac
 # "env PYTHONPATH=$PWD/lib python3 -m hessbatch.paper.cli" for a second checkout)
 hb=${HESSBATCH:-.venv/bin/hessbatch}
 store=${STORE:-results/$plan}
+# On any exit (a run finished, a call cut off by its time limit): record where the plan's runs stand in
+# paper-results/_progress.yml, which the plan's pages show until every batch size is in.
+trap '$hb plan "$plan" --record-progress --results "$store" > /dev/null || true' EXIT
 for b in ${@:-$default}; do
   if [ -n "${TRAIN_ONLY:-}" ]; then
     $hb plan "$plan" --train-only --set "batch_sizes=[$b]" --data-root data --results "$store" --no-progress

@@ -27,6 +27,7 @@ from ..progress import EVENTS_ENV
 from .figures import commit
 from .following import Follower
 from .notebook import PROJECT_ENV
+from .plans import read_progress
 from .profiles import executions, load_profile, profile_results, repo_root, selected
 
 ROOT_FILES = ("_config.yml", "_toc.yml", "references.bib")
@@ -129,16 +130,25 @@ def build(profile: str = "quick", results: str | None = None, device: str = "cpu
     phases = []
     if executor != "local" and not stored:
         phases = _precompute(runs, res, device, data_root, executor, scheduler, workers, progress, src)
+    notes = {}
     if stored:
-        runs, absent = stored_split(runs, res)
-        for name, chapter, _, title in absent:
+        asked = {r[0]: r[2].get("batch_sizes") for r in runs}
+        runs, absent = stored_split(runs, res, partial=True)
+        progress = read_progress(res)
+        for name, chapter, params, title in absent:
             print(f"[-] {name}: not computed in {res}; a placeholder page says how to compute it", flush=True)
             variants = list(prof["chapters"][chapter].get("variants") or {})
             only = f"{chapter}--{variants[0]}" if name == chapter and variants else name
-            _placeholder(src / "book", name, chapter, title, prof, only)
+            _placeholder(src / "book", name, chapter, title, prof, only, progress,
+                         list(asked[name]) if isinstance(asked[name], list) else [])
+        for name, _, params, _ in runs:
+            missing = [b for b in asked[name] or [] if b not in params.get("batch_sizes", [])]
+            if isinstance(asked[name], list) and missing:
+                print(f"[~] {name}: B = {', '.join(map(str, missing))} not computed in {res}; the page says so", flush=True)
+                notes[name] = progress_note(progress, name, params["batch_sizes"], missing)
     with _portable_paths(root, res, data_root) as (res_shown, data_shown):
         timings = _execute(runs, root, src, {"results": res_shown, "device": device, "data_root": data_shown},
-                           progress, Store(res))
+                           progress, Store(res), notes)
     for name, chapter, _, _ in every:
         if not (src / "book" / f"{name}.ipynb").exists() and not (src / "book" / f"{name}.md").exists():
             shutil.copy2(root / "book" / f"{chapter}.ipynb", src / "book" / f"{name}.ipynb")
@@ -174,9 +184,10 @@ def _portable_paths(root: Path, results: str, data_root: str | None):
                 os.environ[k] = v
 
 
-def _execute(runs, root: Path, src: Path, runtime: dict, progress: bool, store: Store) -> list[tuple[str, float]]:
+def _execute(runs, root: Path, src: Path, runtime: dict, progress: bool, store: Store,
+             notes: dict | None = None) -> list[tuple[str, float]]:
     """Execute each notebook with papermill into ``src/book``, following it (``following``) unless
-    ``progress`` is off; its wall time."""
+    ``progress`` is off, and put ``notes[name]`` under its heading; its wall time."""
     timings, known = [], build_timings(src / "book" / "_timings.yml")
     for i, (name, chapter, params, title) in enumerate(runs, 1):
         label = f"[{i}/{len(runs)}] {name}"
@@ -186,7 +197,7 @@ def _execute(runs, root: Path, src: Path, runtime: dict, progress: bool, store: 
         follower = Follower(label, src / "book" / f".{name}.events", store, keys,
                             known.get(name, {}).get("seconds")) if progress else None
         _run_notebook(root, src, name, chapter, {**params, **runtime}, follower)
-        _finish(src / "book" / f"{name}.ipynb", chapter, title)
+        _finish(src / "book" / f"{name}.ipynb", chapter, title, (notes or {}).get(name, ""))
         timings.append((name, time.perf_counter() - t0))
         print(f"      done in {timings[-1][1] / 60:.1f} min", flush=True)
     return timings
@@ -310,7 +321,8 @@ def _render(src: Path, out_dir: Path) -> Path:
     return index
 
 
-def _placeholder(folder: Path, name: str, chapter: str, title: str | None, prof: dict, only: str) -> None:
+def _placeholder(folder: Path, name: str, chapter: str, title: str | None, prof: dict, only: str,
+                 progress: dict, sizes: list) -> None:
     """A page standing in for a chapter whose results are not in the profile's committed store;
     ``only`` is what ``--chapters`` takes to compute just this page. It names the plan that computes
     it, if one does."""
@@ -324,7 +336,11 @@ def _placeholder(folder: Path, name: str, chapter: str, title: str | None, prof:
                     if c["cell_type"] == "markdown" and "".join(c["source"]).lstrip().startswith("# ")), f"# {name}")
     profile = prof["profile"]
     plan = next((p for p in plans(prof) if {name, only} & set(p.pages)), None)
-    how = (f"It is part of the plan `{plan.name}` ({plan.title}), which computes within one GPU command of "
+    how = (f"It is part of the plan `{plan.name}` ({plan.title}), computed on the CPU one batch size per call, "
+           f"each resumed from its last epoch's checkpoint and committed as it ends:\n\n"
+           f"    DATA=DATA bash scripts/cpu/protocol.sh {plan.name}\n\n"
+           if plan and plan.device == "cpu" else
+           f"It is part of the plan `{plan.name}` ({plan.title}), which computes within one GPU command of "
            f"{plan.budget_s // 60} minutes:\n\n"
            f"    PLAN={plan.name} bash scripts/gpu/plan.sh              # on the GPU machine, data in .gpudata/\n"
            f"    hessbatch plan --unpack FOLDER                         # here: merge FOLDER/tidy.tgz\n\n"
@@ -336,7 +352,32 @@ def _placeholder(folder: Path, name: str, chapter: str, title: str | None, prof:
         f"{heading}{f' — {markdown_text(title)}' if title else ''}\n\n"
         f"```{{note}}\nThis chapter has not been computed at the scale of the `{profile}` profile yet: its results "
         f"are not among the committed ones. {how}"
-        f"then build the book again. The `quick` profile's book has this chapter on the embedded MNIST digits.\n```\n")
+        f"then build the book again. The `quick` profile's book has this chapter on the embedded MNIST digits.\n```\n"
+        + progress_note(progress, name, [], sizes))
+
+
+def progress_note(progress: dict, name: str, shown: list, missing: list) -> str:
+    """A page's note on its batch sizes ``missing`` from the committed results, with where each run
+    stood when its plan last recorded it (``_progress.yml``); empty if none is missing."""
+    if not missing:
+        return ""
+    page = progress.get(name) or {}
+    known = {r.get("batch_size"): r for r in page.get("runs", [])}
+
+    def state(r):
+        if r.get("state") != "training":
+            return str(r.get("state", "not computed"))
+        return (f"training: epoch {r['epoch']} of at most {r['max_epochs']}, running loss {r['running_loss']:.4g}, "
+                f"training loss {r['train_loss']:.4g}, test accuracy {100 * r['test_acc']:.2f} %, "
+                f"{r['hours']:.1f} h so far")
+    def run(b):
+        return f"`{known[b]['key']}`" if b in known else "—"
+    rows = "\n".join(f"| {b} | {run(b)} | {state(known.get(b, {}))} |" for b in missing)
+    head = (f"This page shows B = {', '.join(map(str, shown))} only. These batch sizes are not in the committed "
+            "results yet" if shown else "Where its runs stand")
+    when = (f"as recorded by the plan `{page['plan']}` on {page['as_of']} ({markdown_text(page.get('cpu', ''))})"
+            if page else "no plan has recorded their progress")
+    return (f"\n```{{note}}\n{head}; {when}:\n\n| B | run | state |\n|---:|---|---|\n{rows}\n```\n")
 
 
 def _kernel_options(log: Path) -> dict:
@@ -388,16 +429,18 @@ def markdown_text(text: str) -> str:
     return re.sub(r"([\\`<>&\[\]{}*_])", r"\\\1", str(text))
 
 
-def _finish(path: Path, chapter: str, title: str | None) -> None:
-    """An executed notebook as it is published: `` — title`` appended to its first heading, and
-    papermill's record of the paths it ran from made relative (no page carries local paths)."""
+def _finish(path: Path, chapter: str, title: str | None, note: str = "") -> None:
+    """An executed notebook as it is published: `` — title`` appended to its first heading, ``note``
+    (Markdown) under it, and papermill's record of the paths it ran from made relative (no page
+    carries local paths)."""
     import nbformat
 
     nb = nbformat.read(path, as_version=4)
-    for cell in nb.cells if title else []:
+    for cell in nb.cells if title or note else []:
         if cell.cell_type == "markdown" and cell.source.lstrip().startswith("# "):
             first, _, rest = cell.source.lstrip().partition("\n")
-            cell.source = f"{first} — {markdown_text(title)}" + (f"\n{rest}" if rest else "")
+            first += f" — {markdown_text(title)}" if title else ""
+            cell.source = first + (f"\n{note}" if note else "") + (f"\n{rest}" if rest else "")
             break
     record = nb.metadata.get("papermill", {})
     record.update(input_path=f"book/{chapter}.ipynb", output_path=path.name)

@@ -67,6 +67,9 @@ def add_commands(sub) -> None:
     pl.add_argument("--train-only", action="store_true",
                     help="only train the plan's runs into --results (resuming from their checkpoints); measure "
                          "them later with a full call")
+    pl.add_argument("--record-progress", action="store_true",
+                    help="write where the plan's runs in --results stand (epoch and losses of the unfinished) into "
+                         "the profile's committed store, for its pages to show; trains nothing")
     pl.add_argument("--unpack", metavar="DIR", default=None,
                     help="merge DIR/tidy.tgz (what a plan handed back) into the profile's store instead")
     pl.add_argument("--set", dest="overrides", action="append", default=None, metavar="NAME=VALUE",
@@ -89,6 +92,17 @@ def _cmd_plan(a) -> int:
         for plan, missing in plans.status(prof, a.results):
             state = f"missing {', '.join(missing)}" if missing else "computed"
             print(f"{plan.name:<16} {plan.budget_s:>4} s  {plan.title}: {state}")
+        return 0
+    if a.record_progress:
+        check(not (a.train_only or a.dry_run), "--record-progress trains nothing: give it alone")
+        plans.find(prof, a.name)
+        record = plans.record_progress(a.profile, a.name, a.results, None, parse_overrides(a.overrides))
+        for page, rows in record["pages"].items():
+            print(f"{page} ({record['as_of']}, {record['cpu']}):")
+            for r in rows:
+                more = (f" epoch {r['epoch']}, running loss {r['running_loss']:.4g}, train loss {r['train_loss']:.4g}, "
+                        f"{r['hours']:.1f} h" if r["state"] == "training" else "")
+                print(f"  B={r['batch_size']:<5} {r['state']}{more}")
         return 0
     check(a.out or a.train_only, "running a plan needs --out DIR (where tidy.tgz and plan.json go)")
     check(a.workers >= 1, f"--workers must be >= 1, got {a.workers}")

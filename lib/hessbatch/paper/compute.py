@@ -38,22 +38,37 @@ def fetch_data(runs, data_root) -> list[str]:
     return fetched
 
 
-def stored_split(runs, res):
+def stored_split(runs, res, partial: bool = False):
     """Split executions into those whose every result is in the store at ``res`` (their chapter,
     run on the store read-only, computes nothing) and the rest: a profile with committed results
-    renders what was computed, on any machine, and a placeholder for the rest."""
-    import warnings
-
+    renders what was computed, on any machine, and a placeholder for the rest. With ``partial``, a
+    page over several batch sizes of which at least two are in counts as in, with its
+    ``batch_sizes`` cut to those (its page then says which are missing)."""
     store, have, absent = Store(res, read_only=True), [], []
     for run in runs:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                registry.run_chapter(run[1], run[2], store)
+        if _stored(run[1], run[2], store):
             have.append(run)
-        except NotInStore:
+            continue
+        sizes = run[2].get("batch_sizes")
+        part = [b for b in sizes if _stored(run[1], {**run[2], "batch_sizes": [b]}, store)] \
+            if partial and isinstance(sizes, list) and len(sizes) > 2 else []
+        if len(part) >= 2:
+            have.append((run[0], run[1], {**run[2], "batch_sizes": part}, run[3]))
+        else:
             absent.append(run)
     return have, absent
+
+
+def _stored(chapter: str, params: dict, store: Store) -> bool:
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            registry.run_chapter(chapter, params, store)
+        return True
+    except NotInStore:
+        return False
 
 
 def train_profile(runs, res, device, data_root, executor, scheduler=None, workers=None,

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import check, describe
+from ..config import run_key
 from ..hessian import graph_memory_share
 from ..store import MANIFEST, Store, atomic_write_bytes, results_root
 from . import registry
@@ -37,6 +38,7 @@ class Plan:
     title: str
     pages: tuple[str, ...]
     budget_s: int = 540
+    device: str = "cuda"    # where it is meant to run: "cuda" (one GPU command) or "cpu" (calls resumed for hours)
 
 
 def plans(prof: dict) -> list[Plan]:
@@ -45,13 +47,16 @@ def plans(prof: dict) -> list[Plan]:
     for name, spec in (prof.get("plans") or {}).items():
         check(isinstance(spec, dict) and isinstance(spec.get("pages"), list) and spec["pages"],
               f"profile {prof['profile']!r}: plans.{name} needs a non-empty list of pages")
-        unknown = sorted(set(spec) - {"title", "pages", "budget_s"})
+        unknown = sorted(set(spec) - {"title", "pages", "budget_s", "device"})
         check(not unknown, f"profile {prof['profile']!r}: plans.{name} has unknown key(s) {', '.join(unknown)}")
         check_chapters(prof, spec["pages"])
         budget = spec.get("budget_s", 540)
         check(isinstance(budget, int) and not isinstance(budget, bool) and budget > 0,
               f"profile {prof['profile']!r}: plans.{name}.budget_s must be a positive number of seconds, got {budget!r}")
-        out.append(Plan(str(name), str(spec.get("title", name)), tuple(spec["pages"]), budget))
+        device = spec.get("device", "cuda")
+        check(device in ("cuda", "cpu"), f"profile {prof['profile']!r}: plans.{name}.device must be cuda or cpu, "
+                                         f"got {device!r}")
+        out.append(Plan(str(name), str(spec.get("title", name)), tuple(spec["pages"]), budget, device))
     return out
 
 
@@ -153,6 +158,59 @@ def train_only(profile: str, name: str, device: str = "cpu", data_root: str | No
 
     return train_profile(pages, str(results_root(results)), str(resolve_device(device)), data_root, "local",
                          progress=progress)[0]
+
+
+PROGRESS = "_progress.yml"
+
+
+def read_progress(results: str | Path) -> dict:
+    """The progress of plans' unfinished runs recorded in a committed store (:func:`record_progress`),
+    by page; empty if none is recorded."""
+    import yaml
+
+    path = Path(results) / PROGRESS
+    data = yaml.safe_load(path.read_text()) if path.is_file() else None
+    return data if isinstance(data, dict) else {}
+
+
+def record_progress(profile: str, name: str, work: str | None = None, results: str | None = None,
+                    overrides: dict | None = None) -> dict:
+    """Where a plan's training runs stand, per page and batch size, written atomically as
+    ``_progress.yml`` into the profile's committed store, so that its pages can name the runs not
+    in yet: ``trained`` (in either store), ``training`` (with the epoch, losses and hours of its
+    last checkpoint in ``work``, the store the runs train in) or ``not started``. Returns the record."""
+    from ..devices import cpu_model
+    from ..train import in_progress
+
+    prof = load_profile(profile)
+    plan = find(prof, name)
+    committed = Store(profile_results(prof, results), read_only=True)
+    working = Store(results_root(work), read_only=True)
+    pages = {}
+    for page, chapter, params, _ in selected(prof, list(plan.pages), overrides, optional=True):
+        rows = []
+        for cfg in registry.chapter(chapter).train_configs(params):
+            key = run_key(cfg)
+            row = {"batch_size": cfg["batch_size"], "key": key, "state": "not started"}
+            if committed.get("train", key=key) or working.get("train", key=key):
+                row["state"] = "trained"
+            elif (now := in_progress(working, key)) is not None:
+                row.update(state="training", epoch=now["epoch"], max_epochs=cfg.get("max_epochs"),
+                           running_loss=round(float(now.get("running_loss", float("nan"))), 5),
+                           train_loss=round(float(now.get("train_loss", float("nan"))), 5),
+                           test_acc=round(float(now.get("test_acc", float("nan"))), 4),
+                           hours=round(now["elapsed"] / 3600, 2))
+            rows.append(row)
+        pages[page] = rows
+    record = {"plan": name, "as_of": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu_model(),
+              "pages": pages}
+    import yaml
+
+    every = {k: v for k, v in read_progress(committed.root).items() if k not in pages}
+    every.update({page: {k: v for k, v in record.items() if k != "pages"} | {"runs": rows}
+                  for page, rows in pages.items()})
+    atomic_write_bytes(committed.root / PROGRESS, yaml.safe_dump(every, sort_keys=False).encode())
+    return record
 
 
 def _compute_page(page, res, dev, data_root, workers: int, progress: bool) -> tuple[float, float, str | None]:

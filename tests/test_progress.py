@@ -1,0 +1,56 @@
+"""A page of a long CPU plan while its runs are still training: the batch sizes in the committed
+results are shown, and the others are named with where they stand (``_progress.yml``)."""
+
+from __future__ import annotations
+
+import torch
+import yaml
+
+from hessbatch.config import run_key
+from hessbatch.paper import plans, registry
+from hessbatch.paper.book import progress_note
+from hessbatch.paper.compute import compute, stored_split
+from hessbatch.paper.profiles import load_profile, selected
+from hessbatch.store import Store, atomic_torch_save
+
+SMOKE = load_profile("smoke")
+
+
+def _profile(tmp_path):
+    prof = {"profile": "long", "common": SMOKE["common"],
+            "chapters": {"01-batch-size": {**SMOKE["chapters"]["01-batch-size"], "sweep": None}},
+            "plans": {"long": {"title": "three batch sizes on the CPU", "device": "cpu", "budget_s": 3600,
+                               "pages": ["01-batch-size"]}}}
+    path = tmp_path / "long.yaml"
+    path.write_text(yaml.safe_dump(prof))
+    return str(path)
+
+
+def test_a_page_shows_the_batch_sizes_in_and_names_the_one_still_training(tmp_path):
+    profile = _profile(tmp_path)
+    committed, work = tmp_path / "committed", tmp_path / "work"
+    compute(profile, str(committed), overrides={"batch_sizes": [10, 50]}, progress=False)
+    (page, chapter, params, _), = selected(load_profile(profile), ["01-batch-size"])
+    assert params["batch_sizes"] == [10, 50, 200]
+    (shown,), absent = stored_split([(page, chapter, params, None)], str(committed), partial=True)
+    assert absent == [] and shown[2]["batch_sizes"] == [10, 50]
+    assert stored_split([(page, chapter, params, None)], str(committed))[1]  # whole pages only: absent
+
+    cfg = registry.chapter(chapter).train_configs(params)[2]
+    key = run_key(cfg)
+    atomic_torch_save({"model": {}, "optimizer": {}, "epoch": 3, "elapsed": 5400.0, "resumed": [],
+                       "history": [{"epoch": 3, "running_loss": 0.25, "train_loss": 0.2, "test_acc": 0.5}]},
+                      Store(work).work_dir("train", key) / "checkpoint.pt")
+    record = plans.record_progress(profile, "long", str(work), str(committed))
+    rows = record["pages"][page]
+    assert [r["state"] for r in rows] == ["trained", "trained", "training"]
+    assert rows[2] | {"key": key} == {"batch_size": 200, "key": key, "state": "training", "epoch": 3,
+                                      "max_epochs": 15, "running_loss": 0.25, "train_loss": 0.2, "test_acc": 0.5,
+                                      "hours": 1.5}
+    note = progress_note(plans.read_progress(committed), page, [10, 50], [200])
+    assert "This page shows B = 10, 50 only" in note
+    assert f"| 200 | `{key}` | training: epoch 3 of at most 15, running loss 0.25, training loss 0.2" in note
+    assert "1.5 h so far" in note and f"as recorded by the plan `long` on {record['as_of']}" in note
+    assert progress_note({}, page, [10, 50], [200]).count("| 200 | — | not computed |") == 1
+    assert progress_note({}, page, [10, 50, 200], []) == ""
+    assert torch.load(Store(work).work_dir("train", key) / "checkpoint.pt", weights_only=True)["epoch"] == 3

@@ -73,3 +73,15 @@ def test_product_rounding_is_measured_against_float64(trained):
     assert r == pytest.approx(np.linalg.norm(op.matvec(v).numpy() - ref) / np.linalg.norm(ref), rel=1e-6)
     assert 0 < r < 1e-5                              # at the top eigenvector: float32 round-off
     assert product_rounding(HessianOperator(copy.deepcopy(net).double(), (x.double(), y)), v) == 0.0
+
+
+def test_a_page_names_the_batch_sizes_whose_spectra_predate_measured_residuals():
+    import pandas as pd
+
+    from hessbatch.paper.presentation import spectra_note
+
+    table = pd.DataFrame({"batch_size": [64, 128, 256], "residuals_train": ["estimated", "measured", "measured"],
+                          "residuals_test": ["measured", "measured", "estimated"]})
+    note = spectra_note(table)
+    assert "**Spectra stored before measured residuals:** B = 64, 256." in note
+    assert spectra_note(table.assign(residuals_train="measured", residuals_test="measured")) == ""

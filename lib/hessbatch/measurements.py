@@ -176,14 +176,15 @@ def input_curvature(run: Run | str, split: str = "train", method: str = "power",
                                      "n_samples": len(y)}
 
 
-def _directions(run, split, k: int, store, device, data_root) -> Entry:
+def _directions(run, split, k: int, store, device, data_root, subsample: int | None = None) -> Entry:
     """The spectrum whose eigenvectors span a landscape (computed first if missing)."""
-    return spectrum(run, split, k=k, keep_vectors=k, store=store, device=device, data_root=data_root)
+    return spectrum(run, split, k=k, keep_vectors=k, store=store, device=device, data_root=data_root,
+                    subsample=subsample)
 
 
 def _landscape_key(a, k: int) -> dict:
     check(a["radius"] > 0 and a["points"] >= 3, "landscape needs radius > 0 and at least 3 points")
-    spec = _directions(a["run"], a["spectrum_split"], k, a["store"], a["device"], a["data_root"])
+    spec = _directions(a["run"], a["spectrum_split"], k, a["store"], a["device"], a["data_root"], a["subsample"])
     return {"run": a["run"].key, "spectrum": spec.key, "radius": a["radius"], "points": a["points"]}
 
 
@@ -193,9 +194,10 @@ def _landscape_1d_key(a) -> dict:
 
 @measurement("landscape-1d", key=_landscape_1d_key)
 def landscape_1d(run: Run | str, radius: float = 0.5, points: int = 21, rank: int = 1, spectrum_split: str = "train",
-                 store: Store | None = None, device="cpu", data_root=None) -> Entry:
-    """Loss and accuracy on train and test along the rank-th Hessian eigenvector (Fig. 2/7)."""
-    spec = _directions(run, spectrum_split, max(rank, 2), store, device, data_root)
+                 store: Store | None = None, device="cpu", data_root=None, subsample: int | None = None) -> Entry:
+    """Loss and accuracy on the whole train and test sets along the rank-th Hessian eigenvector
+    (Fig. 2/7); the eigenvector of the Hessian on ``spectrum_split``, or on a seeded ``subsample`` of it."""
+    spec = _directions(run, spectrum_split, max(rank, 2), store, device, data_root, subsample)
     ds = run_data(run, data_root).to(device)
     d = spec.torch("vectors.pt")[rank - 1]
     table = landscape.along_direction(run.model(device), d, np.linspace(-radius, radius, points),
@@ -227,9 +229,10 @@ def random_landscape_1d(run: Run | str, radius: float = 1.0, points: int = 21, s
 
 @measurement("landscape-2d", key=lambda a: _landscape_key(a, 2))
 def landscape_2d(run: Run | str, radius: float = 0.5, points: int = 11, spectrum_split: str = "train",
-                 store: Store | None = None, device="cpu", data_root=None) -> Entry:
-    """Loss on the plane of the top-2 Hessian eigenvectors (Fig. 3)."""
-    v = _directions(run, spectrum_split, 2, store, device, data_root).torch("vectors.pt")
+                 store: Store | None = None, device="cpu", data_root=None, subsample: int | None = None) -> Entry:
+    """Loss on the whole train and test sets on the plane of the top-2 Hessian eigenvectors (Fig. 3),
+    of the Hessian on ``spectrum_split`` or on a seeded ``subsample`` of it."""
+    v = _directions(run, spectrum_split, 2, store, device, data_root, subsample).torch("vectors.pt")
     ds = run_data(run, data_root).to(device)
     grid = np.linspace(-radius, radius, points)
     table = landscape.plane(run.model(device), v[0], v[1], grid, grid,

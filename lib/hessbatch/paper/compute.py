@@ -50,13 +50,21 @@ def stored_split(runs, res, partial: bool = False):
             have.append(run)
             continue
         sizes = run[2].get("batch_sizes")
-        part = [b for b in sizes if _stored(run[1], {**run[2], "batch_sizes": [b]}, store)] \
+        part = [b for b in sizes if _stored(run[1], only_batch_sizes(run[2], [b]), store)] \
             if partial and isinstance(sizes, list) and len(sizes) > 2 else []
         if len(part) >= 2:
-            have.append((run[0], run[1], {**run[2], "batch_sizes": part}, run[3]))
+            have.append((run[0], run[1], only_batch_sizes(run[2], part), run[3]))
         else:
             absent.append(run)
     return have, absent
+
+
+def only_batch_sizes(params: dict, sizes: list) -> dict:
+    """A page's parameters cut to some of its batch sizes: ``batch_sizes`` and every other list of
+    batch sizes (``whole_set_batch_sizes``, ``plane_batch_sizes``...) kept to those."""
+    cut = {k: [b for b in v if b in sizes] for k, v in params.items()
+           if k.endswith("_batch_sizes") and isinstance(v, list)}
+    return {**params, **cut, "batch_sizes": list(sizes)}
 
 
 def _stored(chapter: str, params: dict, store: Store) -> bool:

@@ -49,20 +49,23 @@ def paper_style(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def provenance(params: dict, runs: list[Run] | None = None) -> str:
-    """One Markdown line: profile, data, model, device, training time of the runs (if any), commit,
-    configuration."""
+    """One Markdown line: profile, data, model, device (with the CPU model where the runs record it),
+    training time of the runs (if any), the Hessian subsample size (if any), commit, configuration."""
     runs = [r for r in (runs or []) if r is not None]
     label = params.get("dataset")
     if runs:
         r = runs[0].result
         sizes = sorted({(x.result["n_train"], x.result["n_test"]) for x in runs})
         label = f"{r.get('dataset_label', label)}; used: " + ", ".join(f"{a:,} train / {b:,} test" for a, b in sizes)
-    dev = sorted({r.result.get("device", "?") for r in runs}) or [params.get("device", "cpu")]
+    dev = sorted({r.result.get("device", "?") + (f" ({r.result['cpu']})" if r.result.get("cpu") and
+                  r.result.get("device") == "cpu" else "") for r in runs}) or [params.get("device", "cpu")]
     t = sum(r.result.get("time_s", 0.0) for r in runs)
     versions = sorted({r.result.get("torch", torch.__version__) for r in runs}) or [torch.__version__]
     trained = f" · *training time* {t / 60:.1f} min" if runs else ""
+    hs = params.get("hessian_samples")
+    hessians = f" · *Hessians on* seeded subsets of {hs:,} samples" if hs else ""
     line = (f"*Profile* `{params.get('profile')}` · *data* {label} · *model* `{params.get('model')}` · "
-            f"*device* {', '.join(dev)}{trained} · *torch* {', '.join(versions)} · "
+            f"*device* {', '.join(dev)}{trained}{hessians} · *torch* {', '.join(versions)} · "
             f"*commit* `{figures.commit()}` · *configuration* `{figures.config_hash(params)}`")
     short = off_protocol(runs)
     return line + ("\n\n**Not at the stopping rule:** " + "; ".join(short) + ". Their rows compare "
@@ -95,3 +98,15 @@ def spectra_note(table: pd.DataFrame) -> str:
             "Hessian-vector products were summed in float32 and their `residual` column holds the Lanczos "
             "recurrence's estimate, so an eigenvalue may be up to about 1.3 × 10⁻⁴ (relative) high, above the "
             "stated 10⁻⁴ but far below every claim's margin (methods page, *The error bound*).")
+
+
+def whole_set_note(table: pd.DataFrame, samples: int | None) -> str:
+    """A Markdown note comparing λ_max on the whole training set with the subsample's, for the
+    batch sizes that have both: how far to trust every subsampled column. Empty if none has."""
+    if "lambda_theta_train_whole" not in table:
+        return ""
+    rows = table.dropna(subset=["lambda_theta_train_whole"])
+    cells = [f"B = {int(r.batch_size)}: {r.lambda_theta_train_whole:.4g} on the whole set, {r.lambda_theta_train:.4g} "
+             f"on {samples:,} samples ({100 * (r.lambda_theta_train / r.lambda_theta_train_whole - 1):+.1f} %)"
+             for r in rows.itertuples()]
+    return "\n\n**λθ_max of the training set, whole against subsample:** " + "; ".join(cells) + "." if cells else ""

@@ -26,6 +26,7 @@ class Params(Common):
     hessian_samples: int | None = None
     curvature_samples: int | None = None
     curvature_method: str = "power"
+    whole_set_batch_sizes: list | None = None   # also λ_max on the whole training set for these (a subsample's check)
 
     def check(self) -> None:
         check(self.curvature_method in ("power", "exact"),
@@ -36,6 +37,8 @@ class Params(Common):
         check_options(a.function, self.attack_options or {}, f"attack {a.name}")
         for e in self.eps:
             attacks.check_eps(e)
+        extra = sorted(set(self.whole_set_batch_sizes or []) - set(self.batch_sizes))
+        check(not extra, f"whole_set_batch_sizes must be among batch_sizes; not: {', '.join(map(str, extra))}")
 
 
 train_configs = batch_size_sweep_configs
@@ -51,6 +54,10 @@ def compute(p: Params, ctx: Context) -> dict:
         if run.status != "diverged":
             for split in ("train", "test"):
                 spectra += _measure(run, split, row, p, ctx)
+            if b in (p.whole_set_batch_sizes or []) and hessian_subsample(run, p.hessian_samples, "train"):
+                whole = measurements.spectrum(run, "train", k=1, tol=p.tol, store=ctx.store, device=ctx.device,
+                                              data_root=ctx.data_root, progress=ctx.progress)
+                row["lambda_theta_train_whole"] = float(whole.csv("eigenvalues.csv")["eigenvalue"].iloc[0])
         rows.append(row)
     table, spectra = pd.DataFrame(rows), pd.DataFrame(spectra)
     return {"table": table, "spectra": spectra, "claims": batch_size_claims(table, spectra),

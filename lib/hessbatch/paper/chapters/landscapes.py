@@ -10,7 +10,7 @@ import pandas as pd
 from ... import measurements
 from ...landscape import end_rise
 from .. import claims
-from .common import Common, Context, batch_size_sweep, batch_size_sweep_configs, sweep_runs
+from .common import Common, Context, batch_size_sweep, batch_size_sweep_configs, hessian_subsample, sweep_runs
 
 NAME = "02-landscapes"
 
@@ -21,6 +21,7 @@ class Params(Common):
     points: int = 21
     plane_batch_sizes: list | None = None
     plane_points: int = 11
+    hessian_samples: int | None = None   # eigenvectors of the Hessian on a seeded subsample of the training set
 
 
 train_configs = batch_size_sweep_configs
@@ -33,10 +34,12 @@ def compute(p: Params, ctx: Context) -> dict:
     for b, run in ctx.each(runs.items(), "landscape"):
         if run.status == "diverged":
             continue
-        c = measurements.landscape_1d(run, p.radius, p.points, **kw)
+        c = measurements.landscape_1d(run, p.radius, p.points, subsample=hessian_subsample(run, p.hessian_samples,
+                                                                                           "train"), **kw)
         curves.append(c.csv("curve.csv").assign(batch_size=b, lambda_max=c.json()["lambda"]))
     for b in ctx.each(p.plane_batch_sizes or [min(p.batch_sizes), max(p.batch_sizes)], "plane"):
-        s = measurements.landscape_2d(runs[b], p.radius, p.plane_points, **kw)
+        s = measurements.landscape_2d(runs[b], p.radius, p.plane_points,
+                                      subsample=hessian_subsample(runs[b], p.hessian_samples, "train"), **kw)
         surfaces.append(s.csv("surface.csv").assign(batch_size=b))
     curves = pd.concat(curves, ignore_index=True)
     rows = []

@@ -1,0 +1,56 @@
+"""Pages whose Hessians are on subsamples (the CPU-scale CIFAR-10 pages): the landscapes' directions
+come from the subsample's Hessian, the batch-size page checks the subsample against the whole
+training set for chosen batch sizes, and a page cut to some batch sizes keeps its other lists of
+batch sizes consistent."""
+
+from __future__ import annotations
+
+import pytest
+
+from hessbatch.errors import HessbatchError
+from hessbatch.paper import registry
+from hessbatch.paper.compute import only_batch_sizes
+from hessbatch.paper.presentation import provenance, whole_set_note
+from hessbatch.paper.profiles import load_profile, selected
+from hessbatch.store import Store
+
+SMOKE = load_profile("smoke")
+
+
+def _params(chapter, **over):
+    (_, _, params, _), = [r for r in selected(SMOKE, [chapter]) if r[0] in (chapter, f"{chapter}--attack-fgsm")]
+    return {**params, "batch_sizes": [10, 50], **over}
+
+
+def test_the_batch_size_page_compares_the_subsample_with_the_whole_set(tmp_path):
+    store = Store(tmp_path)
+    res = registry.run_chapter("01-batch-size", _params("01-batch-size", hessian_samples=12,
+                                                        whole_set_batch_sizes=[50]), store)
+    t = res["table"].set_index("batch_size")
+    assert t["lambda_theta_train_whole"].isna().tolist() == [True, False]
+    whole = [e for e in store.entries("spectrum") if e.config["config"]["k"] == 1]
+    n_train = store.get("train", key=t.loc[50, "run"]).json()["n_train"]
+    assert len(whole) == 1 and whole[0].json()["n_samples"] == n_train > 12
+    assert whole[0].json()["lambda_max"] == pytest.approx(t.loc[50, "lambda_theta_train_whole"])
+    assert t.loc[50, "lambda_theta_train"] != t.loc[50, "lambda_theta_train_whole"]
+    note = whole_set_note(res["table"], 12)
+    assert note.startswith("\n\n**λθ_max of the training set, whole against subsample:** B = 50: ")
+    assert "on 12 samples (" in note and "B = 10" not in note
+    assert "*Hessians on* seeded subsets of 12 samples" in provenance({"hessian_samples": 12, "model": "MLP"})
+    with pytest.raises(HessbatchError, match="whole_set_batch_sizes must be among batch_sizes; not: 7"):
+        registry.run_chapter("01-batch-size", _params("01-batch-size", whole_set_batch_sizes=[7]), store)
+
+
+def test_the_landscapes_take_their_directions_from_the_subsample(tmp_path):
+    store = Store(tmp_path)
+    res = registry.run_chapter("02-landscapes", _params("02-landscapes", hessian_samples=12, plane_batch_sizes=[50]),
+                               store)
+    assert set(res["curves"]["batch_size"]) == {10, 50} and set(res["surfaces"]["batch_size"]) == {50}
+    directions = {e.json()["n_samples"] for e in store.entries("spectrum")}
+    assert directions == {12}
+
+
+def test_a_page_cut_to_some_batch_sizes_cuts_its_other_lists_too():
+    p = {"batch_sizes": [16, 32, 64], "whole_set_batch_sizes": [16, 64], "plane_batch_sizes": [16, 64], "k": 20}
+    assert only_batch_sizes(p, [32, 64]) == {"batch_sizes": [32, 64], "whole_set_batch_sizes": [64],
+                                             "plane_batch_sizes": [64], "k": 20}

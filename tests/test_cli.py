@@ -78,8 +78,9 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, argv, msg):
     (tmp_path / "bad.yaml").write_text("train:\n  model: [M1\n")
     (tmp_path / "unknown.yaml").write_text("train: {colour: red}\n")
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    env = {k: v for k, v in os.environ.items() if k != "HESSBATCH_DATA"}  # no data found from the checkout's data/
     res = subprocess.run([sys.executable, "-m", "hessbatch.paper.cli", *argv, "--results", str(tmp_path / "r")],
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("hessbatch: error: ") and msg in lines[0]

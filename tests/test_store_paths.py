@@ -189,11 +189,11 @@ import hessbatch.store as st
 root, stage = sys.argv[1], sys.argv[2]
 s = st.Store(root)
 if stage == "exchanged":
-    real = st._exchange
+    real = st.exchange_folders
     def exchange(a, b):
         real(a, b)
         os._exit(9)
-    st._exchange = exchange
+    st.exchange_folders = exchange
 with s.building("demo", "00aa", replace=True) as tmp:
     (tmp / "config.json").write_text("{}")
     (tmp / "out.txt").write_text(sys.argv[3])

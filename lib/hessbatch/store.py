@@ -18,7 +18,6 @@ manifest is missing or disagrees with its files is treated as absent and recompu
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import io
 import json
@@ -31,6 +30,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atomic import atomic_torch_save, atomic_write_bytes, exchange_folders  # noqa: F401 (the store's API)
 from .errors import HessbatchError, NotInStore, check
 
 SCHEMA = 1
@@ -119,29 +119,6 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a reader never sees a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # a failed write (disk full) leaves nothing behind
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    buf = io.BytesIO()
-    import torch
-
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 @dataclass
@@ -312,7 +289,7 @@ class Store:
         if final.exists():
             if not replace and _valid(final, verify=True):
                 return False
-            if _exchange(tmp, final):  # tmp now holds the old entry, removed by the caller
+            if exchange_folders(tmp, final):  # tmp now holds the old entry, removed by the caller
                 return True
             old = final.parent / _tmp_name(final.name)
             os.rename(final, old)
@@ -439,16 +416,6 @@ class Store:
                 target.root.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(self.root / extra, target.root / extra)
         return n, size
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two folders in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (AttributeError, OSError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
 def _valid(path: Path, verify: bool = False) -> bool:

@@ -14,7 +14,7 @@ Prints the CPU model, torch version and thread count, then Markdown tables:
    by ``torch.utils.flop_counter``) and share of the GEMM peak, *before* (NCHW, as every run was
    trained until channels-last was measured) and *after* (the layout ``hessbatch.fastpath`` picks,
    as ``hessbatch train`` runs now), and with the model under ``torch.compile`` (its compile time
-   apart; not used by ``hessbatch``: see the README).
+   apart; not used by ``hessbatch``: see book/benchmarks.md).
 3. A Hessian-vector product per sample, against a gradient per sample on the same chunk: cost
    ratio, with the gradient graph rebuilt each product (uncached) and cached
    (``HessianOperator``'s default where memory allows), in each layout; and what summing the

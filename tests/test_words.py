@@ -29,3 +29,14 @@ def test_no_words_of_how_the_work_was_organised():
 def test_the_check_can_fail():
     assert WORDS.search("computed in session 18") and WORDS.search("no GPU was lent") and WORDS.search("(issue 21)")
     assert not WORDS.search("PyHessian issue 5")
+
+
+def test_the_command_reference_is_the_parsers_own_help(monkeypatch):
+    from hessbatch.paper.cli import build_parser, reference
+
+    text = reference()
+    monkeypatch.setenv("COLUMNS", "100")
+    parser = build_parser()
+    for name in ("train", "spectrum", "export", "verify", "book", "compute", "plan"):
+        assert f"## `hessbatch {name}`" in text
+    assert parser.format_help().rstrip() in text and "--record-progress" in text

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device call (about 9 minutes): the GPU rows of the README's benchmark tables. Tables go to
+# One device call (about 9 minutes): the GPU rows of the benchmark tables (book/benchmarks.md). Tables go to
 # $OUT/*.md; progress bars and errors to $OUT/*.log (the last lines of each are printed).
 # BENCH picks which, in order (default: training eigensolvers measurements); each has its own cap.
 set -o pipefail

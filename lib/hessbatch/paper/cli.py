@@ -160,6 +160,30 @@ def build_parser() -> argparse.ArgumentParser:
     return cli.build_parser([add_commands])
 
 
+def reference(width: int = 100) -> str:
+    """The command reference as Markdown, from the parser itself: the book's ``cli-reference`` page,
+    generated at each build so that it cannot drift from the code."""
+    import os
+
+    saved = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = str(width)  # argparse wraps to the terminal's width
+    try:
+        parser = build_parser()
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        out = ["# Command reference", "",
+               "Every command and option of `hessbatch`, generated from its own parser when the book is built; "
+               "`hessbatch COMMAND --help` prints the same.", "",
+               "```text", parser.format_help().rstrip(), "```", ""]
+        for name, p in sub.choices.items():
+            out += [f"## `hessbatch {name}`", "", "```text", p.format_help().rstrip(), "```", ""]
+        return "\n".join(out)
+    finally:
+        if saved is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = saved
+
+
 def main(argv: list[str] | None = None) -> int:
     return cli.main(argv, [add_commands], COMMANDS)
 

@@ -54,3 +54,5 @@ def test_a_page_cut_to_some_batch_sizes_cuts_its_other_lists_too():
     p = {"batch_sizes": [16, 32, 64], "whole_set_batch_sizes": [16, 64], "plane_batch_sizes": [16, 64], "k": 20}
     assert only_batch_sizes(p, [32, 64]) == {"batch_sizes": [32, 64], "whole_set_batch_sizes": [64],
                                              "plane_batch_sizes": [64], "k": 20}
+    t8 = {"batch_sizes": [16, 32], "t8_batch_sizes": [8192, 16384]}  # not chosen among batch_sizes: kept
+    assert only_batch_sizes(t8, [32]) == {"batch_sizes": [32], "t8_batch_sizes": [8192, 16384]}

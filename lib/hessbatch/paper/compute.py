@@ -42,16 +42,18 @@ def stored_split(runs, res, partial: bool = False):
     """Split executions into those whose every result is in the store at ``res`` (their chapter,
     run on the store read-only, computes nothing) and the rest: a profile with committed results
     renders what was computed, on any machine, and a placeholder for the rest. With ``partial``, a
-    page over several batch sizes of which at least two are in counts as in, with its
-    ``batch_sizes`` cut to those (its page then says which are missing)."""
+    page of a chapter that can show some of its batch sizes (``Chapter.shows_any_batch_sizes``),
+    of which at least two are in, counts as in, with its ``batch_sizes`` cut to those (its page then
+    says which are missing)."""
     store, have, absent = Store(res, read_only=True), [], []
     for run in runs:
         if _stored(run[1], run[2], store):
             have.append(run)
             continue
         sizes = run[2].get("batch_sizes")
-        part = [b for b in sizes if _stored(run[1], only_batch_sizes(run[2], [b]), store)] \
-            if partial and isinstance(sizes, list) and len(sizes) > 2 else []
+        part = [b for b in sizes if _stored(run[1], only_batch_sizes(run[2], [b]), store, probe=True)] \
+            if partial and registry.chapter(run[1]).shows_any_batch_sizes and isinstance(sizes, list) \
+            and len(sizes) > 2 else []
         if len(part) >= 2:
             have.append((run[0], run[1], only_batch_sizes(run[2], part), run[3]))
         else:
@@ -60,14 +62,17 @@ def stored_split(runs, res, partial: bool = False):
 
 
 def only_batch_sizes(params: dict, sizes: list) -> dict:
-    """A page's parameters cut to some of its batch sizes: ``batch_sizes`` and every other list of
-    batch sizes (``whole_set_batch_sizes``, ``plane_batch_sizes``...) kept to those."""
+    """A page's parameters cut to some of its batch sizes: ``batch_sizes``, and every other list of
+    batch sizes chosen among them (``whole_set_batch_sizes``, ``plane_batch_sizes``) kept to those."""
+    full = params.get("batch_sizes") or []
     cut = {k: [b for b in v if b in sizes] for k, v in params.items()
-           if k.endswith("_batch_sizes") and isinstance(v, list)}
+           if k.endswith("_batch_sizes") and isinstance(v, list) and set(v) <= set(full)}
     return {**params, **cut, "batch_sizes": list(sizes)}
 
 
-def _stored(chapter: str, params: dict, store: Store) -> bool:
+def _stored(chapter: str, params: dict, store: Store, probe: bool = False) -> bool:
+    """Whether the page computes from ``store`` alone; a ``probe`` (a page cut to one batch size)
+    whose parameters the chapter refuses counts as not stored."""
     import warnings
 
     try:
@@ -77,6 +82,10 @@ def _stored(chapter: str, params: dict, store: Store) -> bool:
         return True
     except NotInStore:
         return False
+    except HessbatchError:
+        if probe:
+            return False
+        raise
 
 
 def train_profile(runs, res, device, data_root, executor, scheduler=None, workers=None,

@@ -35,6 +35,12 @@ class Chapter:
         """Every training configuration the chapter trains, in the order it trains them."""
         return self.module.train_configs(self.params(params))
 
+    @property
+    def shows_any_batch_sizes(self) -> bool:
+        """Whether a page of it can show some of its ``batch_sizes`` (one column or curve per batch
+        size), as its page does while the others are still training (``PARTIAL`` in its module)."""
+        return getattr(self.module, "PARTIAL", False)
+
 
 CHAPTERS = {m.NAME: Chapter(m.NAME, m) for m in (batch_size, landscapes, dynamics, saddle_free, adversarial_training,
                                                    large_batch_robust, pga_dynamics, instability, lr_scaling)}

@@ -13,6 +13,7 @@ from .. import claims
 from .common import Common, Context, batch_size_sweep, batch_size_sweep_configs, hessian_subsample, sweep_runs
 
 NAME = "01-batch-size"
+PARTIAL = True  # a page can show some of its batch sizes while the others train
 REFERENCE = "fgsm"  # the paper's attack of Tables 1/2/7, which another attack is compared with
 
 

@@ -13,6 +13,7 @@ from .. import claims
 from .common import Common, Context, batch_size_sweep, batch_size_sweep_configs, hessian_subsample, sweep_runs
 
 NAME = "02-landscapes"
+PARTIAL = True  # a page can show some of its batch sizes while the others train
 
 
 @dataclass

@@ -14,7 +14,8 @@ Prints the CPU model, torch version and thread count, then Markdown tables:
    by ``torch.utils.flop_counter``) and share of the GEMM peak, *before* (NCHW, as every run was
    trained until channels-last was measured) and *after* (the layout ``hessbatch.fastpath`` picks,
    as ``hessbatch train`` runs now), and with the model under ``torch.compile`` (its compile time
-   apart; not used by ``hessbatch``: see book/benchmarks.md).
+   apart; ``hessbatch train`` compiles only models with batch norm at B >= 512: see
+   book/benchmarks.md).
 3. A Hessian-vector product per sample, against a gradient per sample on the same chunk: cost
    ratio, with the gradient graph rebuilt each product (uncached) and cached
    (``HessianOperator``'s default where memory allows), in each layout; and what summing the

@@ -1,8 +1,11 @@
 """The process pool that outlives a worker's death: the task that kills its process fails alone,
-every other task completes, and the pool goes on taking tasks."""
+every other task completes, and the pool goes on taking tasks; its workers exit with their parent."""
 
 import math
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 from hessbatch.pool import DIED, Pool
 
@@ -36,3 +39,48 @@ def test_without_a_death_nothing_is_run_twice_or_alone():
         out = _drain(pool, [(i, math.sqrt, float(i * i)) for i in range(5)])
         assert pool.restarts == 0
     assert out == {i: (float(i), None) for i in range(5)}
+
+
+PARENT = """
+import sys, time
+from hessbatch.pool import Pool
+pool = Pool(2)
+pool.submit("a", time.sleep, 120)
+pool.submit("b", time.sleep, 120)
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+def test_workers_exit_when_their_parent_is_killed(tmp_path):
+    import signal
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "lib")}
+    parent = subprocess.Popen([sys.executable, "-c", PARENT], env=env, stdout=subprocess.PIPE, text=True)
+    assert parent.stdout.readline().strip() == "ready"
+
+    def children(pid):
+        out = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(stat.parent.name))
+        return out
+
+    deadline = time.time() + 60
+    while len(children(parent.pid)) < 2 and time.time() < deadline:
+        time.sleep(0.2)
+    workers = children(parent.pid)
+    assert len(workers) >= 2
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 10
+    while any(Path(f"/proc/{w}").exists() for w in workers) and time.time() < deadline:
+        time.sleep(0.2)
+    alive = [w for w in workers if Path(f"/proc/{w}/stat").exists()
+             and Path(f"/proc/{w}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
+    assert alive == []

@@ -238,3 +238,4 @@ def test_a_title_is_printed_as_text():
     html = MarkdownIt("commonmark").render(f"# A — {markdown_text(title)}")
     assert "<img" not in html and "<a" not in html and "<code" not in html
     assert "&lt;img src=x onerror=alert(1)&gt; [x](javascript:y) `c` {{ s }} &amp; C1 (Table 1)" in html
+

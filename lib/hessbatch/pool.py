@@ -5,18 +5,33 @@ for memory, a crash in a native library): every task in flight fails with ``Brok
 and no task can be submitted again. ``Pool`` runs at most ``workers`` tasks at once, so every
 task in flight has a process of its own; when one dies, it starts a new pool and runs each task
 that was in flight again, alone, before anything else. The task whose process dies while it runs
-alone is the one that killed it: it is reported as failed, and the others complete.
+alone is the one that killed it: it is reported as failed, and the others complete. A worker
+exits when its parent dies (``exit_with_parent``).
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
+import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
 from .errors import describe
 
 DIED = "its process died (killed, perhaps for memory) while it ran alone"
+
+
+def exit_with_parent(parent: int, every: float = 0.5) -> None:
+    """In a worker process: exit as soon as its parent is gone, so that a killed ``sweep`` or
+    ``compute`` leaves no worker finishing its queue (a thread checks the parent's pid)."""
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
 class Pool:
@@ -32,7 +47,8 @@ class Pool:
         self._pool = self._start()
 
     def _start(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn"))
+        return ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn"),
+                                   initializer=exit_with_parent, initargs=(os.getpid(),))
 
     def free(self) -> bool:
         return not self.suspects and not self.alone and len(self.inflight) < self.workers

@@ -32,6 +32,8 @@ FILES = {
     "param.yaml": "chapters:\n  04-saddle-free: {n_sample: 3}\n",
     "topkey.yaml": "chapter: {}\nchapters:\n  04-saddle-free: {}\n",
     "afile": "not a folder\n",
+    "boolint.yaml": "train: {model: MLP, save_every: true}\n",
+    "boolmilestone.yaml": "train: {model: MLP, lr_milestones: [true]}\n",
 }
 
 BAD = [
@@ -91,7 +93,22 @@ BAD = [
     (["spectrum", "--run", "{run}", "--epoch", "3"], "has no snapshot for epoch 3"),
     (["spectrum", "--run", "{run}", "--method", "cg"], "argument --method: invalid choice"),
     # landscape
-    (["landscape", "--run", "{run}", "--radius", "-1"], "landscape needs radius > 0"),
+    (["landscape", "--run", "{run}", "--radius", "-1"], "landscape needs a finite radius > 0"),
+    (["landscape", "--run", "{run}", "--radius", "inf"], "landscape needs a finite radius > 0"),
+    (["spectrum", "--run", "{run}", "--seed", "-1"], "seed must be an integer in [0, 2^63)"),
+    (["attack", "--run", "{run}", "--attack", ",", "--eps", "0.1"], "--attack names no attack"),
+    (["attack", "--run", "{run}", "--eps", ""], "--eps names no radius"),
+    (["attack", "--run", "{run}", "--attack", "hess", "--eps", "0.1", "--cg-iters", "-1"],
+     "attack hess: --cg-iters must be an integer >= 1"),
+    (["attack", "--run", "{run}", "--attack", "hess", "--eps", "0.1", "--damping", "-1"],
+     "attack hess: --damping must be a finite number >= 0"),
+    (["attack", "--run", "{run}", "--attack", "fhsm", "--eps", "0.1", "--cg-tol", "nan"],
+     "attack fhsm: --cg-tol must be a finite number >= 0"),
+    (["attack", "--run", "{run}", "--attack", "fgsm10", "--eps", "0.1", "--alpha", "0"],
+     "attack fgsm10: --alpha must be a finite number > 0"),
+    (["compute", "--profile", "smoke", "--chapters", ""], "argument --chapters: names no chapter"),
+    (["sweep", "{tmp}/boolint.yaml"], "save_every must be an integer >= 0"),
+    (["sweep", "{tmp}/boolmilestone.yaml"], "lr_milestones must be positive epoch numbers"),
     (["landscape", "--run", "{run}", "--points", "2"], "at least 3 points"),
     (["landscape", "--run", "zz"], "run 'zz' is not a store key"),
     # attack

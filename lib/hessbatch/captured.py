@@ -19,7 +19,7 @@ import os
 import torch
 from torch import nn
 
-from .errors import HessbatchError
+from .errors import HessbatchError, check
 
 ENV = "HESSBATCH_CUDA_GRAPHS"
 
@@ -29,8 +29,10 @@ class CaptureUnavailable(HessbatchError):
 
 
 def enabled(dev: torch.device) -> bool:
-    """Graphs are used on CUDA devices unless ``HESSBATCH_CUDA_GRAPHS=0``."""
-    return dev.type == "cuda" and os.environ.get(ENV, "1") != "0"
+    """Graphs are used on CUDA devices unless ``HESSBATCH_CUDA_GRAPHS=0`` (0 or 1; anything else is an error)."""
+    raw = os.environ.get(ENV, "1")
+    check(raw in ("0", "1"), f"{ENV} must be 0 or 1, got {raw!r}")
+    return dev.type == "cuda" and raw == "1"
 
 
 def sgd_update(params, bufs, neg_lr: torch.Tensor, momentum: float, weight_decay: float) -> None:

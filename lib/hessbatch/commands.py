@@ -95,8 +95,10 @@ def _cmd_attack(a) -> int:
     from .store import Store
 
     store = Store(a.results)
-    names = [n for n in a.attack.split(",") if n]
-    eps = [check_eps(_number(e)) for e in a.eps.split(",") if e]
+    names = [n for n in a.attack.split(",") if n.strip()]
+    eps = [check_eps(_number(e)) for e in a.eps.split(",") if e.strip()]
+    check(names, f"--attack names no attack (got {a.attack!r}); give one or more of fgsm, fgsm10, grad, fhsm, hess")
+    check(eps, f"--eps names no radius (got {a.eps!r}); give one or more, e.g. 0.01,0.02")
     opts = {n: _attack_options(a, n) for n in names}
     rows = []
     for n in names:

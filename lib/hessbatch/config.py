@@ -103,12 +103,12 @@ class TrainConfig:
         check(self.target_loss is None or (_num(self.target_loss) and self.target_loss >= 0),
               f"target_loss must be >= 0 or null, got {self.target_loss!r}")
         check(_num(self.lr_gamma) and self.lr_gamma > 0, f"lr_gamma must be > 0, got {self.lr_gamma!r}")
-        check(all(isinstance(m, int) and m > 0 for m in self.lr_milestones),
+        check(all(_int(m) and m > 0 for m in self.lr_milestones),
               f"lr_milestones must be positive epoch numbers, got {list(self.lr_milestones)}")
         choose("lr_scaling", self.lr_scaling, catalog.LR_SCALINGS)
-        check(isinstance(self.warmup_epochs, int) and self.warmup_epochs >= 0, "warmup_epochs must be an integer >= 0")
-        check(isinstance(self.save_every, int) and self.save_every >= 0, "save_every must be an integer >= 0")
-        check(self.micro_batch is None or (isinstance(self.micro_batch, int) and self.micro_batch >= 1),
+        check(_int(self.warmup_epochs) and self.warmup_epochs >= 0, "warmup_epochs must be an integer >= 0")
+        check(_int(self.save_every) and self.save_every >= 0, "save_every must be an integer >= 0")
+        check(self.micro_batch is None or (_int(self.micro_batch) and self.micro_batch >= 1),
               f"micro_batch must be an integer >= 1 or null, got {self.micro_batch!r}")
         for fld in ("label_smoothing", "confidence_penalty"):
             v = getattr(self, fld)

@@ -40,12 +40,32 @@ def check_options(fn, given, what: str, own=(), spell=None) -> None:
     command-line flag)."""
     import inspect
 
-    known = {n for n, p in inspect.signature(fn).parameters.items()
-             if p.default is not inspect.Parameter.empty and n != "progress"} | set(own)
+    params = inspect.signature(fn).parameters
+    known = {n for n, p in params.items() if p.default is not inspect.Parameter.empty and n != "progress"} | set(own)
     unknown = sorted(set(given) - known)
     if unknown and spell is not None:
         raise HessbatchError(f"{what} takes no option {spell(unknown[0])}")
     check(not unknown, f"{what} has no option(s) {', '.join(unknown)}; it takes: {', '.join(sorted(known)) or 'none'}")
+    for name, value in given.items():
+        if name in params:
+            check_option_value(f"{what}: {spell(name) if spell else name}", value, params[name].default)
+
+
+def check_option_value(what: str, value, default) -> None:
+    """An option's value against its default's kind: a count (an int default) is an integer ≥ 1, a
+    size or tolerance (a float default, or None standing for a computed one) a finite number ≥ 0
+    (> 0 where the default is None); booleans are neither."""
+    import math
+
+    if isinstance(default, bool) or isinstance(default, str):
+        return
+    is_num = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, int):
+        check(is_num and isinstance(value, int) and value >= 1, f"{what} must be an integer >= 1, got {value!r}")
+    elif isinstance(default, float):
+        check(is_num and math.isfinite(value) and value >= 0, f"{what} must be a finite number >= 0, got {value!r}")
+    elif default is None and value is not None:
+        check(is_num and math.isfinite(value) and value > 0, f"{what} must be a finite number > 0, got {value!r}")
 
 
 def describe(e: BaseException) -> str:

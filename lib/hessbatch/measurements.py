@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import os
 import warnings
 
@@ -97,6 +98,8 @@ def _spectrum_key(a) -> dict:
     _check_size(a["subsample"], "subsample")
     check(a["keep_vectors"] >= 0, "keep_vectors must be >= 0")
     check(a["max_iter"] is None or a["max_iter"] >= 1, f"max_iter must be >= 1, got {a['max_iter']}")
+    check(isinstance(a["seed"], int) and not isinstance(a["seed"], bool) and 0 <= a["seed"] < 2**63,
+          f"seed must be an integer in [0, 2^63), got {a['seed']!r}")
     fields = ("split", "k", "tol", "method", "which", "subsample", "seed", "keep_vectors")
     return {**a["run"].weights_id(a["epoch"]), **{f: a[f] for f in fields},
             **({"max_iter": a["max_iter"]} if a["max_iter"] is not None else {})}
@@ -183,7 +186,8 @@ def _directions(run, split, k: int, store, device, data_root, subsample: int | N
 
 
 def _landscape_key(a, k: int) -> dict:
-    check(a["radius"] > 0 and a["points"] >= 3, "landscape needs radius > 0 and at least 3 points")
+    check(math.isfinite(a["radius"]) and a["radius"] > 0 and a["points"] >= 3,
+          f"landscape needs a finite radius > 0 and at least 3 points, got radius {a['radius']!r}, points {a['points']!r}")
     spec = _directions(a["run"], a["spectrum_split"], k, a["store"], a["device"], a["data_root"], a["subsample"])
     return {"run": a["run"].key, "spectrum": spec.key, "radius": a["radius"], "points": a["points"]}
 
@@ -206,7 +210,8 @@ def landscape_1d(run: Run | str, radius: float = 0.5, points: int = 21, rank: in
 
 
 def _random_landscape_key(a) -> dict:
-    check(a["radius"] > 0 and a["points"] >= 3, "landscape needs radius > 0 and at least 3 points")
+    check(math.isfinite(a["radius"]) and a["radius"] > 0 and a["points"] >= 3,
+          f"landscape needs a finite radius > 0 and at least 3 points, got radius {a['radius']!r}, points {a['points']!r}")
     check(a["normalize"] in (None, "filter"), f"normalize must be 'filter' or None, got {a['normalize']!r}")
     return {"run": a["run"].key, **{f: a[f] for f in ("radius", "points", "seed", "normalize")}}
 

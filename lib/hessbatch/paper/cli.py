@@ -9,10 +9,17 @@ import sys
 from .. import cli
 
 
+def _names(value: str) -> list[str]:
+    names = [c.strip() for c in value.split(",") if c.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"names no chapter: {value!r}")
+    return names
+
+
 def profile_flags(p: argparse.ArgumentParser) -> None:
     """--profile and --chapters, of `book` and `compute`."""
     p.add_argument("--profile", default="quick", help="smoke, quick (default), paper, or a path to a profile YAML")
-    p.add_argument("--chapters", type=lambda v: [c for c in v.split(",") if c], action="extend", default=None,
+    p.add_argument("--chapters", type=_names, action="extend", default=None,
                    help="chapters (all their variants) or single variants as chapter--label, comma-separated "
                         "or flag repeated (default: all)")
     p.add_argument("--set", dest="overrides", action="append", default=None, metavar="NAME=VALUE",

@@ -167,7 +167,7 @@ def test_optional_variant_runs_only_when_named():
         "01-batch-size--M1-15ep", "01-batch-size--M1-15ep--attack-fgsm10"]
     assert names(chapters=["01-batch-size--ResNet18"], optional=False) == ["01-batch-size--ResNet18"]
     assert names(chapters=["01-batch-size--C1", "02-landscapes"], optional=False) == [
-        "01-batch-size", "02-landscapes", "02-landscapes--C1", "02-landscapes--M1-15ep"]
+        "01-batch-size", "02-landscapes", "02-landscapes--C1", "02-landscapes--C1-cpu", "02-landscapes--M1-15ep"]
     assert names(chapters=["01-batch-size--C1"], overrides={"k": 5}) == ["01-batch-size--attack-fgsm--k-5"]
     with pytest.raises(HessbatchError, match="no chapter.*01-batch-size--nope; it has 01-batch-size, .*--C1"):
         compute("paper", chapters=["01-batch-size--nope"])

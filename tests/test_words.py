@@ -32,7 +32,7 @@ def test_the_check_can_fail():
 
 
 def test_the_command_reference_is_the_parsers_own_help(monkeypatch):
-    from hessbatch.paper.cli import build_parser, reference
+    from hessbatch.paper.parser import build_parser, reference
 
     text = reference()
     monkeypatch.setenv("COLUMNS", "100")

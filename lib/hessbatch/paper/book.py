@@ -98,7 +98,7 @@ def _stage(root: Path, out: Path, runs: list | None = None) -> Path:
     for f in (root / "book").iterdir():
         if f.is_file() and f.suffix in (".md", ".bib", ".png", ".svg"):
             shutil.copy2(f, src / "book" / f.name)
-    from .cli import reference
+    from .parser import reference
 
     (src / "book" / "cli-reference.md").write_text(reference())
     return src

@@ -545,3 +545,17 @@ def test_auto_computes_in_processes_on_a_cpu_of_several_cores(monkeypatch):
     assert choose_executor("local", None, "cpu") == ("local", None)
     monkeypatch.setattr(os, "cpu_count", lambda: 1)
     assert choose_executor("auto", None, "cpu") == ("local", None)
+
+
+def test_the_api_page_names_only_what_exists():
+    import importlib
+    import re
+
+    text = (ROOT / "book" / "api.md").read_text()
+    names = re.findall(r"^\.\. auto(?:function|class):: (\S+)", text, flags=re.M)
+    assert len(names) >= 25
+    for name in names:
+        module, _, attr = name.rpartition(".")
+        assert hasattr(importlib.import_module(module), attr), name
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    assert {"book/guide", "book/cli-reference", "book/api", "book/benchmarks"} <= {e["file"] for e in toc["chapters"]}

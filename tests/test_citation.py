@@ -28,8 +28,12 @@ def test_citation_cff_validates_against_the_schema():
 def test_the_version_is_the_same_everywhere():
     cff = yaml.safe_load((ROOT / "CITATION.cff").read_text())
     zenodo = json.loads((ROOT / ".zenodo.json").read_text())
-    pyproject = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), flags=re.M).group(1)
-    assert cff["version"] == zenodo["version"] == pyproject == hessbatch.__version__
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert 'dynamic = ["version"]' in pyproject and 'version = {attr = "hessbatch.__version__"}' in pyproject
+    assert cff["version"] == zenodo["version"] == hessbatch.__version__
+    release = re.search(r"^## \[(\d[^]]*)\] - (\S+)", (ROOT / "CHANGELOG.md").read_text(), flags=re.M)
+    assert release.groups() == (hessbatch.__version__, str(cff["date-released"])) == (zenodo["version"],
+                                                                                   zenodo["publication_date"])
     assert zenodo["license"] == cff["license"] == "MIT"
 
 

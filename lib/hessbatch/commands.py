@@ -38,7 +38,8 @@ def _attack_options(a, name: str) -> dict:
 
     attack = attacks.get(name)
     given = {k: getattr(a, k) for k in ("steps", "alpha", "cg_iters", "cg_tol", "damping") if getattr(a, k) is not None}
-    check_options(attack.function, given, f"attack {attack.name}", spell=lambda n: "--" + n.replace("_", "-"))
+    check_options(attack.function, given, f"attack {attack.name}", spell=lambda n: "--" + n.replace("_", "-"),
+                  values=True)
     return given
 
 

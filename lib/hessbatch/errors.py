@@ -34,10 +34,11 @@ def choose(kind: str, name: str, known) -> str:
     return name
 
 
-def check_options(fn, given, what: str, own=(), spell=None) -> None:
+def check_options(fn, given, what: str, own=(), spell=None, values: bool = False) -> None:
     """One clear error for options ``fn`` does not take as keywords with defaults (``own``:
     extra names the caller handles; ``spell``: how the caller's user writes an option, e.g. as a
-    command-line flag)."""
+    command-line flag). With ``values``, each value is checked against its default's kind too
+    (:func:`check_option_value`), for functions whose options are all counts, sizes or tolerances."""
     import inspect
 
     params = inspect.signature(fn).parameters
@@ -46,7 +47,7 @@ def check_options(fn, given, what: str, own=(), spell=None) -> None:
     if unknown and spell is not None:
         raise HessbatchError(f"{what} takes no option {spell(unknown[0])}")
     check(not unknown, f"{what} has no option(s) {', '.join(unknown)}; it takes: {', '.join(sorted(known)) or 'none'}")
-    for name, value in given.items():
+    for name, value in given.items() if values else ():
         if name in params:
             check_option_value(f"{what}: {spell(name) if spell else name}", value, params[name].default)
 

@@ -34,7 +34,7 @@ def check_adversarial(spec: dict | None) -> dict | None:
     frac = spec.get("clean_fraction", 0.0)
     check(isinstance(frac, (int, float)) and 0 <= frac <= 1, f"clean_fraction must be in [0, 1], got {frac!r}")
     extra = {k: v for k, v in spec.items() if k not in _COMMON}
-    check_options(attacks.get(name).function, extra, f"attack {name}")
+    check_options(attacks.get(name).function, extra, f"attack {name}", values=True)
     return {"attack": name, "eps": eps, "clean_fraction": float(frac), **extra}
 
 

@@ -40,7 +40,7 @@ class Params(Common):
         for name, given in opts.items():
             a = attacks.get(name)
             check(a.name == name, f"attack_options: name the attack {a.name!r}, not its alias {name!r}")
-            check_options(a.function, given or {}, f"attack {a.name}")
+            check_options(a.function, given or {}, f"attack {a.name}", values=True)
 
 
 def options(p: Params, name: str) -> dict:

@@ -35,7 +35,7 @@ class Params(Common):
         a = attacks.get(self.attack)
         check(self.attack_options is None or isinstance(self.attack_options, dict),
               f"attack_options must be a mapping of {a.name}'s options, got {self.attack_options!r}")
-        check_options(a.function, self.attack_options or {}, f"attack {a.name}")
+        check_options(a.function, self.attack_options or {}, f"attack {a.name}", values=True)
         for e in self.eps:
             attacks.check_eps(e)
         extra = sorted(set(self.whole_set_batch_sizes or []) - set(self.batch_sizes))

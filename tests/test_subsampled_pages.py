@@ -9,7 +9,7 @@ import pytest
 
 from hessbatch.errors import HessbatchError
 from hessbatch.paper import registry
-from hessbatch.paper.compute import only_batch_sizes
+from hessbatch.paper.profiles import only_batch_sizes
 from hessbatch.paper.presentation import provenance, whole_set_note
 from hessbatch.paper.profiles import load_profile, selected
 from hessbatch.store import Store
@@ -56,3 +56,13 @@ def test_a_page_cut_to_some_batch_sizes_cuts_its_other_lists_too():
                                              "plane_batch_sizes": [64], "k": 20}
     t8 = {"batch_sizes": [16, 32], "t8_batch_sizes": [8192, 16384]}  # not chosen among batch_sizes: kept
     assert only_batch_sizes(t8, [32]) == {"batch_sizes": [32], "t8_batch_sizes": [8192, 16384]}
+
+
+def test_setting_batch_sizes_cuts_the_lists_chosen_among_them():
+    paper = load_profile("paper")
+    (_, _, p, _), = [r for r in selected(paper, ["01-batch-size--C1-cpu"], {"batch_sizes": [64]})
+                     if "fgsm10" not in r[0]]
+    assert p["batch_sizes"] == [64] and p["whole_set_batch_sizes"] == []
+    (_, _, p, _), = [r for r in selected(paper, ["01-batch-size--C1-cpu"], {"batch_sizes": [16]})
+                     if "fgsm10" not in r[0]]
+    assert p["whole_set_batch_sizes"] == [16]

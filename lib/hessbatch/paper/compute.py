@@ -20,7 +20,7 @@ from ..hessian import graph_memory_share, split_graph_memory
 from ..store import Store, atomic_write_bytes
 from ..sweep import run_sweep
 from . import registry
-from .profiles import load_profile, profile_results, selected
+from .profiles import load_profile, only_batch_sizes, profile_results, selected
 
 
 def fetch_data(runs, data_root) -> list[str]:
@@ -59,15 +59,6 @@ def stored_split(runs, res, partial: bool = False):
         else:
             absent.append(run)
     return have, absent
-
-
-def only_batch_sizes(params: dict, sizes: list) -> dict:
-    """A page's parameters cut to some of its batch sizes: ``batch_sizes``, and every other list of
-    batch sizes chosen among them (``whole_set_batch_sizes``, ``plane_batch_sizes``) kept to those."""
-    full = params.get("batch_sizes") or []
-    cut = {k: [b for b in v if b in sizes] for k, v in params.items()
-           if k.endswith("_batch_sizes") and isinstance(v, list) and set(v) <= set(full)}
-    return {**params, **cut, "batch_sizes": list(sizes)}
 
 
 def _stored(chapter: str, params: dict, store: Store, probe: bool = False) -> bool:

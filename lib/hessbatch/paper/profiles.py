@@ -103,6 +103,15 @@ def _label(values: dict) -> str:
     return "--".join(f"{k}-{re.sub(r'[^A-Za-z0-9_.]+', '_', str(v)).strip('_')}" for k, v in values.items())
 
 
+def only_batch_sizes(params: dict, sizes: list) -> dict:
+    """A page's parameters cut to some of its batch sizes: ``batch_sizes``, and every other list of
+    batch sizes chosen among them (``whole_set_batch_sizes``, ``plane_batch_sizes``) kept to those."""
+    full = params.get("batch_sizes") or []
+    cut = {k: [b for b in v if b in sizes] for k, v in params.items()
+           if k.endswith("_batch_sizes") and isinstance(v, list) and set(v) <= set(full)}
+    return {**params, **cut, "batch_sizes": list(sizes)}
+
+
 def _pages(profile: dict, chapter: str, overrides: dict) -> list[dict]:
     """Every page of a chapter: one per variant and per combination of its ``sweep`` values, with
     ``overrides`` (``--set``) applied. The first page of the first variant keeps the chapter's name."""
@@ -121,7 +130,10 @@ def _pages(profile: dict, chapter: str, overrides: dict) -> list[dict]:
             aliases += [plain] if plain != name else []
             title = ", ".join([*([var.get("title", label)] if label else []),
                                *(f"{k} = {v}" for k, v in changed.items())]) or None
-            params = {**chapter_parameters(profile, chapter, label), **changed}
+            params = chapter_parameters(profile, chapter, label)
+            if isinstance(changed.get("batch_sizes"), list):  # lists chosen among the batch sizes follow them
+                params = only_batch_sizes(params, changed["batch_sizes"])
+            params = {**params, **changed}
             params["variant"] = name[len(chapter) + 2:] or None
             pages.append({"name": name, "chapter": chapter, "params": params, "title": title, "aliases": aliases,
                           "optional": bool(var.get("optional"))})

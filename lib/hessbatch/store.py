@@ -251,7 +251,6 @@ class Store:
         the store goes through here; ``written`` counts the builds that became entries."""
         final = self.path(kind, key)
         final.parent.mkdir(parents=True, exist_ok=True)
-        check(_inside(final.parent, self.root), f"{final.parent} leads out of the store at {self.root}")
         _clean_stale(final.parent)
         tmp = final.parent / _tmp_name(key)
         tmp.mkdir()

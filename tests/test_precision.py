@@ -75,13 +75,33 @@ def test_product_rounding_is_measured_against_float64(trained):
     assert product_rounding(HessianOperator(copy.deepcopy(net).double(), (x.double(), y)), v) == 0.0
 
 
-def test_a_page_names_the_batch_sizes_whose_spectra_predate_measured_residuals():
-    import pandas as pd
+def test_a_page_names_the_spectra_that_predate_measured_residuals(tmp_path, tiny_cfg):
+    import json
 
-    from hessbatch.paper.presentation import spectra_note
+    from hessbatch import measurements
+    from hessbatch.paper.presentation import estimated_spectra, provenance, spectra_note
+    from hessbatch.store import Store
+    from hessbatch.train import train
 
-    table = pd.DataFrame({"batch_size": [64, 128, 256], "residuals_train": ["estimated", "measured", "measured"],
-                          "residuals_test": ["measured", "measured", "estimated"]})
-    note = spectra_note(table)
-    assert "**Spectra stored before measured residuals:** B = 64, 256." in note
-    assert spectra_note(table.assign(residuals_train="measured", residuals_test="measured")) == ""
+    store = Store(tmp_path)
+    run = train(tiny_cfg, store, progress=False)
+    kw = dict(k=2, tol=1e-3, keep_vectors=0, store=store)
+    with measurements.recorded() as record:
+        for split in ("train", "test"):
+            measurements.spectrum(run, split, **kw)
+    assert [kind for kind, _, _ in record] == ["spectrum", "spectrum"]
+    assert estimated_spectra(record) == [] and spectra_note([]) == ""
+    test = record[1][1]                                   # stored again as before measured residuals
+    config, files = test.config["config"], {n: (test.path / n).read_bytes() for n in ("eigenvalues.csv",)}
+    meta = {k: v for k, v in test.json().items() if k != "residuals"}
+    store.remove(test)
+    with store.writer("spectrum", config) as tmp:
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+        (tmp / "result.json").write_text(json.dumps(meta))
+    with measurements.recorded() as record:
+        for split in ("train", "test"):
+            measurements.spectrum(run, split, **kw)
+    assert estimated_spectra(record) == ["MLP, B = 50 (test)"]
+    assert "**Spectra stored before measured residuals:** MLP, B = 50 (test)." in provenance(
+        {"profile": "quick"}, [run], estimated_spectra(record))

@@ -48,6 +48,9 @@ def test_the_landscapes_take_their_directions_from_the_subsample(tmp_path):
     assert set(res["curves"]["batch_size"]) == {10, 50} and set(res["surfaces"]["batch_size"]) == {50}
     directions = {e.json()["n_samples"] for e in store.entries("spectrum")}
     assert directions == {12}
+    cut = registry.run_chapter("02-landscapes", _params("02-landscapes", hessian_samples=12, plane_batch_sizes=[]),
+                               store)                 # a page cut to batch sizes without a plane: no surface
+    assert cut["plane_batch_sizes"] == [] and cut["surfaces"].empty and len(store.entries("landscape-2d")) == 1
 
 
 def test_a_page_cut_to_some_batch_sizes_cuts_its_other_lists_too():

@@ -9,6 +9,8 @@ runs only when its entry is missing and returns ``(files, meta)``; callers get t
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import inspect
 import math
@@ -27,6 +29,19 @@ from .runs import Run, resolve_run
 from .store import Entry, Store
 
 SPEED_ONLY = ("store", "device", "data_root", "chunk", "hvp", "progress")
+_RECORD = contextvars.ContextVar("hessbatch_measurements_record", default=None)
+
+
+@contextlib.contextmanager
+def recorded():
+    """Collect ``(kind, entry, arguments)`` for every measurement called inside the block, computed
+    or read from the store: what a page shows, so that it can say how each of its entries was made."""
+    log = []
+    token = _RECORD.set(log)
+    try:
+        yield log
+    finally:
+        _RECORD.reset(token)
 
 
 def run_data(run: Run, data_root=None, download=False):
@@ -77,6 +92,8 @@ def measurement(kind: str, *, runs=("run",), ignore=SPEED_ONLY, key=None, on_rea
             entry = store.cached(kind, config, compute)
             if on_read is not None and not computed:
                 on_read(entry, a)
+            if (log := _RECORD.get()) is not None:
+                log.append((kind, entry, dict(a)))
             return entry
 
         return wrapper

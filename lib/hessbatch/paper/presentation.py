@@ -48,9 +48,10 @@ def paper_style(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def provenance(params: dict, runs: list[Run] | None = None) -> str:
+def provenance(params: dict, runs: list[Run] | None = None, estimated: list[str] = ()) -> str:
     """One Markdown line: profile, data, model, device (with the CPU model where the runs record it),
-    training time of the runs (if any), the Hessian subsample size (if any), commit, configuration."""
+    training time of the runs (if any), the Hessian subsample size (if any), commit, configuration;
+    then notes on runs short of the stopping rule and on ``estimated`` spectra (:func:`spectra_note`)."""
     runs = [r for r in (runs or []) if r is not None]
     label = params.get("dataset")
     if runs:
@@ -69,7 +70,8 @@ def provenance(params: dict, runs: list[Run] | None = None) -> str:
             f"*commit* `{figures.commit()}` · *configuration* `{figures.config_hash(params)}`")
     short = off_protocol(runs)
     return line + ("\n\n**Not at the stopping rule:** " + "; ".join(short) + ". Their rows compare "
-                   "end points that are not equally trained; read them with care." if short else "")
+                   "end points that are not equally trained; read them with care." if short else "") \
+        + spectra_note(list(estimated))
 
 
 def off_protocol(runs: list[Run]) -> list[str]:
@@ -87,17 +89,30 @@ def off_protocol(runs: list[Run]) -> list[str]:
     return out
 
 
-def spectra_note(table: pd.DataFrame) -> str:
-    """A Markdown note naming the batch sizes whose stored spectra predate measured residuals and
-    float64 sums of Hessian-vector products (see the methods page); empty if there are none."""
-    old = sorted({int(b) for split in ("train", "test") if f"residuals_{split}" in table
-                  for b, r in zip(table["batch_size"], table[f"residuals_{split}"]) if r != "measured"})
-    if not old:
+def estimated_spectra(record: list) -> list[str]:
+    """The spectra among ``measurements.recorded()``'s entries that were stored before residuals were
+    measured and Hessian-vector products summed in float64, one label per run and split."""
+    labels = {}
+    for kind, entry, a in record:
+        if kind != "spectrum" or entry.json().get("residuals") == "measured":
+            continue
+        cfg = a["run"].config
+        what = (f"{cfg.model}, B = {cfg.batch_size}" + (f", seed {cfg.seed}" if cfg.seed else "")
+                + (f", {cfg.adversarial['attack']} training" if cfg.adversarial else "")
+                + (f", epoch {a['epoch']}" if a.get("epoch") is not None else ""))
+        labels.setdefault(what, set()).add(a["split"])
+    return [f"{w} ({', '.join(sorted(s, reverse=True))})" for w, s in labels.items()]
+
+
+def spectra_note(estimated: list[str]) -> str:
+    """A Markdown note naming the spectra (from :func:`estimated_spectra`) that predate measured
+    residuals and float64 sums of Hessian-vector products (see the methods page); empty if none."""
+    if not estimated:
         return ""
-    return ("\n\n**Spectra stored before measured residuals:** B = " + ", ".join(map(str, old)) + ". Their "
+    return ("\n\n**Spectra stored before measured residuals:** " + "; ".join(estimated) + ". Their "
             "Hessian-vector products were summed in float32 and their `residual` column holds the Lanczos "
-            "recurrence's estimate, so an eigenvalue may be up to about 1.3 × 10⁻⁴ (relative) high, above the "
-            "stated 10⁻⁴ but far below every claim's margin (methods page, *The error bound*).")
+            "recurrence's estimate, so an eigenvalue may be up to about 1.3 × 10⁻⁴ (relative) high, beyond "
+            "the solver's tolerance but far below every claim's margin (methods page, *The error bound*).")
 
 
 def whole_set_note(table: pd.DataFrame, samples: int | None) -> str:

@@ -8,11 +8,13 @@ import dataclasses
 from dataclasses import dataclass
 from types import ModuleType
 
+from .. import measurements
 from ..config import parent_keys, run_key
 from ..errors import HessbatchError
 from ..store import Store
 from .chapters import (adversarial_training, batch_size, dynamics, instability, landscapes, large_batch_robust,
                        lr_scaling, pga_dynamics, saddle_free)
+from . import presentation
 from .chapters.common import RUNTIME, Context
 
 
@@ -61,7 +63,10 @@ def run_chapter(name: str, params: dict, store: Store | None = None, device="cpu
     ``hessbatch compute`` both call this, so a chapter computed on a GPU is found by the book.
     ``part`` ``(k, n)``: this call is one of n computing the chapter at once (:meth:`Context.each`)."""
     ch = chapter(name)
-    return ch.module.compute(ch.params(params), Context(store or Store(), device, data_root, progress, part))
+    with measurements.recorded() as record:
+        res = ch.module.compute(ch.params(params), Context(store or Store(), device, data_root, progress, part))
+    res["estimated_spectra"] = presentation.estimated_spectra(record)
+    return res
 
 
 def profile_train_configs(params_by_chapter: dict[str, dict]) -> list[list[dict]]:

@@ -20,7 +20,7 @@ PARTIAL = True  # a page can show some of its batch sizes while the others train
 class Params(Common):
     radius: float = 0.5
     points: int = 21
-    plane_batch_sizes: list | None = None
+    plane_batch_sizes: list | None = None   # None: the smallest and the largest; []: no 2-D surface
     plane_points: int = 11
     hessian_samples: int | None = None   # eigenvectors of the Hessian on a seeded subsample of the training set
 
@@ -38,7 +38,8 @@ def compute(p: Params, ctx: Context) -> dict:
         c = measurements.landscape_1d(run, p.radius, p.points, subsample=hessian_subsample(run, p.hessian_samples,
                                                                                            "train"), **kw)
         curves.append(c.csv("curve.csv").assign(batch_size=b, lambda_max=c.json()["lambda"]))
-    for b in ctx.each(p.plane_batch_sizes or [min(p.batch_sizes), max(p.batch_sizes)], "plane"):
+    planes = [min(p.batch_sizes), max(p.batch_sizes)] if p.plane_batch_sizes is None else p.plane_batch_sizes
+    for b in ctx.each(planes, "plane"):
         s = measurements.landscape_2d(runs[b], p.radius, p.plane_points,
                                       subsample=hessian_subsample(runs[b], p.hessian_samples, "train"), **kw)
         surfaces.append(s.csv("surface.csv").assign(batch_size=b))
@@ -49,4 +50,4 @@ def compute(p: Params, ctx: Context) -> dict:
         rows.append(claims.trend(f"the {split} loss rises faster along v₁ for larger batches", "Fig. 2/7",
                                  sharp.index, sharp.values, +1))
     return {"curves": curves, "surfaces": pd.concat(surfaces, ignore_index=True) if surfaces else pd.DataFrame(),
-            "claims": claims.table(rows), "used": list(runs.values())}
+            "plane_batch_sizes": planes, "claims": claims.table(rows), "used": list(runs.values())}

@@ -8,6 +8,8 @@
 #   TRAIN_ONLY=1 ...: train the batch sizes only (measure them with a later call)
 # DATA holds MNIST/raw/*.gz (torchvision's layout; in DATA/mnist) and cifar10-jpeg/{train,test}.tar.gz;
 # what a plan reads is copied into the git-ignored data/.
+# STORE: the result store with the runs' checkpoints (default ~/.cache/hessbatch/PLAN), outside the
+# working tree, so that a fresh checkout on the same machine resumes the runs instead of starting again.
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 plan=${1:?name a plan: c1-table1-cpu or m1-table7-cpu}
@@ -32,7 +34,7 @@ esac
 # HESSBATCH: the command to run (default .venv/bin/hessbatch; may be a command line, e.g.
 # "env PYTHONPATH=$PWD/lib python3 -m hessbatch.paper.cli" for a second checkout)
 hb=${HESSBATCH:-.venv/bin/hessbatch}
-store=${STORE:-results/$plan}
+store=${STORE:-${XDG_CACHE_HOME:-$HOME/.cache}/hessbatch/$plan}
 # On any exit (a run finished, a call cut off by its time limit): record where the plan's runs stand in
 # paper-results/_progress.yml, which the plan's pages show until every batch size is in.
 trap '$hb plan "$plan" --record-progress --results "$store" > /dev/null || true' EXIT

@@ -1,7 +1,7 @@
-"""Eigen-solvers and spectral estimates over a symmetric operator (a ``HessianOperator``):
-``top_eigen`` (Lanczos with full reorthogonalization by default, or the paper's power
-iteration with deflation), ``trace`` (Hutchinson), ``spectral_density`` (stochastic
-Lanczos quadrature)."""
+"""Eigen-solvers and spectral estimates over a symmetric operator (a ``HessianOperator`` or
+``GGNOperator``): ``top_eigen`` (Lanczos with full reorthogonalization by default, or the paper's
+power iteration with deflation), ``per_layer_spectra`` (``top_eigen`` on each layer's block),
+``trace`` (Hutchinson), ``spectral_density`` (stochastic Lanczos quadrature)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import progress as progress_mod
 from .errors import NotConvergedWarning, check
-from .hessian import VECTOR_DTYPE, HessianOperator, product_rounding
+from .hessian import VECTOR_DTYPE, GGNOperator, HessianOperator, product_rounding
 
 WHICH = ("largest", "smallest", "magnitude", "both")
 
@@ -200,21 +202,29 @@ def power_iteration(op, k: int = 20, tol: float = 1e-4, max_iter: int = 100, see
                  op.n_hvp - start, np.asarray(res)[order], "power", n_ok == k, n_converged=n_ok)
 
 
+CURVATURES = ("hessian", "ggn")
+
+
 def top_eigen(model: nn.Module, data, k: int = 20, tol: float = 1e-4, method: str = "lanczos",
               which: str = "largest", chunk: int | None = None, hvp: str = "backward", seed: int = 0,
               max_iter: int | None = None, cache_graph: bool | None = None, progress: bool = False,
-              rounding: bool = False) -> Eigen:
-    """Top-``k`` eigenpairs of the weight Hessian of the mean loss over ``data``.
+              rounding: bool = False, loss=F.cross_entropy, params=None, curvature: str = "hessian") -> Eigen:
+    """Top-``k`` eigenpairs of the weight Hessian (or ``curvature="ggn"``: the generalized
+    Gauss–Newton matrix) of the mean ``loss`` over ``data``, in the parameters ``params`` (default all).
 
-    ``data``: an ``(inputs, targets)`` pair or an iterable of batches. ``method``:
-    ``"lanczos"`` (default) or ``"power"`` (the paper's; largest magnitude only).
+    ``data``: an ``(inputs, targets)`` pair or a re-iterable of batches (a DataLoader, streamed).
+    ``method``: ``"lanczos"`` (default) or ``"power"`` (the paper's; largest magnitude only).
     ``progress``: a progress bar (worth it where one HVP takes seconds, as on a CPU).
     ``rounding``: also estimate the product's own rounding error at the top eigenvector
     (``Eigen.rounding``, :func:`~hessbatch.hessian.product_rounding`; one float64 product).
     """
     check(method in ("lanczos", "power"), f"unknown eigen-solver {method!r}; choose lanczos or power")
+    check(curvature in CURVATURES, f"unknown curvature {curvature!r}; choose {' or '.join(CURVATURES)}")
     check(tol > 0, f"tol must be > 0, got {tol}")
-    op = HessianOperator(model, data, chunk=chunk, hvp=hvp, cache_graph=cache_graph)
+    if curvature == "ggn":
+        op = GGNOperator(model, data, loss=loss, chunk=chunk, params=params)
+    else:
+        op = HessianOperator(model, data, loss=loss, chunk=chunk, hvp=hvp, cache_graph=cache_graph, params=params)
     if method == "power":
         check(which in ("largest", "magnitude"), "power iteration finds eigenvalues of largest magnitude only")
         e = power_iteration(op, k, tol, max_iter or 100, seed, progress)
@@ -223,6 +233,32 @@ def top_eigen(model: nn.Module, data, k: int = 20, tol: float = 1e-4, method: st
     if rounding:
         e.rounding = product_rounding(op, e.eigenvectors[0])
     return e
+
+
+def layers(model: nn.Module) -> dict[str, list[str]]:
+    """The model's modules that hold parameters of their own (that require a gradient), each with
+    the names of those parameters: the blocks of :func:`per_layer_spectra`."""
+    out = {}
+    for name, module in model.named_modules():
+        own = [f"{name}.{p}" if name else p for p, q in module.named_parameters(recurse=False) if q.requires_grad]
+        if own:
+            out[name] = own
+    return out
+
+
+def per_layer_spectra(model: nn.Module, data, k: int = 5, tol: float = 1e-4, **kw) -> pd.DataFrame:
+    """Top-``k`` eigenvalues of the Hessian's diagonal block of each layer (each module with
+    parameters of its own, :func:`layers`): which layers carry the curvature. One row per layer
+    and rank: ``layer``, ``n_params``, ``rank``, ``eigenvalue``, ``residual``. ``kw``: as
+    :func:`top_eigen` (``loss``, ``curvature``, ``chunk``, ``seed``, ``max_iter``...)."""
+    rows = []
+    named = dict(model.named_parameters())
+    for layer, names in layers(model).items():
+        dim = sum(named[n].numel() for n in names)
+        e = top_eigen(model, data, k=min(k, dim), tol=tol, params=names, **kw)
+        rows += [{"layer": layer, "n_params": dim, "rank": i + 1, "eigenvalue": float(v), "residual": float(r)}
+                 for i, (v, r) in enumerate(zip(e.eigenvalues, e.residuals))]
+    return pd.DataFrame(rows, columns=["layer", "n_params", "rank", "eigenvalue", "residual"])
 
 
 @dataclass

@@ -1,0 +1,147 @@
+"""The curvature API on the reader's own terms: any loss, a block of parameters, the GGN, data
+streamed from a DataLoader, per-layer spectra. Each against curvlinops in float64 (an independent
+implementation) or an explicit matrix, on a small conv net."""
+
+import gc
+import weakref
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from hessbatch.eigensolvers import layers, per_layer_spectra, spectral_density, top_eigen, trace
+from hessbatch.errors import HessbatchError
+from hessbatch.hessian import GGNOperator, HessianOperator, product_rounding
+
+curvlinops = pytest.importorskip("curvlinops")
+
+
+def _net(out=3):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(18, 5), nn.Tanh(),
+                         nn.Linear(5, out)).double()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A float64 conv net (133 parameters) with a smooth layer, so that its Hessian differs from its GGN."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(40, 1, 8, 8, generator=g, dtype=torch.float64)
+    return _net(), x, torch.randint(0, 3, (40,), generator=g)
+
+
+def _reference(kind, net, loss, params, data):
+    op = getattr(curvlinops, f"{kind}LinearOperator")(net, loss, params, data, check_deterministic=False)
+    dim = sum(p.numel() for p in params)
+    return (op @ torch.eye(dim, dtype=torch.float64)).T
+
+
+def _batches(x, y, size=16):
+    return [(x[i:i + size], y[i:i + size]) for i in range(0, len(y), size)]
+
+
+def test_the_ggn_is_curvlinops_ggn_and_not_the_hessian(tiny):
+    net, x, y = tiny
+    ours = GGNOperator(net, (x, y), chunk=16).dense()
+    ref = _reference("GGN", net, nn.CrossEntropyLoss(), list(net.parameters()), _batches(x, y))
+    assert torch.allclose(ours, ref, rtol=1e-10, atol=1e-12)
+    assert torch.linalg.eigvalsh(ours).min() > -1e-10                     # positive semi-definite
+    assert not torch.allclose(ours, HessianOperator(net, (x, y)).dense(), atol=1e-4)
+
+
+def test_any_loss_a_hessian_under_mse(tiny):
+    net, x, y = tiny
+    target = F.one_hot(y, 3).double()
+    ours = HessianOperator(net, (x, target), loss=F.mse_loss, chunk=16).dense()
+    ref = _reference("Hessian", net, nn.MSELoss(), list(net.parameters()), _batches(x, target))
+    assert torch.allclose(ours, ref, rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(ours, HessianOperator(net, (x, y)).dense(), atol=1e-3)
+
+
+@pytest.mark.parametrize("hvp", ["backward", "func"])
+def test_a_block_of_parameters(tiny, hvp):
+    net, x, y = tiny
+    block = [net[4].weight, net[6].bias]
+    ref = _reference("Hessian", net, nn.CrossEntropyLoss(), block, _batches(x, y))
+    for params in (block, ["4.weight", "6.bias"]):
+        op = HessianOperator(net, (x, y), hvp=hvp, params=params)
+        assert op.dim == 18 * 5 + 3 and torch.allclose(op.dense(), ref, rtol=1e-10, atol=1e-12)
+    with pytest.raises(HessbatchError, match="no parameter '9.weight'"):
+        HessianOperator(net, (x, y), params=["9.weight"])
+    with pytest.raises(HessbatchError, match="parameters of the model"):
+        HessianOperator(net, (x, y), params=[torch.nn.Parameter(torch.zeros(2))])
+
+
+class Counted:
+    """A re-iterable of batches that counts the batches alive at once (a DataLoader's contract)."""
+
+    def __init__(self, x, y, size):
+        self.x, self.y, self.size, self.alive, self.most = x, y, size, 0, 0
+
+    def _gone(self):
+        self.alive -= 1
+
+    def __iter__(self):
+        for i in range(0, len(self.y), self.size):
+            xb = self.x[i:i + self.size].clone()
+            self.alive += 1
+            self.most = max(self.most, self.alive)
+            weakref.finalize(xb, self._gone)
+            yield xb, self.y[i:i + self.size]
+            gc.collect()
+
+
+@pytest.mark.parametrize("kind", [HessianOperator, GGNOperator])
+def test_streamed_data_gives_the_in_memory_products_one_batch_in_memory(tiny, kind):
+    net, x, y = tiny
+    v = torch.randn(sum(p.numel() for p in net.parameters()), dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    memory = kind(net, (x, y), chunk=8).matvec(v)
+    loader = DataLoader(TensorDataset(x, y), batch_size=8)
+    assert torch.allclose(kind(net, loader).matvec(v), memory, rtol=1e-12, atol=1e-14)
+    counted = Counted(x, y, 8)
+    op = kind(net, counted)
+    for _ in range(2):
+        assert torch.allclose(op.matvec(v), memory, rtol=1e-12, atol=1e-14)
+    assert op.n == 40 and counted.most == 1
+    assert product_rounding(op, v) == 0.0                   # a float64 model: nothing to round
+
+
+def test_streamed_solvers_match_in_memory(tiny):
+    net, x, y = tiny
+    loader = DataLoader(TensorDataset(x, y), batch_size=16)
+    a, b = top_eigen(net, (x, y), k=3, tol=1e-8), top_eigen(net, loader, k=3, tol=1e-8)
+    assert np.allclose(a.eigenvalues, b.eigenvalues, rtol=1e-9)
+    assert trace(HessianOperator(net, loader), n_samples=4).estimate == pytest.approx(
+        trace(HessianOperator(net, (x, y)), n_samples=4).estimate, rel=1e-10)
+    assert np.allclose(spectral_density(HessianOperator(net, loader), n_probes=1, steps=5).nodes,
+                       spectral_density(HessianOperator(net, (x, y)), n_probes=1, steps=5).nodes, rtol=1e-8)
+
+
+def test_bad_streamed_data_is_one_error(tiny):
+    net, x, y = tiny
+    with pytest.raises(HessbatchError, match="not a one-pass iterator"):
+        HessianOperator(net, iter(_batches(x, y)))
+    wrong = [(x[:10], y[:9])]
+    with pytest.raises(HessbatchError, match="10 inputs and 9 targets"):
+        HessianOperator(net, wrong).matvec(torch.zeros(133, dtype=torch.float64))
+    with pytest.raises(HessbatchError, match="yielded no batch"):
+        HessianOperator(net, []).matvec(torch.zeros(133, dtype=torch.float64))
+
+
+def test_per_layer_spectra_are_the_diagonal_blocks(tiny):
+    net, x, y = tiny
+    assert layers(net) == {"0": ["0.weight", "0.bias"], "4": ["4.weight", "4.bias"], "6": ["6.weight", "6.bias"]}
+    full = HessianOperator(net, (x, y)).dense()
+    t = per_layer_spectra(net, (x, y), k=2, tol=1e-8)
+    assert t["layer"].tolist() == ["0", "0", "4", "4", "6", "6"] and t["n_params"].tolist() == [20, 20, 95, 95, 18, 18]
+    start = 0
+    for layer, dim in [("0", 20), ("4", 95), ("6", 18)]:
+        block = full[start:start + dim, start:start + dim]
+        start += dim
+        ref = torch.linalg.eigvalsh(block).flip(0)[:2].numpy()
+        assert np.allclose(t[t["layer"] == layer]["eigenvalue"], ref, rtol=1e-7)
+    ggn = per_layer_spectra(net, (x, y), k=1, tol=1e-8, curvature="ggn")
+    assert (ggn["eigenvalue"] >= 0).all() and len(ggn) == 3

@@ -86,7 +86,7 @@ def test_a_sweep_and_an_override_make_pages_that_carry_the_value(tmp_path):
     assert parse_overrides(["batch_sizes=[16, 64]", "attack=fgsm10"]) == {"batch_sizes": [16, 64], "attack": "fgsm10"}
     with pytest.raises(HessbatchError, match="unknown attack 'pgd'"):
         selected(smoke, ["01-batch-size"], {"attack": "pgd"})
-    with pytest.raises(HessbatchError, match="curvature_method must be power or exact, got 'lanczos'"):
+    with pytest.raises(HessbatchError, match="curvature_method must be one of auto, power, exact, got 'lanczos'"):
         selected(smoke, ["01-batch-size"], {"curvature_method": "lanczos"})
     with pytest.raises(HessbatchError, match="chapter 04-saddle-free has no parameter 'colour'"):
         selected(smoke, ["04-saddle-free"], {"colour": "red"})

@@ -145,3 +145,41 @@ def test_per_layer_spectra_are_the_diagonal_blocks(tiny):
         assert np.allclose(t[t["layer"] == layer]["eigenvalue"], ref, rtol=1e-7)
     ggn = per_layer_spectra(net, (x, y), k=1, tol=1e-8, curvature="ggn")
     assert (ggn["eigenvalue"] >= 0).all() and len(ggn) == 3
+
+
+def test_input_curvature_chooses_exact_for_piecewise_linear_models_and_streams(tiny):
+    from hessbatch.input_curvature import input_curvature, piecewise_linear, resolve_method
+    from hessbatch.models import build_model
+
+    net, x, y = tiny
+    relu = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.BatchNorm2d(2), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(18, 3)).double().eval()
+    assert piecewise_linear(relu) and not piecewise_linear(net)          # net has a Tanh
+    assert resolve_method(relu, "auto") == "exact" and resolve_method(net, "auto") == "power"
+    assert all(piecewise_linear(build_model(m, (3, 32, 32), 10)) for m in ("C1", "C2", "C3", "CR"))
+    torchvision = pytest.importorskip("torchvision")
+    assert piecewise_linear(torchvision.models.resnet18(num_classes=10))
+    assert not piecewise_linear(torchvision.models.mobilenet_v3_small(num_classes=10))   # Hardswish
+    auto = input_curvature(relu, x, y)
+    exact = input_curvature(relu, x, y, method="exact")
+    assert auto.method == "exact" and np.array_equal(auto.lambda_max, exact.lambda_max)
+    assert input_curvature(net, x, y, max_iter=3).method == "power"
+    streamed = input_curvature(relu, DataLoader(TensorDataset(x, y), batch_size=16))
+    assert np.allclose(streamed.lambda_max, exact.lambda_max, rtol=1e-12)
+    assert np.allclose(streamed.grad_norm, exact.grad_norm, rtol=1e-12)
+    with pytest.raises(HessbatchError, match="unknown method 'lanczos'"):
+        input_curvature(relu, x, y, method="lanczos")
+
+
+def test_evaluation_and_landscapes_stream(tiny):
+    from hessbatch.evaluation import evaluate, full_gradient_norm
+    from hessbatch.landscape import along_direction, random_direction
+
+    net, x, y = tiny
+    loader = DataLoader(TensorDataset(x, y), batch_size=16)
+    assert evaluate(net, loader) == pytest.approx(evaluate(net, x, y), rel=1e-12)
+    assert full_gradient_norm(net, loader) == pytest.approx(full_gradient_norm(net, x, y), rel=1e-10)
+    d = random_direction(net, seed=0)
+    a = along_direction(net, d, [-0.5, 0.0, 0.5], {"train": (x, y)})
+    b = along_direction(net, d, [-0.5, 0.0, 0.5], {"train": loader})
+    assert np.allclose(a["loss"], b["loss"], rtol=1e-12) and a["loss"].nunique() == 3

@@ -30,5 +30,6 @@ def test_every_python_example_of_the_guide_runs(tmp_path, monkeypatch):
         exec(compile(block, str(GUIDE), "exec"), namespace)  # noqa: S102 — the guide's own examples
         ran += 1
     assert ran >= 2 and namespace["e"].converged and len(namespace["c"].lambda_max) == len(namespace["y"])
+    assert len(namespace["layers"]) > 0 and (namespace["g"].eigenvalues > 0).all()   # the GGN is PSD
     if importlib.util.find_spec("dask_jobqueue") is None:
         pytest.skip("ran every example but the SLURM one (dask-jobqueue is not installed)")

@@ -234,8 +234,8 @@ def test_input_curvature_matches_per_sample_loop(kind, method):
 def test_input_power_iteration_reports_samples_that_did_not_converge():
     model = tiny_cnn()
     x, y = data_for(model, n=9)
-    assert input_curvature(model, x, y, tol=1e-12, max_iter=2).unconverged == 9
-    loose = input_curvature(model, x, y, tol=1e-3, max_iter=5000)
+    assert input_curvature(model, x, y, method="power", tol=1e-12, max_iter=2).unconverged == 9
+    loose = input_curvature(model, x, y, method="power", tol=1e-3, max_iter=5000)
     exact = input_curvature(model, x, y, method="exact")
     assert loose.unconverged == 0 and loose.iterations < 5000
     assert np.allclose(loose.lambda_max, exact.lambda_max, rtol=1e-2)

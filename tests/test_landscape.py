@@ -118,8 +118,8 @@ def test_speed_only_settings_are_not_part_of_a_measurements_key(tmp_path, tiny_c
     b = analysis.spectrum(run.key[:6], k=2, store=store, chunk=7, hvp="func", device="cpu", progress=True)
     assert a.key == b.key and store.written == 2  # the run and one spectrum
     assert analysis.spectrum(run, k=3, store=store).key != a.key
-    c = analysis.input_curvature(run, limit=5, store=store, chunk=2)
-    assert c.config["config"] == {"run": run.key, "split": "train", "method": "power", "tol": 1e-4,
+    c = analysis.input_curvature(run, limit=5, store=store, chunk=2)      # method "auto": keyed as it chose
+    assert c.config["config"] == {"run": run.key, "split": "train", "method": "exact", "tol": 1e-4,
                                   "max_iter": 100, "limit": 5}
     with pytest.raises(HessbatchError, match="unknown split 'val'"):
         analysis.spectrum(run, "val", store=store)

@@ -3,7 +3,9 @@ the command line's help and argument checks answer from here in a fraction of a 
 
 from __future__ import annotations
 
-from .errors import choose
+import re
+
+from .errors import HessbatchError, choose
 
 READINGS = {"M1": ("text", "lenet"), "C1": ("code", "text"), "C2": ("code", "text"),
             "C3": ("code", "text"), "CR": ("code",), "MLP": ("code",)}
@@ -13,12 +15,48 @@ EXECUTORS = ("local", "processes", "dask")
 LR_SCALINGS = ("none", "linear", "sqrt")   # how the learning rate follows the batch size (config.effective_lr)
 
 
+TORCHVISION = "torchvision:"   # any torchvision classification architecture: torchvision:resnet18
+PLUGIN_GROUP = "hessbatch.models"   # the entry-point group through which installed packages add models
+EXTERNAL_READINGS = ("default",)
+
+
+def plugins() -> dict:
+    """The models that installed packages register in the entry-point group ``hessbatch.models``,
+    by name (each entry point names a function ``(input_shape, num_classes) -> nn.Module``)."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=PLUGIN_GROUP)}
+
+
+def is_external(name: str) -> bool:
+    """Whether a canonical model name is not one of the paper's (a torchvision or plugin model)."""
+    return name not in MODELS
+
+
 def canonical_name(name: str) -> str:
-    """A model's name as the store keys it (``resnet18`` → ``CR``); one error line if unknown."""
-    key = name.upper()
-    key = ALIASES.get(key, key)
-    return choose("model", key, MODELS) if key in MODELS else choose("model", name, MODELS)
+    """A model's name as the store keys it (``resnet18`` → ``CR``; ``torchvision:NAME`` and plugin
+    names as given); one error line if unknown."""
+    if not isinstance(name, str):
+        raise HessbatchError(f"a model is named by a string, got {name!r}")
+    if name.startswith(TORCHVISION):
+        arch = name[len(TORCHVISION):]
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", arch):
+            raise HessbatchError(f"model {name!r}: write torchvision:NAME with a torchvision classification "
+                                 "model's name, e.g. torchvision:resnet18")
+        return name
+    key = ALIASES.get(name.upper(), name.upper())
+    if key in MODELS:
+        return key
+    found = plugins()
+    if name in found:
+        return name
+    return choose("model", name, [*MODELS, *sorted(found), f"{TORCHVISION}<name>"])
+
+
+def readings(name: str) -> tuple:
+    """The readings of a canonical model name; the first is the default."""
+    return READINGS.get(name, EXTERNAL_READINGS)
 
 
 def default_reading(name: str) -> str:
-    return READINGS[canonical_name(name)][0]
+    return readings(canonical_name(name))[0]

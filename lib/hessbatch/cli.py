@@ -51,7 +51,9 @@ def _train_flags(p: argparse.ArgumentParser, d, suppress: bool = False) -> None:
     def add(*names, default=None, **kw):
         p.add_argument(*names, default=argparse.SUPPRESS if suppress else default, **kw)
 
-    add("--model", default=d.model, help=f"one of {', '.join(MODELS)} (default: {d.model})")
+    add("--model", default=d.model, help=f"one of {', '.join(MODELS)}, torchvision:NAME (any torchvision "
+        "classification architecture, untrained) or a model an installed package registers in the entry-point group "
+        f"hessbatch.models (default: {d.model})")
     add("--dataset", default=d.dataset, help="mnist5k (embedded), mnist, fashion-mnist, cifar10, cifar100 or "
         f"imagefolder:PATH (default: {d.dataset})")
     add("--batch-size", type=int, default=d.batch_size, help=f"(default: {d.batch_size})")

@@ -80,7 +80,11 @@ class TrainConfig:
                   f"sample_smoothing must be {{guide: <run key>, alpha: in [0, 1)}} or null, got {ss!r}")
             check(not self.label_smoothing, "sample_smoothing and label_smoothing exclude each other")
         reading = self.reading or catalog.default_reading(name)
-        choose(f"reading of {name}", reading, catalog.READINGS[name])
+        choose(f"reading of {name}", reading, catalog.readings(name))
+        if catalog.is_external(name):
+            from .models import check_external
+
+            check_external(name)
         from .robust import check_adversarial
 
         return dataclasses.replace(self, model=name, reading=reading, lr_milestones=tuple(self.lr_milestones),

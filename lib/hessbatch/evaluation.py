@@ -1,5 +1,6 @@
 """Evaluating a model without changing it: its train/eval mode is restored on the way out,
-whatever happens (``eval_mode``), and every pass over a dataset goes in chunks (``outputs``)."""
+whatever happens (``eval_mode``), and every pass over a dataset goes in batches (``batches``):
+chunks of tensors held in memory, or the batches a DataLoader streams."""
 
 from __future__ import annotations
 
@@ -10,6 +11,26 @@ import torch.nn.functional as F
 from torch import nn
 
 from .devices import default_chunk
+from .errors import check
+
+
+def is_pair(data) -> bool:
+    """Whether ``data`` is an ``(inputs, targets)`` pair of tensors (held in memory)."""
+    return isinstance(data, (tuple, list)) and len(data) == 2 and torch.is_tensor(data[0])
+
+
+def batches(data, chunk: int | None = None):
+    """``data`` as a re-iterable of ``(inputs, targets)`` batches: an ``(inputs, targets)`` pair of
+    tensors cut into chunks of ``chunk`` samples (a list), or a re-iterable of batches (a
+    DataLoader) as it is, to be streamed."""
+    if is_pair(data):
+        x, y = data
+        check(len(x) == len(y), f"{len(x)} inputs and {len(y)} targets")
+        step = chunk or default_chunk(x.device, 1000, 8192)
+        return [(x[i:i + step], y[i:i + step]) for i in range(0, len(y), step)]
+    check(iter(data) is not data, "data must be an (inputs, targets) pair or re-iterable (a DataLoader, a list "
+                                  "of batches), not a one-pass iterator: it may be read more than once")
+    return data
 
 
 @contextlib.contextmanager
@@ -37,15 +58,21 @@ def predict(model: nn.Module, x: torch.Tensor, chunk: int | None = None) -> torc
     return torch.cat([out for _, out in outputs(model, x, chunk)])
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int | None = None) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy (in [0, 1]) of ``model`` in eval mode."""
-    loss = torch.zeros((), dtype=torch.float64, device=x.device)
-    correct = torch.zeros((), dtype=torch.int64, device=x.device)
-    for i, out in outputs(model, x, chunk):
-        yb = y[i:i + len(out)].to(out.device)
-        loss += F.cross_entropy(out, yb, reduction="sum").double().to(loss.device)
-        correct += (out.argmax(1) == yb).sum().to(correct.device)
-    return loss.item() / len(y), correct.item() / len(y)
+def evaluate(model: nn.Module, x, y: torch.Tensor | None = None, chunk: int | None = None) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy (in [0, 1]) of ``model`` in eval mode on inputs ``x`` and
+    targets ``y``, or on ``x`` alone when it is data as :func:`batches` takes it (a DataLoader)."""
+    device = next(model.parameters()).device
+    loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    n = 0
+    with eval_mode(model), torch.no_grad():
+        for xb, yb in batches((x, y) if y is not None else x, chunk):
+            out, yb = model(xb.to(device)), yb.to(device)
+            loss += F.cross_entropy(out, yb, reduction="sum").double()
+            correct += (out.argmax(1) == yb).sum()
+            n += len(yb)
+    check(n > 0, "evaluate needs at least one sample")
+    return loss.item() / n, correct.item() / n
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int | None = None) -> float:
@@ -53,13 +80,19 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int | No
     return evaluate(model, x, y, chunk)[1]
 
 
-def full_gradient_norm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 1000) -> float:
-    """‖∇θ L‖₂ of the mean cross-entropy over ``(x, y)``, in eval mode."""
+def full_gradient_norm(model: nn.Module, x, y: torch.Tensor | None = None, chunk: int = 1000) -> float:
+    """‖∇θ L‖₂ of the mean cross-entropy over ``(x, y)`` (or over data ``x``, as :func:`evaluate`),
+    in eval mode."""
     params = [p for p in model.parameters() if p.requires_grad]
+    device = params[0].device
+    known = len(y) if y is not None else None   # in memory: each chunk's share; streamed: divided at the end
     total = [torch.zeros_like(p) for p in params]
+    n = 0
     with eval_mode(model):
-        for i in range(0, len(y), chunk):
-            loss = F.cross_entropy(model(x[i:i + chunk]), y[i:i + chunk], reduction="sum") / len(y)
-            for t, g in zip(total, torch.autograd.grad(loss, params)):
+        for xb, yb in batches((x, y) if y is not None else x, chunk):
+            loss = F.cross_entropy(model(xb.to(device)), yb.to(device), reduction="sum")
+            for t, g in zip(total, torch.autograd.grad(loss / known if known else loss, params)):
                 t += g
-    return torch.sqrt(sum((t * t).sum() for t in total)).item()
+            n += len(yb)
+    check(n > 0, "full_gradient_norm needs at least one sample")
+    return (torch.sqrt(sum((t * t).sum() for t in total)) / (1 if known else n)).item()

@@ -24,7 +24,7 @@ from torch import nn
 
 from .devices import default_chunk
 from .errors import check
-from .evaluation import eval_mode
+from .evaluation import batches, eval_mode, is_pair
 
 
 def subsample(data: tuple[torch.Tensor, torch.Tensor], size: int, seed: int = 0):
@@ -145,18 +145,10 @@ class CurvatureOperator:
         self.dim = sum(p.numel() for p in self.params)
         self.device, self.dtype = self.params[0].device, self.params[0].dtype
         self.loss = loss
-        self.streamed = not (isinstance(data, (tuple, list)) and len(data) == 2 and torch.is_tensor(data[0]))
-        if self.streamed:
-            check(iter(data) is not data, "data must be re-iterable (a DataLoader, a list of batches), not a "
-                                          "one-pass iterator: every product reads it again")
-            self.batches = data
-            self.n = None   # counted on the first product
-        else:
-            x, y = data
-            step = chunk or default_chunk(self.device)
-            self.batches = [(x[i:i + step], y[i:i + step]) for i in range(0, len(x), step)]
-            self.n = len(y)
-            check(self.n > 0, "the curvature needs at least one sample")
+        self.streamed = not is_pair(data)
+        self.batches = batches(data, chunk or default_chunk(self.device))
+        self.n = None if self.streamed else len(data[1])   # streamed: counted on the first product
+        check(self.n is None or self.n > 0, "the curvature needs at least one sample")
         self.n_hvp = 0
 
     def _split(self, v: torch.Tensor) -> list[torch.Tensor]:

@@ -48,8 +48,8 @@ def _assign(vec: torch.Tensor, params) -> None:
 
 def _eval_all(model, data, coords: dict) -> list[dict]:
     rows = []
-    for split, (x, y) in data.items():
-        loss, acc = evaluate(model, x, y)
+    for split, d in data.items():
+        loss, acc = evaluate(model, d)
         rows.append({**coords, "split": split, "loss": loss, "acc": acc})
     return rows
 
@@ -82,7 +82,8 @@ def random_direction(model: nn.Module, seed: int = 0, normalize: str | None = "f
 def along_direction(model: nn.Module, direction: torch.Tensor, alphas, data: Mapping[str, tuple]) -> pd.DataFrame:
     """L(θ* + α d) for each α, with d a flat vector over the trainable parameters.
 
-    ``data`` maps a split name (``"train"``, ``"test"``) to an ``(inputs, targets)`` pair.
+    ``data`` maps a split name (``"train"``, ``"test"``) to an ``(inputs, targets)`` pair or a
+    re-iterable of batches (a DataLoader, streamed).
     With d the unit dominant eigenvector this is the paper's Fig. 2/7.
     """
     params = _params(model)

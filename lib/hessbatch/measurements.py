@@ -178,14 +178,17 @@ def initial_state(run: Run | str, store: Store | None = None, device="cpu", data
 def _input_curvature_key(a) -> dict:
     _check_split(a["split"])
     _check_size(a["limit"], "limit")
+    a["method"] = input_curvature_mod.resolve_method(a["run"].build(), a["method"])  # "auto" keyed as chosen
     return {"run": a["run"].key, **{f: a[f] for f in ("split", "method", "tol", "max_iter", "limit")}}
 
 
 @measurement("input-curvature", key=_input_curvature_key)
-def input_curvature(run: Run | str, split: str = "train", method: str = "power", tol: float = 1e-4,
+def input_curvature(run: Run | str, split: str = "train", method: str = "auto", tol: float = 1e-4,
                     max_iter: int = 100, limit: int | None = None, store: Store | None = None, device="cpu",
                     data_root=None, chunk: int | None = None) -> Entry:
-    """Per-sample ‖∇ₓℓ‖ and input-Hessian λ_max over a run's train or test set (``samples.csv``)."""
+    """Per-sample ‖∇ₓℓ‖ and input-Hessian λ_max over a run's train or test set (``samples.csv``).
+    ``method``: as :func:`hessbatch.input_curvature.input_curvature`; ``"auto"`` is stored as the
+    method it chooses for the run's model."""
     x, y = run_data(run, data_root).split(split)
     if limit:
         x, y = x[:limit], y[:limit]
@@ -193,7 +196,7 @@ def input_curvature(run: Run | str, split: str = "train", method: str = "power",
                                              chunk)
     table = pd.DataFrame({"grad_norm": ic.grad_norm, "lambda_max": ic.lambda_max})
     return {"samples.csv": table}, {**ic.summary(), "iterations": ic.iterations, "unconverged": ic.unconverged,
-                                     "n_samples": len(y)}
+                                     "n_samples": len(y), "method": ic.method}
 
 
 def _directions(run, split, k: int, store, device, data_root, subsample: int | None = None) -> Entry:

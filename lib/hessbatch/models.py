@@ -21,6 +21,12 @@ MLP    ``code``*   FC(128)–FC(c): not in the paper; for smoke tests           
 
 ``*`` marks the default reading. Parameter counts are for 28x28x1 (M1) or 32x32x3 inputs
 with 10 classes unless noted.
+
+Beside them, any torchvision classification architecture by name (``torchvision:resnet18``, built
+with ``weights=None``: nothing is downloaded) and any model an installed package registers in the
+entry-point group ``hessbatch.models`` (a function ``(input_shape, num_classes) -> nn.Module``).
+Both are wrapped as the paper's are: normalization inside, inputs in [0, 1], and a one-channel
+image repeated to the channels the architecture takes.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .catalog import READINGS, canonical_name
+from . import catalog
+from .catalog import canonical_name, readings
 from .errors import HessbatchError, choose
 
 
@@ -52,13 +59,73 @@ def build_model(name: str, input_shape, num_classes: int, mean=(0.0,), std=(1.0,
     model normalizes its [0, 1] inputs with.
     """
     name = canonical_name(name)
-    reading = reading or READINGS[name][0]
-    choose(f"reading of {name}", reading, READINGS[name])
+    reading = reading or readings(name)[0]
+    choose(f"reading of {name}", reading, readings(name))
     c, h, w = input_shape
     if len(mean) not in (1, c) or len(std) not in (1, c):
         raise HessbatchError(f"normalization has {len(mean)} channels but the input has {c}")
+    if catalog.is_external(name):
+        return _external(name, (c, h, w), num_classes, Normalize(mean, std))
     body = _BUILDERS[name](c, num_classes, reading, (c, h, w))
     return nn.Sequential(Normalize(mean, std), body)
+
+
+class Channels(nn.Module):
+    """A one-channel image repeated to ``n`` channels (MNIST into an architecture made for RGB)."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.n = n
+
+    def forward(self, x):
+        return x.expand(-1, self.n, *x.shape[2:])
+
+
+def _torchvision_models() -> list[str]:
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def check_external(name: str) -> None:
+    """One error line, before any compute, if ``name`` (canonical, not the paper's) names no model."""
+    if name.startswith(catalog.TORCHVISION):
+        choose("torchvision classification model", name[len(catalog.TORCHVISION):], _torchvision_models())
+
+
+def _external(name: str, shape, num_classes: int, normalize: nn.Module) -> nn.Module:
+    """A torchvision or plugin model, wrapped: normalization, channels, and a check that it maps a
+    batch of these inputs to (batch, num_classes) logits."""
+    if name.startswith(catalog.TORCHVISION):
+        import torchvision
+
+        check_external(name)
+        net = torchvision.models.get_model(name[len(catalog.TORCHVISION):], weights=None, num_classes=num_classes)
+    else:
+        net = catalog.plugins()[name].load()(input_shape=tuple(shape), num_classes=num_classes)
+        if not isinstance(net, nn.Module):
+            raise HessbatchError(f"model {name!r}: its entry point returned {type(net).__name__}, not a torch module")
+    c = shape[0]
+    first = next((m for m in net.modules() if isinstance(m, nn.Conv2d)), None)
+    layers = [normalize]
+    if first is not None and first.in_channels != c:
+        if c != 1:
+            raise HessbatchError(f"model {name!r} takes {first.in_channels}-channel images; the data have {c}")
+        layers.append(Channels(first.in_channels))
+    model = nn.Sequential(*layers, net)
+    was = model.training
+    try:
+        with torch.no_grad():
+            out = model.eval()(torch.zeros(2, *shape))
+    except (RuntimeError, ValueError) as e:
+        raise HessbatchError(f"model {name!r} does not take {'x'.join(map(str, shape))} inputs: "
+                             f"{str(e).splitlines()[0]}") from None
+    finally:
+        model.train(was)
+    if tuple(out.shape) != (2, num_classes):
+        raise HessbatchError(f"model {name!r} gives outputs of shape {tuple(out.shape)} for a batch of 2; "
+                             f"hessbatch needs (batch, {num_classes}) logits")
+    return model
 
 
 def _flat_dim(features: nn.Module, shape) -> int:

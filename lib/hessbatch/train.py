@@ -17,7 +17,7 @@ from torch import nn
 
 from . import captured as captured_mod
 from . import data as data_mod
-from . import fastpath, models, progress
+from . import catalog, fastpath, models, progress
 from .config import TrainConfig, lr_at
 from .devices import cpu_model, resolve_device
 from .errors import HessbatchError, NotInStore, ResumeWarning, check, describe
@@ -52,9 +52,13 @@ def prepare(config: TrainConfig | dict, data_root=None, download=False) -> tuple
 
 
 def check_fits(cfg: TrainConfig, ds: data_mod.Dataset) -> None:
-    """A batch must fit in the training set."""
+    """A batch must fit in the training set, and a model from outside the paper must take the data
+    (built once here: its own check of the inputs and outputs, before the store is touched)."""
     check(cfg.batch_size <= ds.n_train,
           f"batch_size {cfg.batch_size} is larger than the training set of {cfg.dataset} ({ds.n_train} samples)")
+    if catalog.is_external(cfg.model):
+        with torch.random.fork_rng(devices=[]):   # the caller's random state stays as it was
+            models.build_model(cfg.model, ds.input_shape, ds.num_classes, ds.mean, ds.std, cfg.reading)
 
 
 def train(config: TrainConfig | dict, store: Store | None = None, device="cpu", data_root=None,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from ... import attacks, measurements
+from ... import attacks, input_curvature, measurements
 from ...errors import check, check_options
 from .. import claims
 from .common import Common, Context, batch_size_sweep, batch_size_sweep_configs, hessian_subsample, sweep_runs
@@ -30,8 +30,8 @@ class Params(Common):
     whole_set_batch_sizes: list | None = None   # also λ_max on the whole training set for these (a subsample's check)
 
     def check(self) -> None:
-        check(self.curvature_method in ("power", "exact"),
-              f"curvature_method must be power or exact, got {self.curvature_method!r}")
+        check(self.curvature_method in input_curvature.METHODS,
+              f"curvature_method must be one of {', '.join(input_curvature.METHODS)}, got {self.curvature_method!r}")
         a = attacks.get(self.attack)
         check(self.attack_options is None or isinstance(self.attack_options, dict),
               f"attack_options must be a mapping of {a.name}'s options, got {self.attack_options!r}")

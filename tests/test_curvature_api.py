@@ -145,6 +145,10 @@ def test_per_layer_spectra_are_the_diagonal_blocks(tiny):
         assert np.allclose(t[t["layer"] == layer]["eigenvalue"], ref, rtol=1e-7)
     ggn = per_layer_spectra(net, (x, y), k=1, tol=1e-8, curvature="ggn")
     assert (ggn["eigenvalue"] >= 0).all() and len(ggn) == 3
+    wrapped = nn.Sequential(nn.Identity(), net)                      # blocks one level down: the whole net
+    assert layers(wrapped, depth=1) == {"1": [f"1.{n}" for n in ("0.weight", "0.bias", "4.weight", "4.bias",
+                                                                  "6.weight", "6.bias")]}
+    assert list(layers(wrapped, depth=2)) == ["1.0", "1.4", "1.6"]
 
 
 def test_input_curvature_chooses_exact_for_piecewise_linear_models_and_streams(tiny):
@@ -183,3 +187,10 @@ def test_evaluation_and_landscapes_stream(tiny):
     a = along_direction(net, d, [-0.5, 0.0, 0.5], {"train": (x, y)})
     b = along_direction(net, d, [-0.5, 0.0, 0.5], {"train": loader})
     assert np.allclose(a["loss"], b["loss"], rtol=1e-12) and a["loss"].nunique() == 3
+
+
+def test_a_model_without_second_derivatives_is_one_clear_error():
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Hardsigmoid(), nn.Flatten(), nn.Linear(2 * 6 * 6, 3)).double()
+    x, y = torch.rand(4, 1, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2, 0])
+    with pytest.raises(HessbatchError, match="needs second derivatives of the model, and PyTorch has none"):
+        top_eigen(net, (x, y), k=1)

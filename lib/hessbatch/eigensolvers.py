@@ -59,12 +59,35 @@ def _select(theta: np.ndarray, k: int, which: str) -> np.ndarray:
     return np.array(list(dict.fromkeys(list(top) + list(bottom))))
 
 
-def _orthogonalize(w: torch.Tensor, basis: list[torch.Tensor]) -> torch.Tensor:
-    if basis:
-        Q = torch.stack(basis)
-        for _ in range(2):
-            w = w - Q.T @ (Q @ w)
-    return w
+class _Basis:
+    """Orthonormal vectors as the rows of one buffer grown by doubling (up to ``limit`` rows), so
+    that reorthogonalizing against them reads them in place instead of stacking a copy every step
+    (for a model of millions of parameters, the copy cost more than the products)."""
+
+    def __init__(self, dim: int, device, limit: int):
+        self.rows = torch.empty(min(8, limit), dim, dtype=VECTOR_DTYPE, device=device)
+        self.n, self.limit = 0, limit
+
+    def append(self, v: torch.Tensor) -> None:
+        if self.n == len(self.rows):
+            grown = torch.empty(min(2 * self.n, self.limit), self.rows.shape[1], dtype=VECTOR_DTYPE,
+                                device=self.rows.device)
+            grown[:self.n] = self.rows
+            self.rows = grown
+        self.rows[self.n] = v
+        self.n += 1
+
+    @property
+    def matrix(self) -> torch.Tensor:
+        return self.rows[:self.n]
+
+    def orthogonalize(self, w: torch.Tensor) -> torch.Tensor:
+        """``w`` less its components along the basis (twice, for full reorthogonalization)."""
+        if self.n:
+            Q = self.matrix
+            for _ in range(2):
+                w = w - Q.T @ (Q @ w)
+        return w
 
 
 def _tridiag(alphas, betas) -> np.ndarray:
@@ -74,21 +97,21 @@ def _tridiag(alphas, betas) -> np.ndarray:
 def _lanczos_run(op, q: torch.Tensor, max_iter: int, stop=None, check_every: int = 5, bar=None):
     """Lanczos with full reorthogonalization from ``q``; ``stop(alphas, betas)`` is asked
     every ``check_every`` steps. Returns the recurrence coefficients and the basis."""
-    q = (q / q.norm()).to(op.device, VECTOR_DTYPE)
-    basis, alphas, betas = [q], [], []
+    basis, alphas, betas = _Basis(op.dim, op.device, max_iter), [], []
+    basis.append((q / q.norm()).to(op.device, VECTOR_DTYPE))
     for j in range(max_iter):
-        w = op.matvec(basis[j]).to(VECTOR_DTYPE)
+        w = op.matvec(basis.rows[j]).to(VECTOR_DTYPE)
         if bar is not None:
             bar.update()
-        alphas.append(torch.dot(w, basis[j]).item())
-        w = _orthogonalize(w, basis)
+        alphas.append(torch.dot(w, basis.rows[j]).item())
+        w = basis.orthogonalize(w)
         betas.append(w.norm().item())
         breakdown = betas[-1] <= 1e-10 * max(abs(x) for x in alphas)
         if breakdown or (stop is not None and (j + 1) % check_every == 0 and stop(alphas, betas)):
             break
         if j + 1 < max_iter:
             basis.append(w / betas[-1])
-    return alphas, betas, basis[:len(alphas)]
+    return alphas, betas, basis.matrix[:len(alphas)]
 
 
 def measured_residuals(op, values, vectors: torch.Tensor) -> np.ndarray:
@@ -149,7 +172,7 @@ def lanczos(op, k: int = 20, tol: float = 1e-4, which: str = "largest", max_iter
         alphas, betas, basis = _lanczos_run(op, q0, max_iter, converged, check_every, bar)
     theta, S, idx, _ = ritz(alphas, betas)
     idx = idx[np.argsort(theta[idx])[::-1]]
-    vecs = torch.as_tensor(S[:, idx].T.copy(), dtype=VECTOR_DTYPE, device=op.device) @ torch.stack(basis)
+    vecs = torch.as_tensor(S[:, idx].T.copy(), dtype=VECTOR_DTYPE, device=op.device) @ basis
     res = measured_residuals(op, theta[idx], vecs)
     ok = res <= tol
     done = bool(np.all(ok))
@@ -172,17 +195,17 @@ def power_iteration(op, k: int = 20, tol: float = 1e-4, max_iter: int = 100, see
     check(1 <= k <= n, f"k must be in 1..{n}, got {k}")
     start = op.n_hvp
     g = torch.Generator(device="cpu").manual_seed(seed)
-    vecs, vals, res, n_ok = [], [], [], 0
+    vecs, vals, res, n_ok = _Basis(n, op.device, k), [], [], 0
     bar = progress_mod.bar(total=k, desc="power iteration", unit="eigenvalue", show=progress)
     for _ in range(k):
-        v = _orthogonalize(torch.randn(n, generator=g, dtype=VECTOR_DTYPE).to(op.device), vecs)
+        v = vecs.orthogonalize(torch.randn(n, generator=g, dtype=VECTOR_DTYPE).to(op.device))
         v = v / v.norm()
         lam_prev, conv = None, False
         for _ in range(max_iter):
             w = op.matvec(v).to(VECTOR_DTYPE)
             lam = torch.dot(w, v).item()
             r = (w - lam * v).norm().item() / max(abs(lam), 1e-30)
-            w = _orthogonalize(w, vecs)
+            w = vecs.orthogonalize(w)
             v = w / w.norm()
             if lam_prev is not None and abs(lam - lam_prev) / (abs(lam_prev) + 1e-6) < tol:
                 conv = True
@@ -198,7 +221,7 @@ def power_iteration(op, k: int = 20, tol: float = 1e-4, max_iter: int = 100, see
     if n_ok < k:
         _warn_unconverged("power iteration", n_ok, k, tol, op.n_hvp - start, f"max_iter={max_iter} per eigenvalue")
     order = np.argsort(vals)[::-1]
-    return Eigen(np.asarray(vals)[order], torch.stack(vecs)[torch.as_tensor(order.copy())],
+    return Eigen(np.asarray(vals)[order], vecs.matrix[torch.as_tensor(order.copy())],
                  op.n_hvp - start, np.asarray(res)[order], "power", n_ok == k, n_converged=n_ok)
 
 
@@ -235,25 +258,28 @@ def top_eigen(model: nn.Module, data, k: int = 20, tol: float = 1e-4, method: st
     return e
 
 
-def layers(model: nn.Module) -> dict[str, list[str]]:
-    """The model's modules that hold parameters of their own (that require a gradient), each with
-    the names of those parameters: the blocks of :func:`per_layer_spectra`."""
+def layers(model: nn.Module, depth: int | None = None) -> dict[str, list[str]]:
+    """The blocks of :func:`per_layer_spectra`: the names of the parameters (that require a
+    gradient) of each module that holds parameters of its own; with ``depth``, of each module
+    ``depth`` levels down (a ResNet's stages at depth 1 of the bare network), its descendants' included."""
+    check(depth is None or (isinstance(depth, int) and depth >= 1), f"depth must be an integer >= 1, got {depth!r}")
     out = {}
-    for name, module in model.named_modules():
-        own = [f"{name}.{p}" if name else p for p, q in module.named_parameters(recurse=False) if q.requires_grad]
-        if own:
-            out[name] = own
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            module = name.rpartition(".")[0]
+            out.setdefault(module if depth is None else ".".join(module.split(".")[:depth]), []).append(name)
     return out
 
 
-def per_layer_spectra(model: nn.Module, data, k: int = 5, tol: float = 1e-4, **kw) -> pd.DataFrame:
-    """Top-``k`` eigenvalues of the Hessian's diagonal block of each layer (each module with
-    parameters of its own, :func:`layers`): which layers carry the curvature. One row per layer
-    and rank: ``layer``, ``n_params``, ``rank``, ``eigenvalue``, ``residual``. ``kw``: as
-    :func:`top_eigen` (``loss``, ``curvature``, ``chunk``, ``seed``, ``max_iter``...)."""
+def per_layer_spectra(model: nn.Module, data, k: int = 5, tol: float = 1e-4, depth: int | None = None,
+                      **kw) -> pd.DataFrame:
+    """Top-``k`` eigenvalues of the Hessian's diagonal block of each layer (:func:`layers`, ``depth``):
+    which layers carry the curvature. One row per layer and rank: ``layer``, ``n_params``, ``rank``,
+    ``eigenvalue``, ``residual``. ``kw``: as :func:`top_eigen` (``loss``, ``curvature``, ``chunk``,
+    ``seed``, ``max_iter``...)."""
     rows = []
     named = dict(model.named_parameters())
-    for layer, names in layers(model).items():
+    for layer, names in layers(model, depth).items():
         dim = sum(named[n].numel() for n in names)
         e = top_eigen(model, data, k=min(k, dim), tol=tol, params=names, **kw)
         rows += [{"layer": layer, "n_params": dim, "rank": i + 1, "eigenvalue": float(v), "residual": float(r)}

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .devices import default_chunk
-from .errors import check
+from .errors import HessbatchError, check
 from .evaluation import batches, eval_mode, is_pair
 
 
@@ -163,7 +163,14 @@ class CurvatureOperator:
         self.n_hvp += 1
         vs = self._split(v.to(self.device, self.dtype))
         with eval_mode(self.model):
-            return self._matvec(vs)
+            try:
+                return self._matvec(vs)
+            except RuntimeError as e:
+                if "derivative for" not in str(e) or "not implemented" not in str(e):
+                    raise
+                raise HessbatchError(f"{type(self).__name__} needs second derivatives of the model, and PyTorch has "
+                                     f"none for one of its operations ({str(e).splitlines()[0]}); replace that layer "
+                                     "(hard-sigmoid and hard-swish are common ones)") from None
 
     def _matvec(self, vs):
         total = [torch.zeros(p.shape, dtype=VECTOR_DTYPE, device=self.device) for p in self.params]

@@ -164,6 +164,30 @@ def spectrum(run: Run | str, split: str = "train", k: int = 20, tol: float = 1e-
                    "lambda_max": float(e.eigenvalues[0]), "n_samples": len(data[1]), "device": str(device)}
 
 
+def _layer_spectra_key(a) -> dict:
+    _check_split(a["split"])
+    _check_size(a["subsample"], "subsample")
+    _check_size(a["depth"], "depth")
+    check(isinstance(a["k"], int) and a["k"] >= 1, f"k must be an integer >= 1, got {a['k']!r}")
+    return {**a["run"].weights_id(None), **{f: a[f] for f in ("split", "k", "tol", "depth", "subsample", "seed")}}
+
+
+@measurement("layer-spectra", key=_layer_spectra_key)
+def layer_spectra(run: Run | str, split: str = "train", k: int = 1, tol: float = 1e-3, depth: int | None = None,
+                  subsample: int | None = None, seed: int = 0, store: Store | None = None, device="cpu",
+                  data_root=None, chunk: int | None = None, progress: bool = False) -> Entry:
+    """Top-``k`` eigenvalues of each layer's diagonal block of the Hessian (``layers.csv``; see
+    :func:`hessbatch.eigensolvers.per_layer_spectra`, ``depth`` groups layers), on a run's train or
+    test set or a seeded ``subsample`` of it."""
+    model = fastpath.for_hessian(run.model(device))
+    data = tuple(t.to(device) for t in run_data(run, data_root).split(split))
+    if subsample:
+        data = hessian.subsample(data, subsample, seed)
+    table = eigensolvers.per_layer_spectra(model, data, k=k, tol=tol, depth=depth, chunk=chunk, seed=seed,
+                                           progress=progress)
+    return {"layers.csv": table}, {"n_samples": len(data[1]), "residuals": "measured"}
+
+
 @measurement("initial-state", key=lambda a: a["run"].weights_id(0))
 def initial_state(run: Run | str, store: Store | None = None, device="cpu", data_root=None) -> Entry:
     """A run's training loss, accuracy and full gradient norm at epoch 0 (its initialization, shared

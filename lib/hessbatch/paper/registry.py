@@ -13,7 +13,7 @@ from ..config import parent_keys, run_key
 from ..errors import HessbatchError
 from ..store import Store
 from .chapters import (adversarial_training, batch_size, dynamics, instability, landscapes, large_batch_robust,
-                       lr_scaling, pga_dynamics, saddle_free)
+                       lr_scaling, pga_dynamics, saddle_free, your_model)
 from . import presentation
 from .chapters.common import RUNTIME, Context
 
@@ -45,7 +45,8 @@ class Chapter:
 
 
 CHAPTERS = {m.NAME: Chapter(m.NAME, m) for m in (batch_size, landscapes, dynamics, saddle_free, adversarial_training,
-                                                   large_batch_robust, pga_dynamics, instability, lr_scaling)}
+                                                   large_batch_robust, pga_dynamics, instability, lr_scaling,
+                                                   your_model)}
 
 
 def chapter(name: str) -> Chapter:

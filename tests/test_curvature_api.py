@@ -194,3 +194,25 @@ def test_a_model_without_second_derivatives_is_one_clear_error():
     x, y = torch.rand(4, 1, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2, 0])
     with pytest.raises(HessbatchError, match="needs second derivatives of the model, and PyTorch has none"):
         top_eigen(net, (x, y), k=1)
+
+
+def test_an_image_folder_larger_than_the_limit_streams_from_disk(tmp_path):
+    from conftest import make_cifar_jpeg_root
+
+    from hessbatch.data import load_dataset, stream
+
+    make_cifar_jpeg_root(tmp_path, n=(4, 2), archives=False)
+    name = f"imagefolder:{tmp_path / 'cifar10-jpeg'}"
+    x, y = stream(name, "train")                                          # 40 images: held in memory
+    ds = load_dataset(name)
+    assert torch.equal(x, ds.x_train) and torch.equal(y, ds.y_train)
+    loader = stream(name, "train", batch_size=16, above=40 * 3 * 32 * 32 * 4 - 1)   # one byte less: streamed
+    assert isinstance(loader, DataLoader) and [len(b[1]) for b in loader] == [16, 16, 8]
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 2, 5), nn.ReLU(), nn.MaxPool2d(4), nn.Flatten(), nn.Linear(98, 10))
+    v = torch.randn(sum(p.numel() for p in net.parameters()), dtype=torch.float64,
+                    generator=torch.Generator().manual_seed(1))
+    streamed, held = HessianOperator(net, loader).matvec(v), HessianOperator(net, (x, y)).matvec(v)
+    assert (streamed - held).norm() <= 1e-5 * held.norm()            # float32 batches summed differently
+    with pytest.raises(HessbatchError, match="stream takes an imagefolder:PATH dataset"):
+        stream("mnist5k")

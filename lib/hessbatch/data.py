@@ -319,5 +319,54 @@ def _read_folder(folder: Path):
     return x.contiguous(), torch.tensor([c for _, c in files], dtype=torch.int64), classes
 
 
+STREAM_ENV = "HESSBATCH_STREAM_ABOVE"
+
+
+class _ImageFiles(torch.utils.data.Dataset):
+    """Image files decoded one at a time as [0, 1] tensors, with their class indices."""
+
+    def __init__(self, files, mode: str):
+        self.files, self.mode = files, mode
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        f, c = self.files[i]
+        with Image.open(f) as im:
+            a = torch.from_numpy(np.asarray(im.convert(self.mode)).copy())
+        a = a.unsqueeze(0) if a.ndim == 2 else a.permute(2, 0, 1)
+        return a.float().div_(255.0), c
+
+
+def stream(name: str, split: str = "train", batch_size: int = 256, above: int | None = None):
+    """One split of an ``imagefolder:PATH`` dataset for the curvature API: the ``(inputs, targets)``
+    tensors when decoded they take at most ``above`` bytes (default ``$HESSBATCH_STREAM_ABOVE``,
+    else 2 GiB), else a ``DataLoader`` that decodes ``batch_size`` files at a time from disk, in a
+    fixed order (every pass the same samples), so that memory holds one batch."""
+    check(name.startswith("imagefolder:"), f"stream takes an imagefolder:PATH dataset, got {name!r}")
+    check(split in ("train", "test"), f"unknown split {split!r}; choose train or test")
+    check_name(name)
+    folder = Path(name.split(":", 1)[1]).expanduser() / split
+    check(folder.is_dir(), f"dataset {name!r}: expected class folders under {folder}")
+    if above is None:
+        raw = os.environ.get(STREAM_ENV, str(2 << 30))
+        check(raw.isdigit(), f"{STREAM_ENV} must be a number of bytes, got {raw!r}")
+        above = int(raw)
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
+    files = [(f, c) for c, cls in enumerate(classes) for f in sorted((folder / cls).iterdir()) if f.is_file()]
+    check(len(classes) > 1 and files, f"{folder}: needs at least two class folders with image files")
+    from PIL import Image
+
+    with Image.open(files[0][0]) as im:
+        ds = _ImageFiles(files, "L" if im.mode in ("L", "1") else "RGB")
+    if len(files) * ds[0][0].numel() * 4 <= above:
+        x, y = _read_folder(folder)[:2]
+        return x.float().div(255.0), y
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False)
+
+
 _LOADERS = {"mnist5k": _mnist5k, "mnist": _torchvision, "fashion-mnist": _torchvision,
             "cifar10": _torchvision, "cifar100": _torchvision, "cifar10-jpeg": _cifar10_jpeg}

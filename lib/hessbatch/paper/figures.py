@@ -76,3 +76,18 @@ def log_ticks(axes, values, axis: str = "x") -> None:
         getattr(ax, f"set_{axis}scale")("log", base=2)
         getattr(ax, f"set_{axis}ticks")(values, [f"{v:g}" for v in values])
         getattr(ax, f"{axis}axis").set_minor_formatter("")
+
+
+def surfaces(surf: pd.DataFrame, batch_sizes: list, split: str = "train"):
+    """Fig. 3: one filled contour panel of the loss on the plane of the top two eigenvectors per
+    batch size."""
+    import matplotlib.pyplot as plt
+
+    d = surf[surf["split"] == split]
+    fig, axes = plt.subplots(1, len(batch_sizes), figsize=(4.6 * len(batch_sizes), 4), squeeze=False)
+    for ax, b in zip(axes[0], batch_sizes):
+        grid = d[d["batch_size"] == b].pivot(index="beta", columns="alpha", values="loss")
+        fig.colorbar(ax.contourf(grid.columns, grid.index, grid.values, levels=20, cmap="viridis"), ax=ax)
+        ax.set_title(f"B = {b}: {split} loss"); ax.set_xlabel("ε₁ (v₁)"); ax.set_ylabel("ε₂ (v₂)")
+    fig.tight_layout()
+    return fig

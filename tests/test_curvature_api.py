@@ -137,6 +137,7 @@ def test_per_layer_spectra_are_the_diagonal_blocks(tiny):
     full = HessianOperator(net, (x, y)).dense()
     t = per_layer_spectra(net, (x, y), k=2, tol=1e-8)
     assert t["layer"].tolist() == ["0", "0", "4", "4", "6", "6"] and t["n_params"].tolist() == [20, 20, 95, 95, 18, 18]
+    assert t["module"].tolist() == ["Conv2d"] * 2 + ["Linear"] * 4
     start = 0
     for layer, dim in [("0", 20), ("4", 95), ("6", 18)]:
         block = full[start:start + dim, start:start + dim]

@@ -274,17 +274,18 @@ def layers(model: nn.Module, depth: int | None = None) -> dict[str, list[str]]:
 def per_layer_spectra(model: nn.Module, data, k: int = 5, tol: float = 1e-4, depth: int | None = None,
                       **kw) -> pd.DataFrame:
     """Top-``k`` eigenvalues of the Hessian's diagonal block of each layer (:func:`layers`, ``depth``):
-    which layers carry the curvature. One row per layer and rank: ``layer``, ``n_params``, ``rank``,
-    ``eigenvalue``, ``residual``. ``kw``: as :func:`top_eigen` (``loss``, ``curvature``, ``chunk``,
+    which layers carry the curvature. One row per layer and rank: ``layer`` (its name), ``module``
+    (its class), ``n_params``, ``rank``, ``eigenvalue``, ``residual``. ``kw``: as :func:`top_eigen` (``loss``, ``curvature``, ``chunk``,
     ``seed``, ``max_iter``...)."""
     rows = []
     named = dict(model.named_parameters())
     for layer, names in layers(model, depth).items():
         dim = sum(named[n].numel() for n in names)
+        kind = type(model.get_submodule(layer)).__name__
         e = top_eigen(model, data, k=min(k, dim), tol=tol, params=names, **kw)
-        rows += [{"layer": layer, "n_params": dim, "rank": i + 1, "eigenvalue": float(v), "residual": float(r)}
-                 for i, (v, r) in enumerate(zip(e.eigenvalues, e.residuals))]
-    return pd.DataFrame(rows, columns=["layer", "n_params", "rank", "eigenvalue", "residual"])
+        rows += [{"layer": layer, "module": kind, "n_params": dim, "rank": i + 1, "eigenvalue": float(v),
+                  "residual": float(r)} for i, (v, r) in enumerate(zip(e.eigenvalues, e.residuals))]
+    return pd.DataFrame(rows, columns=["layer", "module", "n_params", "rank", "eigenvalue", "residual"])
 
 
 @dataclass

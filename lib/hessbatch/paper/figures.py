@@ -91,3 +91,18 @@ def surfaces(surf: pd.DataFrame, batch_sizes: list, split: str = "train"):
         ax.set_title(f"B = {b}: {split} loss"); ax.set_xlabel("ε₁ (v₁)"); ax.set_ylabel("ε₂ (v₂)")
     fig.tight_layout()
     return fig
+
+
+def layer_spectra(layers: pd.DataFrame):
+    """The top eigenvalue of each layer's block of the Hessian, one bar per batch size: which layers
+    carry the sharpness."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    top = layers[layers["rank"] == 1].assign(layer=lambda t: t["layer"] + " (" + t["module"] + ")")
+    fig, ax = plt.subplots(figsize=(7, 0.35 * top["layer"].nunique() * top["batch_size"].nunique() ** 0.5 + 1.6))
+    sns.barplot(data=top, y="layer", x="eigenvalue", hue="batch_size", palette="viridis", ax=ax)
+    ax.set_xscale("log" if (top["eigenvalue"] > 0).all() else "symlog")
+    ax.set_xlabel("top eigenvalue of the layer's Hessian block"); ax.set_ylabel("layer")
+    fig.tight_layout()
+    return fig

@@ -28,6 +28,9 @@ class Params(Common):
     curvature_samples: int | None = None
     curvature_method: str = "power"
     whole_set_batch_sizes: list | None = None   # also λ_max on the whole training set for these (a subsample's check)
+    layer_k: int = 0                    # top eigenvalues of each layer's block of the Hessian (0: none)
+    layer_tol: float = 1e-3
+    layer_depth: int | None = None      # a layer: a module this many levels down (None: each module with parameters)
 
     def check(self) -> None:
         check(self.curvature_method in input_curvature.METHODS,
@@ -38,6 +41,10 @@ class Params(Common):
         check_options(a.function, self.attack_options or {}, f"attack {a.name}", values=True)
         for e in self.eps:
             attacks.check_eps(e)
+        check(isinstance(self.layer_k, int) and not isinstance(self.layer_k, bool) and self.layer_k >= 0,
+              f"layer_k must be an integer >= 0, got {self.layer_k!r}")
+        check(self.layer_depth is None or (isinstance(self.layer_depth, int) and self.layer_depth >= 1),
+              f"layer_depth must be an integer >= 1 or null, got {self.layer_depth!r}")
         extra = sorted(set(self.whole_set_batch_sizes or []) - set(self.batch_sizes))
         check(not extra, f"whole_set_batch_sizes must be among batch_sizes; not: {', '.join(map(str, extra))}")
 
@@ -47,7 +54,7 @@ train_configs = batch_size_sweep_configs
 
 def compute(p: Params, ctx: Context) -> dict:
     runs = sweep_runs(batch_size_sweep(p), ctx)
-    rows, spectra = [], []
+    rows, spectra, layers = [], [], []
     for b, run in ctx.each(runs.items(), "curvature"):
         row = {"batch_size": b, "status": run.result["status"], "epochs": run.result["epochs"],
                "final_train_loss": run.result["train_loss"], "train_acc": run.result["train_acc"],
@@ -59,9 +66,16 @@ def compute(p: Params, ctx: Context) -> dict:
                 whole = measurements.spectrum(run, "train", k=1, tol=p.tol, store=ctx.store, device=ctx.device,
                                               data_root=ctx.data_root, progress=ctx.progress)
                 row["lambda_theta_train_whole"] = float(whole.csv("eigenvalues.csv")["eigenvalue"].iloc[0])
+            if p.layer_k:
+                blocks = measurements.layer_spectra(run, "train", k=p.layer_k, tol=p.layer_tol, depth=p.layer_depth,
+                                                    subsample=hessian_subsample(run, p.hessian_samples, "train"),
+                                                    store=ctx.store, device=ctx.device, data_root=ctx.data_root,
+                                                    progress=ctx.progress)
+                layers.append(blocks.csv("layers.csv").assign(batch_size=b))
         rows.append(row)
     table, spectra = pd.DataFrame(rows), pd.DataFrame(spectra)
-    return {"table": table, "spectra": spectra, "claims": batch_size_claims(table, spectra),
+    layers = pd.concat(layers, ignore_index=True) if layers else pd.DataFrame()
+    return {"table": table, "spectra": spectra, "layers": layers, "claims": batch_size_claims(table, spectra, layers),
             "used": list(runs.values())}
 
 
@@ -87,7 +101,7 @@ def _measure(run, split, row, p: Params, ctx: Context) -> list[dict]:
             for i, v in zip(ev["rank"], ev["eigenvalue"])]
 
 
-def batch_size_claims(table: pd.DataFrame, spectra: pd.DataFrame) -> pd.DataFrame:
+def batch_size_claims(table: pd.DataFrame, spectra: pd.DataFrame, layers: pd.DataFrame | None = None) -> pd.DataFrame:
     ok = table[table["status"] != "diverged"]
     rows = []
     for split in ("train", "test"):
@@ -108,6 +122,11 @@ def batch_size_claims(table: pd.DataFrame, spectra: pd.DataFrame) -> pd.DataFram
                                  "acc(B_max) − max acc", float(last - best), bool(last < best)))
     if any(c.startswith("ref_") for c in ok):
         rows.append(_same_ordering_claim(ok))
+    if layers is not None and len(layers) and layers["batch_size"].nunique() >= 2:
+        top = layers[layers["rank"] == 1].pivot(index="layer", columns="batch_size", values="eigenvalue")
+        share = float((top[top.columns.max()] > top[top.columns.min()]).mean())
+        rows.append(claims.claim("the largest batch is sharper in most layers (top eigenvalue of each layer's "
+                                 "block, train)", "§2, per layer (ours)", "share of layers", share, share > 0.5))
     return claims.table(rows)
 
 

@@ -48,7 +48,7 @@ def test_toy_shrinks_what_costs_and_keeps_whole_sets_whole():
     assert p["batch_sizes"] == [8, 32] and p["hessian_samples"] is None and p["curvature_samples"] == 16
     assert p["subsample_sizes"] == [1, 8] and p["plane_batch_sizes"] == [8]
     assert p["k"] == 2 and p["eps"] == [0.02, 0.01]
-    assert p["train_options"] == {"lr": 0.02, "max_epochs": 2, "target_loss": 0.001, "subset": 8, "test_subset": 4}
+    assert p["train_options"] == {"lr": 0.02, "max_epochs": 2, "target_loss": 0.001, "subset": 4, "test_subset": 2}
     assert p["t8_train"]["micro_batch"] == 8
 
 

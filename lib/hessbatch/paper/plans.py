@@ -69,7 +69,7 @@ def find(prof: dict, name: str) -> Plan:
 
 # Toy sizes of a dry run: tiny data, two epochs, small measurements; whole-set measurements
 # (``None``) stay whole-set, on the tiny data.
-_TOY_TRAIN = {"subset": 8, "test_subset": 4, "max_epochs": 2}
+_TOY_TRAIN = {"subset": 4, "test_subset": 2, "max_epochs": 2}
 _TOY_VALUES = {"hessian_samples": 32, "curvature_samples": 16, "test_limit": 16, "k": 2, "tol": 1e-2,
                "points": 3, "plane_points": 3, "interpolation_points": 3, "robust_epochs": 1,
                "warmup_epochs": 1, "save_every": 1, "base_batch": 8, "direction_points": 3}
@@ -79,7 +79,7 @@ _TOY_SUBSAMPLE = 8
 
 def toy(params: dict) -> dict:
     """A page's parameters at dry-run size: every training recipe (a mapping with ``lr``) on
-    8 training and 4 test samples per class for at most two epochs, gradient chunks of 8; batch-size lists
+    4 training and 2 test samples per class for at most two epochs, gradient chunks of 8; batch-size lists
     as 8, 32 (as many as there were, at most two: a list's code path is the same for two as for eight);
     Hessian subsample sizes at most 8; other measurement sizes small."""
     out = {}

@@ -69,3 +69,17 @@ def test_setting_batch_sizes_cuts_the_lists_chosen_among_them():
     (_, _, p, _), = [r for r in selected(paper, ["01-batch-size--C1-cpu"], {"batch_sizes": [16]})
                      if "fgsm10" not in r[0]]
     assert p["whole_set_batch_sizes"] == [16]
+
+
+def test_the_batch_size_page_shows_each_layers_curvature(tmp_path):
+    from hessbatch.paper import figures
+
+    res = registry.run_chapter("01-batch-size", _params("01-batch-size", hessian_samples=12, layer_k=1), Store(tmp_path))
+    layers = res["layers"]
+    assert layers["layer"].tolist() == ["1.2", "1.4"] * 2 and layers["module"].tolist() == ["Linear"] * 4
+    assert sorted(layers["batch_size"].unique()) == [10, 50] and (layers["n_params"] > 0).all()
+    assert "the largest batch is sharper in most layers" in " ".join(res["claims"]["claim"])
+    labels = [t.get_text() for t in figures.layer_spectra(layers).axes[0].get_yticklabels()]
+    assert labels == ["1.2 (Linear)", "1.4 (Linear)"]
+    none = registry.run_chapter("01-batch-size", _params("01-batch-size", hessian_samples=12, layer_k=0), Store(tmp_path))
+    assert none["layers"].empty

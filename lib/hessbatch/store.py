@@ -136,10 +136,11 @@ class Entry:
     def json(self, name: str = "result.json") -> dict:
         return json.loads((self.path / name).read_text())
 
-    def csv(self, name: str):
+    def csv(self, name: str, **options):
+        """A CSV file of the entry as a DataFrame (``options``: ``pandas.read_csv``'s, e.g. ``dtype``)."""
         import pandas as pd
 
-        return pd.read_csv(self.path / name)
+        return pd.read_csv(self.path / name, **options)
 
     def torch(self, name: str = "weights.pt"):
         """A tensor file of the entry, its SHA-256 checked against the manifest as it is read."""

@@ -71,7 +71,7 @@ def compute(p: Params, ctx: Context) -> dict:
                                                     subsample=hessian_subsample(run, p.hessian_samples, "train"),
                                                     store=ctx.store, device=ctx.device, data_root=ctx.data_root,
                                                     progress=ctx.progress)
-                layers.append(blocks.csv("layers.csv").assign(batch_size=b))
+                layers.append(blocks.csv("layers.csv", dtype={"layer": str}).assign(batch_size=b))
         rows.append(row)
     table, spectra = pd.DataFrame(rows), pd.DataFrame(spectra)
     layers = pd.concat(layers, ignore_index=True) if layers else pd.DataFrame()

@@ -5,6 +5,7 @@ temporal label entropy of one run, mitigations, and each run's top Hessian eigen
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,7 +16,7 @@ from ... import measurements, stability
 from ... import progress as progress_mod
 from ...config import run_key
 from ...devices import resolve_device
-from ...errors import check
+from ...errors import NotInStore, check
 from ...evaluation import predict
 from ...runs import Run
 from ...sample_smoothing import temporal_epochs
@@ -124,6 +125,11 @@ def stability_study(model, dataset, batch_sizes, train_options=None, seeds=Param
     entry = store.cached("stability", config, lambda: _stability_measures(
         runs, plain, ensemble_k, neighbours, hessian_samples, seed, show, store, device, data_root))
     meta = entry.json()
+    looked_up = Store(store.root, read_only=True)   # the per-run spectra the entry holds, named on the page
+    for *_, r in runs:
+        with contextlib.suppress(NotInStore):
+            measurements.spectrum(r, "train", k=1, tol=1e-3, keep_vectors=0, store=looked_up, device=device,
+                                  subsample=hessian_subsample(r, hessian_samples, "train"), data_root=data_root)
     table, per_run = entry.csv("groups.csv"), entry.csv("runs.csv")
     pixels = entry.csv("images.csv")
     images = pixels.drop(columns="sample").to_numpy(np.float32).reshape(-1, *meta["image_shape"]) / 255

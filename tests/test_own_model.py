@@ -114,3 +114,23 @@ def test_the_command_line_trains_them_and_refuses_bad_ones(plugin, tmp_path):
         bad = _cli("train", "--model", name, *small[:-2], "--results", "t", cwd=tmp_path, pythonpath=plugin)
         assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and message in bad.stderr
         assert not (tmp_path / "t").exists()
+
+
+def test_a_plugin_model_in_the_your_model_notebook(plugin, tmp_path):
+    """Chapter 10's notebook, re-executed with papermill on a model from an installed package."""
+    import json
+
+    out = tmp_path / "out.ipynb"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    params = {"model": "toy-linear", "batch_sizes": "[25, 50]", "k": "2", "tol": "0.01", "hessian_samples": "20",
+              "curvature_samples": "10", "points": "3", "results": str(tmp_path / "r"),
+              "train_options": "{subset: 5, test_subset: 5, max_epochs: 2, target_loss: null, lr: 0.05}"}
+    cmd = [sys.executable, "-m", "papermill", os.path.join(root, "book", "10-your-model.ipynb"), str(out)]
+    for name, value in params.items():
+        cmd += ["-p", name, value]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin), os.environ.get("PYTHONPATH", "")]),
+           "HESSBATCH_NO_PROGRESS": "1"}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = json.dumps(json.loads(out.read_text())["cells"])
+    assert "toy-linear" in text and "fig-layer-spectra" in text

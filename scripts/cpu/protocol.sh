@@ -34,6 +34,9 @@ esac
 # HESSBATCH: the command to run (default .venv/bin/hessbatch; may be a command line, e.g.
 # "env PYTHONPATH=$PWD/lib python3 -m hessbatch.paper.cli" for a second checkout)
 hb=${HESSBATCH:-.venv/bin/hessbatch}
+# One thread per run (THREADS= another): a run's bits depend on its thread count (recorded in its
+# result.json), so the long runs use a fixed one; two calls at once use two cores.
+export OMP_NUM_THREADS=${THREADS:-1}
 store=${STORE:-${XDG_CACHE_HOME:-$HOME/.cache}/hessbatch/$plan}
 # On any exit (a run finished, a call cut off by its time limit): record where the plan's runs stand in
 # paper-results/_progress.yml, which the plan's pages show until every batch size is in.

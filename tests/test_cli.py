@@ -207,3 +207,14 @@ def test_help_and_argument_errors_answer_without_importing_torch(argv):
             "assert 'torch' not in sys.modules and 'pandas' not in sys.modules, 'imported'\nsys.exit(rc)" % argv)
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode in (0, 2) and "imported" not in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("argv", [["train", "--model", "NOPE"], ["train", "--dataset", "svhn"],
+                                  ["train", "--model", "torchvision:Bad"], ["train", "--batch-size", "0"]])
+def test_a_bad_training_name_or_value_is_answered_before_torch_is_imported(argv):
+    res = subprocess.run([sys.executable, "-X", "importtime", "-m", "hessbatch.paper.cli", *argv],
+                         capture_output=True, text=True, timeout=60)
+    lines = res.stderr.splitlines()
+    errors = [ln for ln in lines if ln.startswith("hessbatch: error:")]
+    imported = {ln.split("|")[-1].strip() for ln in lines if ln.startswith("import time:")}
+    assert res.returncode == 2 and len(errors) == 1 and "torch" not in imported, (errors, res.returncode)

@@ -15,6 +15,24 @@ EXECUTORS = ("local", "processes", "dask")
 LR_SCALINGS = ("none", "linear", "sqrt")   # how the learning rate follows the batch size (config.effective_lr)
 
 
+DATASET_NAMES = ("mnist5k", "mnist", "fashion-mnist", "cifar10", "cifar100", "cifar10-jpeg")
+DATASETS = (*DATASET_NAMES, "imagefolder:<path>")
+IMAGEFOLDER = "imagefolder:"
+
+
+def check_dataset(name: str) -> str:
+    """Raise a one-line error for a dataset name that is not known."""
+    if not isinstance(name, str):
+        raise HessbatchError(f"a dataset is named by a string, got {name!r}")
+    if name.startswith(IMAGEFOLDER):
+        if len(name) == len(IMAGEFOLDER):
+            raise HessbatchError("dataset 'imagefolder:' needs a path: imagefolder:/path/to/tree")
+        return name
+    if name not in DATASET_NAMES:
+        raise HessbatchError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    return name
+
+
 TORCHVISION = "torchvision:"   # any torchvision classification architecture: torchvision:resnet18
 PLUGIN_GROUP = "hessbatch.models"   # the entry-point group through which installed packages add models
 EXTERNAL_READINGS = ("default",)

@@ -45,12 +45,13 @@ def _attack_options(a, name: str) -> dict:
 
 def _cmd_train(a) -> int:
     from .config import TrainConfig
+
+    cfg = TrainConfig.from_dict(_config_from_args(a, {})).resolved()   # names and values first, before torch
     from .devices import resolve_device
     from .store import Store
     from .train import train
 
     resolve_device(a.device)
-    cfg = TrainConfig.from_dict(_config_from_args(a, {}))
     run = train(cfg, Store(a.results), device=a.device, data_root=a.data_root, download=a.download,
                 progress=not a.no_progress)
     _report(run)

@@ -68,10 +68,8 @@ class TrainConfig:
 
     def resolved(self) -> "TrainConfig":
         """Validated copy with the model name and reading made explicit."""
-        from .data import check_name
-
         name = catalog.canonical_name(self.model)
-        check_name(self.dataset)
+        catalog.check_dataset(self.dataset)
         self._check_numbers()
         ss = self.sample_smoothing
         if ss is not None:
@@ -85,10 +83,13 @@ class TrainConfig:
             from .models import check_external
 
             check_external(name)
-        from .robust import check_adversarial
+        adversarial = None
+        if self.adversarial is not None:
+            from .robust import check_adversarial
 
+            adversarial = check_adversarial(self.adversarial)
         return dataclasses.replace(self, model=name, reading=reading, lr_milestones=tuple(self.lr_milestones),
-                                   adversarial=check_adversarial(self.adversarial))
+                                   adversarial=adversarial)
 
     def _check_numbers(self) -> None:
         for fld, lo in (("batch_size", 1), ("max_epochs", 1), ("seed", 0), ("lr_base_batch", 1)):

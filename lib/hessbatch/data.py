@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .catalog import check_dataset
 from .errors import HessbatchError, check
 
 MNIST_STATS = ((0.1307,), (0.3081,))
@@ -36,7 +37,6 @@ IDENTITY_RGB = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
 CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-DATASETS = ("mnist5k", "mnist", "fashion-mnist", "cifar10", "cifar100", "cifar10-jpeg", "imagefolder:<path>")
 DATA_ENV = "HESSBATCH_DATA"
 
 
@@ -81,16 +81,6 @@ def data_root(root: str | os.PathLike | None) -> Path:
     return Path(root or os.environ.get(DATA_ENV) or "data").expanduser()
 
 
-def check_name(name: str) -> str:
-    """Raise a one-line error for a dataset name that is not known."""
-    if name.startswith("imagefolder:"):
-        check(len(name) > len("imagefolder:"), "dataset 'imagefolder:' needs a path: imagefolder:/path/to/tree")
-        return name
-    if name not in _LOADERS:
-        raise HessbatchError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
-    return name
-
-
 def load_dataset(name: str, root: str | os.PathLike | None = None, download: bool = False,
                  subset: int | None = None, test_subset: int | None = None, seed: int = 0) -> Dataset:
     """Load a dataset by name (see the module docstring).
@@ -98,7 +88,7 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, download: boo
     ``subset``/``test_subset`` keep that many samples per class of the train/test split,
     chosen with ``seed``. ``download=True`` lets torchvision fetch a missing dataset.
     """
-    check_name(name)
+    check_dataset(name)
     check(subset is None or subset > 0, f"subset must be a positive number per class, got {subset}")
     check(test_subset is None or test_subset > 0, f"test_subset must be positive, got {test_subset}")
     if name.startswith("imagefolder:"):
@@ -348,7 +338,7 @@ def stream(name: str, split: str = "train", batch_size: int = 256, above: int | 
     fixed order (every pass the same samples), so that memory holds one batch."""
     check(name.startswith("imagefolder:"), f"stream takes an imagefolder:PATH dataset, got {name!r}")
     check(split in ("train", "test"), f"unknown split {split!r}; choose train or test")
-    check_name(name)
+    check_dataset(name)
     folder = Path(name.split(":", 1)[1]).expanduser() / split
     check(folder.is_dir(), f"dataset {name!r}: expected class folders under {folder}")
     if above is None:

@@ -11,7 +11,8 @@ import pandas as pd
 import torch
 
 from ... import pga
-from ...data import check_name, load_dataset
+from ...catalog import check_dataset
+from ...data import load_dataset
 from ...errors import check_options
 from ...store import Store
 from .. import claims
@@ -54,7 +55,7 @@ def pga_study(sweep: dict, training: dict | None = None, store=None, data_root=N
     kw = {k: v for k, v in t.items() if k not in ("dataset", "n_train", "n_test")}
     if training:
         check_options(pga.scaled_adversarial_training, t, "pga_training", own=("dataset", "n_train", "n_test"))
-        check_name(t["dataset"])
+        check_dataset(t["dataset"])
     entry = store.cached("pga-sweep", sweep, lambda: (
         {"runs.csv": pga.pga_sweep(**sweep, progress=progress)}, {}))
     runs = entry.csv("runs.csv")

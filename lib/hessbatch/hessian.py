@@ -133,8 +133,6 @@ class CurvatureOperator:
     products are taken in eval mode (batch-norm uses its running statistics).
     """
 
-    caches_graphs = False
-
     def __init__(self, model: nn.Module, data, loss: Callable = F.cross_entropy, chunk: int | None = None,
                  params=None):
         check(callable(loss), f"loss must be a callable (output, target) -> mean loss, got {loss!r}")
@@ -223,8 +221,6 @@ class HessianOperator(CurvatureOperator):
     chunk is cached); ``True`` caches every chunk, ``False`` none; streamed data is never cached.
     ``graph_bytes`` and ``cached_chunks`` say what was cached.
     """
-
-    caches_graphs = True
 
     def __init__(self, model: nn.Module, data, loss: Callable = F.cross_entropy, chunk: int | None = None,
                  hvp: str = "backward", cache_graph: bool | None = None, memory_budget: int | None = None,

@@ -13,6 +13,7 @@ import contextlib
 import contextvars
 import functools
 import inspect
+import json
 import math
 import os
 import warnings
@@ -199,10 +200,23 @@ def initial_state(run: Run | str, store: Store | None = None, device="cpu", data
     return {}, {"epoch": 0, "train_loss": loss, "train_acc": acc, "grad_norm": full_gradient_norm(model, x, y)}
 
 
+@functools.lru_cache(maxsize=None)
+def _auto_method(spec: str) -> str:
+    """The input-curvature method ``"auto"`` chooses for a model spec (built once per process)."""
+    from .models import build_model
+
+    s = json.loads(spec)
+    model = build_model(s["name"], s["input_shape"], s["num_classes"], s["mean"], s["std"], s["reading"])
+    return input_curvature_mod.resolve_method(model, "auto")
+
+
 def _input_curvature_key(a) -> dict:
     _check_split(a["split"])
     _check_size(a["limit"], "limit")
-    a["method"] = input_curvature_mod.resolve_method(a["run"].build(), a["method"])  # "auto" keyed as chosen
+    methods = input_curvature_mod.METHODS
+    check(a["method"] in methods, f"unknown method {a['method']!r}; choose {', '.join(methods)}")
+    if a["method"] == "auto":   # keyed as the method it chooses, so "auto" and that method share an entry
+        a["method"] = _auto_method(json.dumps(a["run"].result["model_spec"], sort_keys=True))
     return {"run": a["run"].key, **{f: a[f] for f in ("split", "method", "tol", "max_iter", "limit")}}
 
 

@@ -30,24 +30,37 @@ train_configs = batch_size_sweep_configs
 
 def compute(p: Params, ctx: Context) -> dict:
     runs = sweep_runs(batch_size_sweep(p), ctx)
-    kw = dict(store=ctx.store, device=ctx.device, data_root=ctx.data_root)
-    curves, surfaces = [], []
+    curves = curves_1d(runs, p, ctx)
+    surfaces = []
+    planes = [min(p.batch_sizes), max(p.batch_sizes)] if p.plane_batch_sizes is None else p.plane_batch_sizes
+    for b in ctx.each(planes, "plane"):
+        s = measurements.landscape_2d(runs[b], p.radius, p.plane_points, store=ctx.store, device=ctx.device,
+                                      data_root=ctx.data_root,
+                                      subsample=hessian_subsample(runs[b], p.hessian_samples, "train"))
+        surfaces.append(s.csv("surface.csv").assign(batch_size=b))
+    return {"curves": curves, "surfaces": pd.concat(surfaces, ignore_index=True) if surfaces else pd.DataFrame(),
+            "plane_batch_sizes": planes, "claims": claims.table(rise_claims(curves)), "used": list(runs.values())}
+
+
+def curves_1d(runs: dict, p, ctx: Context) -> pd.DataFrame:
+    """Fig. 2/7: loss along the top eigenvector of each run (batch size → run) that did not diverge;
+    ``p`` gives ``radius``, ``points`` and ``hessian_samples``."""
+    curves = []
     for b, run in ctx.each(runs.items(), "landscape"):
         if run.status == "diverged":
             continue
-        c = measurements.landscape_1d(run, p.radius, p.points, subsample=hessian_subsample(run, p.hessian_samples,
-                                                                                           "train"), **kw)
+        c = measurements.landscape_1d(run, p.radius, p.points, store=ctx.store, device=ctx.device,
+                                      data_root=ctx.data_root,
+                                      subsample=hessian_subsample(run, p.hessian_samples, "train"))
         curves.append(c.csv("curve.csv").assign(batch_size=b, lambda_max=c.json()["lambda"]))
-    planes = [min(p.batch_sizes), max(p.batch_sizes)] if p.plane_batch_sizes is None else p.plane_batch_sizes
-    for b in ctx.each(planes, "plane"):
-        s = measurements.landscape_2d(runs[b], p.radius, p.plane_points,
-                                      subsample=hessian_subsample(runs[b], p.hessian_samples, "train"), **kw)
-        surfaces.append(s.csv("surface.csv").assign(batch_size=b))
-    curves = pd.concat(curves, ignore_index=True)
+    return pd.concat(curves, ignore_index=True) if curves else pd.DataFrame()
+
+
+def rise_claims(curves: pd.DataFrame, splits=("train", "test")) -> list[dict]:
+    """Fig. 2/7's claim per split: the loss rises faster along v₁ for larger batches."""
     rows = []
-    for split in ("train", "test"):
+    for split in splits:
         sharp = curves[curves["split"] == split].groupby("batch_size").apply(end_rise, include_groups=False)
         rows.append(claims.trend(f"the {split} loss rises faster along v₁ for larger batches", "Fig. 2/7",
                                  sharp.index, sharp.values, +1))
-    return {"curves": curves, "surfaces": pd.concat(surfaces, ignore_index=True) if surfaces else pd.DataFrame(),
-            "plane_batch_sizes": planes, "claims": claims.table(rows), "used": list(runs.values())}
+    return rows

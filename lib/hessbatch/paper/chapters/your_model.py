@@ -8,11 +8,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from ... import measurements
-from ...landscape import end_rise
 from .. import claims
-from . import batch_size
-from .common import Context, batch_size_sweep_configs, hessian_subsample
+from . import batch_size, landscapes
+from .common import Context, batch_size_sweep_configs
 
 NAME = "10-your-model"
 
@@ -32,17 +30,6 @@ train_configs = batch_size_sweep_configs
 
 def compute(p: Params, ctx: Context) -> dict:
     res = batch_size.compute(p, ctx)
-    curves = []
-    for run in ctx.each(res["used"], "landscape"):
-        if run.status != "diverged":
-            c = measurements.landscape_1d(run, p.radius, p.points, store=ctx.store, device=ctx.device,
-                                          data_root=ctx.data_root,
-                                          subsample=hessian_subsample(run, p.hessian_samples, "train"))
-            curves.append(c.csv("curve.csv").assign(batch_size=run.config.batch_size))
-    curves = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame()
-    rows = []
-    if len(curves) and curves["batch_size"].nunique() >= 2:
-        sharp = curves[curves["split"] == "train"].groupby("batch_size").apply(end_rise, include_groups=False)
-        rows.append(claims.trend("the train loss rises faster along v₁ for larger batches", "Fig. 2/7",
-                                 sharp.index, sharp.values, +1))
+    curves = landscapes.curves_1d({run.config.batch_size: run for run in res["used"]}, p, ctx)
+    rows = landscapes.rise_claims(curves, ("train",)) if len(curves) and curves["batch_size"].nunique() >= 2 else []
     return {**res, "curves": curves, "claims": pd.concat([res["claims"], claims.table(rows)], ignore_index=True)}

@@ -57,15 +57,15 @@ def test_sweep_runs_grid_and_skips_finished(tmp_path, capsys):
 
 BAD = [
     (["compute", "--profile", "smoke", "--chapters", "99-nope"], "profile 'smoke' has no chapter(s) 99-nope"),
-    (["compute", "--profile", "smoke", "--workers", "0"], "workers must be >= 1"),
+    (["compute", "--profile", "smoke", "--workers", "0"], "argument --workers: must be an integer in [1, 1024], got 0"),
     (["compute", "--profile", "huge"], "unknown profile 'huge'"),
     (["export", "tidy"], "no result store at"),
     (["train", "--dataset", "cifar10-jpeg"], "no train/ and test/ class folders"),
     (["train", "--model", "VGG"], "unknown model 'VGG'"),
     (["train", "--dataset", "svhn"], "unknown dataset 'svhn'"),
-    (["train", "--batch-size", "0"], "batch_size must be an integer >= 1"),
+    (["train", "--batch-size", "0"], "argument --batch-size: must be an integer in [1, 2147483647], got 0"),
     (["train", "--batch-size", "4001"], "larger than the training set of mnist5k (4000 samples)"),
-    (["train", "--lr", "-0.1"], "lr must be > 0"),
+    (["train", "--lr", "-0.1"], "argument --lr: must be a finite number in (0, 1e+06], got -0.1"),
     (["train", "--dataset", "mnist", "--data-root", "{tmp}/none"], "pass --download"),
     (["sweep", "{tmp}/bad.yaml"], "malformed YAML at line 3"),
     (["sweep", "{tmp}/missing.yaml"], "does not exist"),
@@ -95,7 +95,7 @@ def test_bad_graph_memory_share_is_one_line_before_compute(tmp_path, command):
     res = subprocess.run([sys.executable, "-m", "hessbatch.paper.cli", *argv, "--results", str(tmp_path / "r")],
                          capture_output=True, text=True, timeout=120, env=env)
     assert res.returncode == 2
-    assert res.stderr.strip() == "hessbatch: error: HESSBATCH_GRAPH_MEMORY must be a number in [0, 1], got '2'"
+    assert res.stderr.strip() == "hessbatch: error: HESSBATCH_GRAPH_MEMORY must be a finite number in [0, 1], got 2.0"
     assert not (tmp_path / "r").exists() and not (tmp_path / "out").exists()
 
 
@@ -141,9 +141,9 @@ def test_robust_train_and_attack_commands(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv,msg", [
     (["attack", "--attack", "pgd", "--eps", "0.1"], "unknown attack 'pgd'"),
-    (["attack", "--attack", "fgsm", "--eps=-0.1"], "epsilon must be >= 0"),
+    (["attack", "--attack", "fgsm", "--eps=-0.1"], "argument --eps: must be a finite number in [0, 1e+06], got -"),
     (["attack", "--attack", "fgsm", "--eps", "0.1", "--steps", "3"], "attack fgsm takes no option --steps"),
-    (["robust-train", "--attack", "fgsm", "--eps=-1"], "epsilon must be >= 0"),
+    (["robust-train", "--attack", "fgsm", "--eps=-1"], "argument --eps: must be a finite number in [0, 1e+06], got -"),
 ])
 def test_bad_attack_input(tmp_path, capsys, argv, msg):
     assert main(["train", *TINY, "--results", str(tmp_path)]) == 0

@@ -80,10 +80,10 @@ def test_export_into_another_store_keeps_its_entries_and_weights(store, tmp_path
 # --- names: kind, key, and a manifest's file names ----------------------------------------------
 
 @pytest.mark.parametrize("argv,msg", [
-    (["verify", "--kind", "../other/train", "--remove"], "is not a kind of entry"),
-    (["ls", "--kind", "../.."], "is not a kind of entry"),
+    (["verify", "--kind", "../other/train", "--remove"], "must be a kind of entry (e.g. train)"),
+    (["ls", "--kind", "../.."], "must be a kind of entry (e.g. train)"),
     (["ls", "--kind", "trian"], "unknown kind of entry"),
-    (["verify", "--kind", "Train"], "is not a kind of entry"),
+    (["verify", "--kind", "Train"], "must be a kind of entry (e.g. train)"),
 ])
 def test_a_kind_names_a_folder_of_the_store(store, tmp_path, argv, msg, capsys):
     victim = tmp_path / "other" / "train" / "0123456789abcdef"

@@ -14,12 +14,12 @@ momentum buffers, so that checkpoints and eager steps share one state.
 from __future__ import annotations
 
 import copy
-import os
 
 import torch
 from torch import nn
 
-from .errors import HessbatchError, check
+from . import schema
+from .errors import HessbatchError
 
 ENV = "HESSBATCH_CUDA_GRAPHS"
 
@@ -30,9 +30,7 @@ class CaptureUnavailable(HessbatchError):
 
 def enabled(dev: torch.device) -> bool:
     """Graphs are used on CUDA devices unless ``HESSBATCH_CUDA_GRAPHS=0`` (0 or 1; anything else is an error)."""
-    raw = os.environ.get(ENV, "1")
-    check(raw in ("0", "1"), f"{ENV} must be 0 or 1, got {raw!r}")
-    return dev.type == "cuda" and raw == "1"
+    return dev.type == "cuda" and schema.env(ENV, "1") == "1"
 
 
 def sgd_update(params, bufs, neg_lr: torch.Tensor, momentum: float, weight_decay: float) -> None:

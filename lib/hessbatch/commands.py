@@ -6,13 +6,6 @@ from __future__ import annotations
 from .errors import HessbatchError, check
 
 
-def _number(s: str) -> float:
-    try:
-        return float(s)
-    except ValueError:
-        raise HessbatchError(f"expected a number, got {s!r}") from None
-
-
 _NOT_FLAGS = ("drop_last", "adversarial", "init_from")  # --keep-last; robust-train's --attack/--eps and --from
 
 
@@ -92,15 +85,11 @@ def _cmd_robust_train(a) -> int:
 def _cmd_attack(a) -> int:
     import pandas as pd
 
-    from .attacks import check_eps
     from .measurements import adversarial_accuracy
     from .store import Store
 
     store = Store(a.results)
-    names = [n for n in a.attack.split(",") if n.strip()]
-    eps = [check_eps(_number(e)) for e in a.eps.split(",") if e.strip()]
-    check(names, f"--attack names no attack (got {a.attack!r}); give one or more of fgsm, fgsm10, grad, fhsm, hess")
-    check(eps, f"--eps names no radius (got {a.eps!r}); give one or more, e.g. 0.01,0.02")
+    names, eps = list(a.attack), list(a.eps)
     opts = {n: _attack_options(a, n) for n in names}
     rows = []
     for n in names:
@@ -115,12 +104,19 @@ def _cmd_attack(a) -> int:
 
 
 def _cmd_sweep(a) -> int:
+    from .config import TrainConfig
     from .params import expand_grid, load_sweep
+
+    configs = expand_grid(load_sweep(a.params))
+    for i, c in enumerate(configs):   # every run's options, before torch and before the store
+        try:
+            TrainConfig.from_dict(c).resolved()
+        except HessbatchError as e:
+            raise HessbatchError(f"{a.params}: run {i + 1} of {len(configs)}: {e}") from None
     from .devices import resolve_device
     from .store import Store
     from .sweep import run_sweep
 
-    configs = expand_grid(load_sweep(a.params))
     resolve_device(a.device)
     table = run_sweep(configs, Store(a.results), device=a.device, data_root=a.data_root, download=a.download,
                       progress=not a.no_progress, executor=a.executor, scheduler=a.scheduler, workers=a.workers,

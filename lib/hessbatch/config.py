@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from . import catalog
 from .errors import check, choose
+from .schema import PROBABILITY, SEED, check_fields, integer, items, number, option, text
 from .store import KEY, config_key
 
 
@@ -25,27 +26,27 @@ class TrainConfig:
     dataset: str = "mnist5k"
     batch_size: int = 64
     lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 0.0
+    momentum: float = option(0.9, PROBABILITY)
+    weight_decay: float = option(0.0, number(0))
     max_epochs: int = 100
-    target_loss: float | None = 1e-3
-    lr_milestones: tuple = ()
+    target_loss: float | None = option(1e-3, number(0, null=True))
+    lr_milestones: tuple = option((), items(integer()))
     lr_gamma: float = 0.1
-    lr_scaling: str = "none"
+    lr_scaling: str = option("none", text(catalog.LR_SCALINGS))
     lr_base_batch: int = 256
-    warmup_epochs: int = 0
-    seed: int = 0
+    warmup_epochs: int = option(0, integer(0))
+    seed: int = option(0, SEED)
     reading: str | None = None
     subset: int | None = None
     test_subset: int | None = None
     drop_last: bool = True
     grad_norm: bool = False
-    save_every: int = 0
+    save_every: int = option(0, integer(0))
     adversarial: dict | None = None
     init_from: str | None = None
     micro_batch: int | None = None
-    label_smoothing: float | None = None
-    confidence_penalty: float | None = None
+    label_smoothing: float | None = option(None, number(0, below=1, null=True))
+    confidence_penalty: float | None = option(None, number(0, below=1, null=True))
     sample_smoothing: dict | None = None
 
     @classmethod
@@ -56,25 +57,24 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         known = set(cls.fields())
-        unknown = sorted(set(d) - known)
+        check(isinstance(d, dict), f"a training configuration is a mapping, got {type(d).__name__}")
+        unknown = sorted(map(str, set(d) - known))
         check(not unknown, f"unknown training option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         d = dict(d)
         if "lr_milestones" in d:
             m = d["lr_milestones"]
-            check(m is None or isinstance(m, (list, tuple)),
-                  f"lr_milestones must be a list of epoch numbers, got {m!r}")
-            d["lr_milestones"] = tuple(m or ())
+            d["lr_milestones"] = tuple(m) if isinstance(m, list) else () if m is None else m
         return cls(**d)
 
     def resolved(self) -> "TrainConfig":
         """Validated copy with the model name and reading made explicit."""
+        self._check_numbers()
         name = catalog.canonical_name(self.model)
         catalog.check_dataset(self.dataset)
-        self._check_numbers()
         ss = self.sample_smoothing
         if ss is not None:
             check(isinstance(ss, dict) and set(ss) == {"guide", "alpha"} and isinstance(ss["guide"], str)
-                  and KEY.fullmatch(ss["guide"]) and _num(ss["alpha"]) and 0 <= ss["alpha"] < 1,
+                  and KEY.fullmatch(ss["guide"]) and PROBABILITY.ok(ss["alpha"]),
                   f"sample_smoothing must be {{guide: <run key>, alpha: in [0, 1)}} or null, got {ss!r}")
             check(not self.label_smoothing, "sample_smoothing and label_smoothing exclude each other")
         reading = self.reading or catalog.default_reading(name)
@@ -92,32 +92,9 @@ class TrainConfig:
                                    adversarial=adversarial)
 
     def _check_numbers(self) -> None:
-        for fld, lo in (("batch_size", 1), ("max_epochs", 1), ("seed", 0), ("lr_base_batch", 1)):
-            v = getattr(self, fld)
-            check(_int(v) and v >= lo, f"{fld} must be an integer >= {lo}, got {v!r}")
-        for fld in ("subset", "test_subset"):
-            v = getattr(self, fld)
-            check(v is None or (_int(v) and v >= 1), f"{fld} must be an integer >= 1 or null, got {v!r}")
-        for fld in ("drop_last", "grad_norm"):
-            check(isinstance(getattr(self, fld), bool), f"{fld} must be true or false, got {getattr(self, fld)!r}")
-        check(self.init_from is None or (isinstance(self.init_from, str) and KEY.fullmatch(self.init_from)),
+        check_fields(self)
+        check(self.init_from is None or KEY.fullmatch(self.init_from),
               f"init_from must name a training run by its key, got {self.init_from!r}")
-        check(_num(self.lr) and self.lr > 0, f"lr must be > 0, got {self.lr!r}")
-        check(_num(self.momentum) and 0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum!r}")
-        check(_num(self.weight_decay) and self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        check(self.target_loss is None or (_num(self.target_loss) and self.target_loss >= 0),
-              f"target_loss must be >= 0 or null, got {self.target_loss!r}")
-        check(_num(self.lr_gamma) and self.lr_gamma > 0, f"lr_gamma must be > 0, got {self.lr_gamma!r}")
-        check(all(_int(m) and m > 0 for m in self.lr_milestones),
-              f"lr_milestones must be positive epoch numbers, got {list(self.lr_milestones)}")
-        choose("lr_scaling", self.lr_scaling, catalog.LR_SCALINGS)
-        check(_int(self.warmup_epochs) and self.warmup_epochs >= 0, "warmup_epochs must be an integer >= 0")
-        check(_int(self.save_every) and self.save_every >= 0, "save_every must be an integer >= 0")
-        check(self.micro_batch is None or (_int(self.micro_batch) and self.micro_batch >= 1),
-              f"micro_batch must be an integer >= 1 or null, got {self.micro_batch!r}")
-        for fld in ("label_smoothing", "confidence_penalty"):
-            v = getattr(self, fld)
-            check(v is None or (_num(v) and 0 <= v < 1), f"{fld} must be in [0, 1) or null, got {v!r}")
 
     def to_dict(self) -> dict:
         """The configuration as a dict; options added after the first release are left out while
@@ -130,14 +107,6 @@ class TrainConfig:
 
 
 _LATER_OPTIONS = ("micro_batch", "label_smoothing", "confidence_penalty", "sample_smoothing")
-
-
-def _int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def parent_keys(config: TrainConfig | dict) -> set[str]:

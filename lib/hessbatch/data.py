@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import schema
 from .catalog import check_dataset
 from .errors import HessbatchError, check
 
@@ -78,7 +79,7 @@ class Dataset:
 
 def data_root(root: str | os.PathLike | None) -> Path:
     """The data root: the argument, else ``$HESSBATCH_DATA``, else ``./data``."""
-    return Path(root or os.environ.get(DATA_ENV) or "data").expanduser()
+    return schema.folder(root or schema.env(DATA_ENV) or "data", "the data root")
 
 
 def load_dataset(name: str, root: str | os.PathLike | None = None, download: bool = False,
@@ -100,6 +101,28 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, download: boo
     if test_subset:
         ds.x_test, ds.y_test = _per_class(ds.x_test, ds.y_test, test_subset, seed + 1)
     return ds
+
+
+_FOLDERS = {"mnist": "MNIST/raw", "fashion-mnist": "FashionMNIST/raw", "cifar10": "cifar-10-batches-py",
+            "cifar100": "cifar-100-python"}
+
+
+def check_present(name: str, root: str | os.PathLike | None = None) -> None:
+    """One error line if dataset ``name`` is not where loading it would look (nothing is read), so
+    that a long job finds out before it starts."""
+    check_dataset(name)
+    if name.startswith("imagefolder:"):
+        path = Path(name.split(":", 1)[1]).expanduser()
+        check(all((path / s).is_dir() for s in ("train", "test")),
+              f"dataset {name!r}: expected train/ and test/ class folders under {path}")
+    elif name == "cifar10-jpeg":
+        path = data_root(root) / "cifar10-jpeg"
+        if not all((path / p).is_dir() for p in ("train", "test")):
+            check(all((path / f"{p}.tar.gz").is_file() for p in ("train", "test")),
+                  f"dataset 'cifar10-jpeg': no train/ and test/ class folders (or train.tar.gz and test.tar.gz) in "
+                  f"{path}; point --data-root (env {DATA_ENV}) at their parent")
+    elif name in _FOLDERS and not (data_root(root) / _FOLDERS[name]).is_dir():
+        raise _missing(name, data_root(root), _FOLDERS[name])
 
 
 def stratified_split(y: np.ndarray, n_test_per_class: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -154,14 +177,15 @@ def _missing(name: str, root: Path, where: str) -> HessbatchError:
 def _torchvision(name, root, download) -> Dataset:
     import torchvision.datasets as tvd
 
-    cls, folder, stats, classes, label = {
-        "mnist": (tvd.MNIST, "MNIST/raw", MNIST_STATS, 10, "MNIST"),
-        "fashion-mnist": (tvd.FashionMNIST, "FashionMNIST/raw", FASHION_STATS, 10, "Fashion-MNIST"),
-        "cifar10": (tvd.CIFAR10, "cifar-10-batches-py", IDENTITY_RGB, 10, "CIFAR-10"),
-        "cifar100": (tvd.CIFAR100, "cifar-100-python", CIFAR100_STATS, 100, "CIFAR-100"),
+    cls, stats, classes, label = {
+        "mnist": (tvd.MNIST, MNIST_STATS, 10, "MNIST"),
+        "fashion-mnist": (tvd.FashionMNIST, FASHION_STATS, 10, "Fashion-MNIST"),
+        "cifar10": (tvd.CIFAR10, IDENTITY_RGB, 10, "CIFAR-10"),
+        "cifar100": (tvd.CIFAR100, CIFAR100_STATS, 100, "CIFAR-100"),
     }[name]
-    if not download and not (root / folder).is_dir():
-        raise _missing(name, root, folder)
+    folder = _FOLDERS[name]
+    if not download:
+        check_present(name, root)
     try:
         parts = [cls(str(root), train=train, download=download) for train in (True, False)]
     except RuntimeError as e:
@@ -184,11 +208,9 @@ def _imagefolder(name: str) -> Dataset:
 
 def _cifar10_jpeg(name, root, download) -> Dataset:
     check(not download, "dataset 'cifar10-jpeg' has no download source; use 'cifar10' with --download")
+    check_present(name, root)
     path = root / "cifar10-jpeg"
     if not all((path / p).is_dir() for p in ("train", "test")):
-        if not all((path / f"{p}.tar.gz").is_file() for p in ("train", "test")):
-            raise HessbatchError(f"dataset 'cifar10-jpeg': no train/ and test/ class folders (or train.tar.gz and "
-                                 f"test.tar.gz) in {path}; point --data-root (env {DATA_ENV}) at their parent")
         path = _extract(path)
     ds = _tree(name, path)
     check(ds.num_classes == 10, f"dataset 'cifar10-jpeg': {path} has {ds.num_classes} classes, not CIFAR-10's 10")
@@ -286,7 +308,7 @@ def _digest(text: str) -> str:
 
 
 def _cache_base() -> Path:
-    return Path(os.environ.get("HESSBATCH_CACHE") or Path.home() / ".cache" / "hessbatch")
+    return Path(schema.env("HESSBATCH_CACHE") or Path.home() / ".cache" / "hessbatch")
 
 
 def _read_folder(folder: Path):
@@ -342,9 +364,7 @@ def stream(name: str, split: str = "train", batch_size: int = 256, above: int | 
     folder = Path(name.split(":", 1)[1]).expanduser() / split
     check(folder.is_dir(), f"dataset {name!r}: expected class folders under {folder}")
     if above is None:
-        raw = os.environ.get(STREAM_ENV, str(2 << 30))
-        check(raw.isdigit(), f"{STREAM_ENV} must be a number of bytes, got {raw!r}")
-        above = int(raw)
+        above = schema.env(STREAM_ENV, 2 << 30)
     classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
     files = [(f, c) for c, cls in enumerate(classes) for f in sorted((folder / cls).iterdir()) if f.is_file()]
     check(len(classes) > 1 and files, f"{folder}: needs at least two class folders with image files")

@@ -24,13 +24,12 @@ records which (``result.json``: ``step``).
 from __future__ import annotations
 
 import copy
-import os
 import warnings
 
 import torch
 from torch import nn
 
-from .errors import check
+from . import schema
 
 ENV = "HESSBATCH_CHANNELS_LAST"
 COMPILE_ENV = "HESSBATCH_COMPILE"
@@ -39,9 +38,7 @@ COMPILE_FROM = 512  # the smallest batch whose C1 and C2 steps compile faster (b
 
 def enabled() -> bool:
     """Channels-last unless ``HESSBATCH_CHANNELS_LAST=0`` (``1`` or unset: on)."""
-    raw = os.environ.get(ENV, "1")
-    check(raw in ("0", "1"), f"{ENV} must be 0 or 1, got {raw!r}")
-    return raw == "1"
+    return schema.env(ENV, "1") == "1"
 
 
 def memory_format(model: nn.Module, device) -> torch.memory_format:
@@ -70,8 +67,7 @@ def format_name(fmt: torch.memory_format) -> str:
 def compiles(model: nn.Module, batch_size: int, device) -> bool:
     """Whether training compiles ``model``'s forward: on a CPU, for a model with batch norm at
     B ≥ ``COMPILE_FROM``, unless ``HESSBATCH_COMPILE`` says ``0`` (never) or ``1`` (always)."""
-    raw = os.environ.get(COMPILE_ENV, "auto")
-    check(raw in ("0", "1", "auto"), f"{COMPILE_ENV} must be 0, 1 or auto, got {raw!r}")
+    raw = schema.env(COMPILE_ENV, "auto")
     if torch.device(device).type != "cpu" or raw == "0":
         return False
     has_bn = any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)) for m in model.modules())

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import schema
 from .devices import default_chunk
 from .errors import HessbatchError, check
 from .evaluation import batches, eval_mode, is_pair
@@ -53,13 +54,7 @@ def graph_memory_share() -> float:
     """The share of the free memory that cached gradient graphs may take by default:
     ``$HESSBATCH_GRAPH_MEMORY``, else 0.5. Processes that take Hessian products on one device at
     the same time should split it (``hessbatch compute --workers P`` gives each 0.5 / P)."""
-    raw = os.environ.get("HESSBATCH_GRAPH_MEMORY", "0.5")
-    try:
-        share = float(raw)
-    except ValueError:
-        share = math.nan
-    check(0 <= share <= 1, f"HESSBATCH_GRAPH_MEMORY must be a number in [0, 1], got {raw!r}")
-    return share
+    return schema.env("HESSBATCH_GRAPH_MEMORY", 0.5)
 
 
 def split_graph_memory(processes: int) -> None:

@@ -19,6 +19,9 @@ from pathlib import Path
 import yaml
 
 from .errors import HessbatchError, check
+from .schema import YAML_BYTES, load_yaml
+
+GRID_MAX = 10_000   # runs one sweep file may ask for
 
 
 def load_params(path: str | Path) -> dict:
@@ -27,7 +30,10 @@ def load_params(path: str | Path) -> dict:
     if not path.is_file():
         raise HessbatchError(f"parameter file {path} does not exist")
     try:
-        params = yaml.safe_load(path.read_text())
+        check(path.stat().st_size <= YAML_BYTES, f"{path}: larger than {YAML_BYTES >> 20} MiB")
+        params = load_yaml(path.read_text(), str(path))
+    except HessbatchError:
+        raise
     except (UnicodeDecodeError, ValueError) as e:
         raise HessbatchError(f"{path}: not a YAML text file ({type(e).__name__})") from None
     except yaml.YAMLError as e:
@@ -36,7 +42,21 @@ def load_params(path: str | Path) -> dict:
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise HessbatchError(f"{path}: malformed YAML{where}: {problem}") from None
     check(isinstance(params, dict), f"{path}: expected a mapping at the top level, got {type(params).__name__}")
+    _check_keys(params, str(path))
     return params
+
+
+def _check_keys(value, where: str, seen=None) -> None:
+    """Every mapping's keys are texts (YAML also allows numbers, lists, null); a part shared
+    through a YAML alias is looked at once."""
+    seen = set() if seen is None else seen
+    if not isinstance(value, (dict, list)) or id(value) in seen:
+        return
+    seen.add(id(value))
+    for k, v in value.items() if isinstance(value, dict) else enumerate(value):
+        check(isinstance(k, (str, int)) and (isinstance(k, str) or isinstance(value, list)),
+              f"{where}: a key must be a text, got {k!r}")
+        _check_keys(v, f"{where}: {k}" if isinstance(value, dict) else where, seen)
 
 
 def load_sweep(path: str | Path) -> dict:
@@ -49,6 +69,10 @@ def load_sweep(path: str | Path) -> dict:
         check(isinstance(params.get(block, {}), dict), f"{path}: '{block}' must be a mapping")
     for k, v in params.get("grid", {}).items():
         check(isinstance(v, list) and len(v) > 0, f"{path}: grid.{k} must be a non-empty list, got {v!r}")
+    n = 1
+    for v in params.get("grid", {}).values():
+        n *= len(v)
+        check(n <= GRID_MAX, f"{path}: the grid asks for more than {GRID_MAX} runs")
     return params
 
 

@@ -49,9 +49,9 @@ def results_root(root: str | os.PathLike | None = None) -> Path:
     argument is an error (an unset variable in a script), and so is a path that is not a folder."""
     if root is not None:
         check(str(root).strip() != "", "the results folder must not be empty (omit --results for ./results)")
-    path = Path(root or os.environ.get(RESULTS_ENV) or "results").expanduser()
-    check(not path.exists() or path.is_dir(), f"the results folder {path} is not a folder")
-    return path
+    from .schema import env, folder
+
+    return folder(root or env(RESULTS_ENV) or "results", "the results folder")
 
 
 def check_key(key: str, what: str = "run") -> str:

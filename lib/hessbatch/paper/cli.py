@@ -37,8 +37,6 @@ def _cmd_plan(a) -> int:
                 print(f"  B={r['batch_size']:<5} {r['state']}{more}")
         return 0
     check(a.out or a.train_only, "running a plan needs --out DIR (where tidy.tgz and plan.json go)")
-    check(a.workers >= 1, f"--workers must be >= 1, got {a.workers}")
-    check(a.budget is None or a.budget > 0, f"--budget must be positive, got {a.budget}")
     plans.find(prof, a.name)
     from ..devices import resolve_device
 

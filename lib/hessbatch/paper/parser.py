@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from .. import cli
+from .. import cli, schema
 
 
 def _names(value: str) -> list[str]:
@@ -17,7 +17,7 @@ def _names(value: str) -> list[str]:
 
 def profile_flags(p: argparse.ArgumentParser) -> None:
     """--profile and --chapters, of `book` and `compute`."""
-    p.add_argument("--profile", default="quick", help="smoke, quick (default), paper, or a path to a profile YAML")
+    p.add_argument("--profile", default="quick", type=cli.typed(schema.text()), help="smoke, quick (default), paper, or a path to a profile YAML")
     p.add_argument("--chapters", type=_names, action="extend", default=None,
                    help="chapters (all their variants) or single variants as chapter--label, comma-separated "
                         "or flag repeated (default: all)")
@@ -42,7 +42,7 @@ def add_commands(sub) -> None:
                          "are done), several at once before the notebooks; dask: train the runs as a sweep first; local: each notebook computes what it "
                          "shows (default: auto, processes on a CPU of several cores, else local)")
     bk.add_argument("--scheduler", default=None, metavar="ADDRESS", help="Dask scheduler (default: a LocalCluster)")
-    bk.add_argument("--workers", type=int, default=None, help="worker processes (processes executor, or a Dask LocalCluster; default: one per core)")
+    bk.add_argument("--workers", type=cli.typed(schema.integer(1, 1024)), help="worker processes (processes executor, or a Dask LocalCluster; default: one per core)")
     cli.common_flags(bk)
 
     co = sub.add_parser("compute", help="compute a book profile's results without notebooks (e.g. on a GPU)",
@@ -50,7 +50,7 @@ def add_commands(sub) -> None:
                         "profile's store (with --workers, in that many processes, a chapter as soon as its runs are done); `hessbatch book` then only reads them. "
                         "Resumes from the store; each chapter's wall time goes to <results>/_timings.yml.")
     profile_flags(co)
-    co.add_argument("--workers", type=int, default=1,
+    co.add_argument("--workers", type=cli.typed(schema.integer(1, 1024)), default=1,
                     help="processes sharing the training runs and then the chapters, a chapter starting as soon as "
                          "its runs are done (default: 1)")
     cli.common_flags(co)
@@ -61,13 +61,13 @@ def add_commands(sub) -> None:
                         "command stopped at its limit keeps every finished page. Without NAME: the plans in "
                         "priority order and what of each is still missing from the profile's store.")
     pl.add_argument("name", nargs="?", default=None, help="the plan to run (default: list the plans)")
-    pl.add_argument("--profile", default="paper", help="the profile whose plans these are (default: paper)")
+    pl.add_argument("--profile", default="paper", type=cli.typed(schema.text()), help="the profile whose plans these are (default: paper)")
     pl.add_argument("--out", metavar="DIR", default=None, help="where tidy.tgz and plan.json go (needed to run one)")
     pl.add_argument("--dry-run", action="store_true",
                     help="the same pages through the same code and export at toy size (tiny data, 2 epochs)")
-    pl.add_argument("--budget", type=int, default=None, metavar="SECONDS",
+    pl.add_argument("--budget", type=cli.typed(schema.integer()), metavar="SECONDS",
                     help="start no page after this much wall time (default: the plan's budget_s; a dry run: none)")
-    pl.add_argument("--workers", type=int, default=1,
+    pl.add_argument("--workers", type=cli.typed(schema.integer(1, 1024)), default=1,
                     help="processes: a page's training runs this many at once, then its measurements in as many "
                          "parts (default: 1)")
     pl.add_argument("--train-only", action="store_true",

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..data import check_present
 from ..errors import check, describe
 from ..config import run_key
 from ..hessian import graph_memory_share
@@ -116,6 +117,9 @@ def run(profile: str, name: str, out: str, device: str = "cpu", data_root: str |
     if dry_run:
         pages = [(n, c, toy(p), t) for n, c, p, t in pages]
     budget = budget_s or (None if dry_run else plan.budget_s)
+    for wave in registry.profile_train_configs({n: p for n, _, p, _ in pages}):
+        for dataset in {c["dataset"] for c in wave}:
+            check_present(dataset, data_root)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     res = results or tempfile.mkdtemp(prefix=f"hessbatch-plan-{name}-")

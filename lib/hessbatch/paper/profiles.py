@@ -174,7 +174,7 @@ def selected(prof: dict, chapters: list[str] | None = None, overrides: dict | No
     """The executions ``hessbatch book`` or ``compute`` runs, every name and value checked before
     anything runs: the pages named, the ``--set`` names (parameters of each chosen chapter's
     notebook), and every page's parameters (an unknown attack, say)."""
-    from .registry import chapter as find
+    from .registry import chapter as find, profile_train_configs
 
     check_chapters(prof, chapters)
     runs = executions(prof, chapters, optional, overrides)
@@ -182,6 +182,7 @@ def selected(prof: dict, chapters: list[str] | None = None, overrides: dict | No
         _check_names(Path(f"--set of {prof['profile']}"), c, overrides or {})
     for _, c, params, _ in runs:
         find(c).params(params)
+    profile_train_configs({n: p for n, _, p, _ in runs})   # every run's options, as training will check them
     return runs
 
 
@@ -190,12 +191,14 @@ def parse_overrides(items: list[str] | None) -> dict:
     list, ``0.1`` a number), and kept as text where it is not YAML."""
     import yaml
 
+    from ..schema import load_yaml
+
     out = {}
     for item in items or []:
         name, sep, value = item.partition("=")
         check(sep and name.strip(), f"--set takes NAME=VALUE, got {item!r}")
         try:
-            out[name.strip()] = yaml.safe_load(value)
+            out[name.strip()] = load_yaml(value, f"--set {name.strip()}")
         except yaml.YAMLError:
             out[name.strip()] = value
     return out

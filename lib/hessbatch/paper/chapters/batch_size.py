@@ -10,6 +10,7 @@ import pandas as pd
 from ... import attacks, input_curvature, measurements
 from ...errors import check, check_options
 from .. import claims
+from ...schema import EPS, integer, items, option
 from .common import Common, Context, batch_size_sweep, batch_size_sweep_configs, hessian_subsample, sweep_runs
 
 NAME = "01-batch-size"
@@ -23,12 +24,12 @@ class Params(Common):
     tol: float = 1e-4
     attack: str = REFERENCE
     attack_options: dict | None = None
-    eps: tuple = (0.02, 0.01)
+    eps: tuple = option((0.02, 0.01), items(EPS, least=1))
     hessian_samples: int | None = None
     curvature_samples: int | None = None
     curvature_method: str = "power"
     whole_set_batch_sizes: list | None = None   # also λ_max on the whole training set for these (a subsample's check)
-    layer_k: int = 0                    # top eigenvalues of each layer's block of the Hessian (0: none)
+    layer_k: int = option(0, integer(0))                 # top eigenvalues of each layer's block of the Hessian (0: none)
     layer_tol: float = 1e-3
     layer_depth: int | None = None      # a layer: a module this many levels down (None: each module with parameters)
 

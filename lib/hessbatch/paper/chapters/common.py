@@ -4,10 +4,11 @@ chapter computes in, and batch-size sweeps of training runs."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ... import progress as progress_mod
 from ...errors import check
+from ...schema import SEED, check_fields, integer, items, option
 from ...runs import Run
 from ...store import Store
 from ...train import train
@@ -46,8 +47,8 @@ class Common:
 
     model: str = "M1"
     dataset: str = "mnist5k"
-    seed: int = 0
-    batch_sizes: list = field(default_factory=lambda: [16, 32, 64, 128, 256])
+    seed: int = option(0, SEED)
+    batch_sizes: list = option([16, 32, 64, 128, 256], items(integer(), least=1))
     train_options: dict | None = None
 
     @classmethod
@@ -60,6 +61,7 @@ class Common:
         check(not unknown, f"chapter {chapter} has no parameter(s) {', '.join(map(str, unknown))}; "
                            f"it takes: {', '.join(known)}")
         out = cls(**{k: v for k, v in params.items() if k in known})
+        check_fields(out, f"chapter {chapter}: ")
         out.check()
         return out
 

@@ -23,6 +23,7 @@ from ...sample_smoothing import temporal_epochs
 from ...store import Store
 from ...train import train
 from .. import claims
+from ...schema import integer, option
 from .common import Common, Context, hessian_subsample
 
 NAME = "08-instability"
@@ -35,7 +36,7 @@ class Params(Common):
     seeds: int = 6
     mitigations: dict | None = None
     mitigation_batch: int | None = None
-    snapshot_every: int = 0
+    snapshot_every: int = option(0, integer(0))
     ensemble_k: int = 3
     neighbours: int = 5
     hessian_samples: int | None = None

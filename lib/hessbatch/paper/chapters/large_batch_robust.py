@@ -10,6 +10,7 @@ import pandas as pd
 from ... import progress
 from ...errors import check
 from .. import claims
+from ...schema import integer, option
 from .common import Common, Context
 
 NAME = "06-large-batch-robust"
@@ -20,7 +21,7 @@ class Params(Common):
     t8_batch_sizes: list = ()
     t8_train: dict = field(default_factory=dict)
     adversarial: dict | None = None
-    warmup_epochs: int = 5
+    warmup_epochs: int = option(5, integer(0))
     base_batch: int = 128
 
 

@@ -13,6 +13,7 @@ from ...config import lr_at, run_key
 from ...errors import check
 from ...thresholds import threshold_after
 from .. import claims
+from ...schema import EPS, integer, items, option
 from .common import Common, Context, hessian_subsample
 
 NAME = "09-lr-scaling"
@@ -24,9 +25,9 @@ class Params(Common):
     lr_batch_sizes: list | None = None  # the batch sizes compared (default: the common ones)
     lr_rules: tuple = ("none", "linear", "sqrt")
     lr_base_batch: int | None = None    # B₀, where every rule has the base lr (default: the smallest batch)
-    warmup_epochs: int = 5
+    warmup_epochs: int = option(5, integer(0))
     seeds: int = 3
-    eps: tuple = (0.1,)
+    eps: tuple = option((0.1,), items(EPS, least=1))
     hessian_samples: int | None = None
     curvature_samples: int | None = None
     tol: float = 1e-3

@@ -10,6 +10,7 @@ import pandas as pd
 
 from .. import claims
 from . import batch_size, landscapes
+from ...schema import integer, option
 from .common import Context, batch_size_sweep_configs
 
 NAME = "10-your-model"
@@ -19,7 +20,7 @@ NAME = "10-your-model"
 class Params(batch_size.Params):
     model: str = "torchvision:resnet18"
     curvature_method: str = "auto"     # exact where the model is piecewise linear, else power iteration
-    layer_k: int = 1                    # top eigenvalues of each layer's diagonal block
+    layer_k: int = option(1, integer(0))                 # top eigenvalues of each layer's diagonal block
     layer_depth: int | None = 2         # blocks: modules this many levels down (2: a wrapped ResNet's stages)
     radius: float = 0.5
     points: int = 21

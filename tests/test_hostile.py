@@ -7,9 +7,11 @@ mechanism that catches them: folders, YAML limits, checks before any write."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -224,3 +226,118 @@ def test_the_paper_layer_checks_before_it_writes(tmp_path, argv, msg):
     lines = res.stderr.strip().splitlines()
     assert res.returncode == 2 and len(lines) == 1 and msg in lines[0], res.stderr
     assert sorted(tmp_path.rglob("*")) == before
+
+
+def _images(root: Path, odd=None) -> Path:
+    """A two-class image folder of 8x8 grey images; ``odd`` (file name → image) adds one."""
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for c in "ab":
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for i in range(3):
+                Image.new("L", (8, 8), 40 * i).save(root / split / c / f"{i}.png")
+    for name, make in (odd or {}).items():
+        make(root / "train" / "a" / name)
+    return root
+
+
+@pytest.mark.parametrize("name,make,msg", [
+    ("big.png", lambda p: __import__("PIL.Image").Image.new("L", (9, 8)).save(p), "an image folder's images are all one size"),
+    ("bomb.png", lambda p: __import__("PIL.Image").Image.new("1", (5000, 5000)).save(p), "more than one image"),
+    ("text.png", lambda p: p.write_text("not an image\n"), "not a readable image"),
+])
+def test_an_image_folder_with_a_bad_image_is_one_line(tmp_path, name, make, msg):
+    data = _images(tmp_path / "data", {name: make})
+    before = sorted(data.rglob("*"))
+    res = subprocess.run([*HESSBATCH, "train", "--model", "MLP", "--dataset", f"imagefolder:{data}", "--batch-size",
+                          "2", "--results", str(tmp_path / "store"), "--no-progress"], capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path, env={**os.environ, "HESSBATCH_CACHE": str(tmp_path / "cache")})
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and msg in lines[0], res.stderr
+    assert sorted(data.rglob("*")) == before and not (tmp_path / "cache").exists() and not (tmp_path / "store").exists()
+
+
+@pytest.fixture(scope="module")
+def plan_out(tmp_path_factory):
+    """What a plan hands back (``tidy.tgz``, ``plan.json``) for a store holding one tiny run."""
+    from hessbatch.paper.cli import main
+    from hessbatch.paper.plans import export
+
+    tmp = tmp_path_factory.mktemp("plan")
+    assert main(["train", *TINY, "--results", str(tmp / "store")]) == 0
+    export(str(tmp / "store"), tmp / "tidy.tgz")
+    record = {"plan": "p", "title": "p", "profile": "paper", "dry_run": False, "device": "cpu", "hardware": "cpu",
+              "workers": 1, "budget_s": None, "started": "2026-01-01 00:00", "seconds": 1.0,
+              "pages": [{"name": "01-batch-size", "state": "done", "seconds": 1.0, "train_seconds": 0.5}]}
+    return tmp, record
+
+
+def _retar(src: Path, dest: Path, change) -> None:
+    """``src`` (a gzipped tar) rewritten into ``dest`` with ``change(folder)`` applied to its files."""
+    import tarfile
+
+    with tempfile.TemporaryDirectory() as t:
+        with tarfile.open(src) as tar:
+            tar.extractall(t, filter="data")
+        entry = next(Path(t).glob("train/*"))
+        change(entry)
+        with tarfile.open(dest, "w:gz") as tar:
+            for p in sorted(Path(t).rglob("*")):
+                tar.add(p, arcname=str(p.relative_to(t)), recursive=False)
+
+
+def _manifest(entry: Path, edit) -> None:
+    m = json.loads((entry / "MANIFEST.json").read_text())
+    edit(m["files"])
+    (entry / "MANIFEST.json").write_text(json.dumps(m))
+
+
+def _big(entry: Path) -> None:
+    (entry / "big.csv").write_bytes(b"x" * (2 << 20))
+    _manifest(entry, lambda f: f.update({"big.csv": {"size": 2 << 20, "sha256": "0" * 64}}))
+
+
+UNPACK = {
+    "a wrong size": (lambda e: _manifest(e, lambda f: f["history.csv"].update(size=f["history.csv"]["size"] + 1)),
+                     None, "entries that are not whole"),
+    "a wrong hash over 1 MiB": (_big, None, "entries that are not whole"),
+    "a link": (lambda e: os.symlink("/etc/passwd", e / "link.txt"), None, "holds links or special files"),
+    "no JSON": (None, "{not json", "not a plan's record"),
+    "a list": (None, "[1, 2]", "expected a mapping, got list"),
+    "pages as text": (None, {"pages": "x"}, "pages must be a list"),
+    "a page without seconds": (None, {"pages": [{"name": "x", "state": "done"}]}, "no 'seconds'"),
+    "not a tar": ("not a tar", None, "not a readable gzipped tar"),
+    "a cut tar": ("cut", None, "not a readable gzipped tar"),
+}
+
+
+@pytest.mark.parametrize("case", list(UNPACK))
+def test_a_malformed_plan_is_refused_before_anything_is_merged(plan_out, tmp_path, case):
+    src, record = plan_out
+    change, plan, msg = UNPACK[case]
+    out = tmp_path / "out"
+    out.mkdir()
+    if change == "not a tar":
+        (out / "tidy.tgz").write_bytes(b"not a tar at all")
+    elif change == "cut":
+        (out / "tidy.tgz").write_bytes((src / "tidy.tgz").read_bytes()[:200])
+    elif change is not None:
+        _retar(src / "tidy.tgz", out / "tidy.tgz", change)
+    else:
+        (out / "tidy.tgz").write_bytes((src / "tidy.tgz").read_bytes())
+    (out / "plan.json").write_text(plan if isinstance(plan, str) else json.dumps({**record, **(plan or {})}))
+    dest = tmp_path / "dest"
+    res = subprocess.run([*HESSBATCH, "plan", "--unpack", str(out), "--results", str(dest)], capture_output=True,
+                         text=True, timeout=120, cwd=tmp_path)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and msg in lines[0], res.stderr
+    assert not dest.exists() or not any(dest.rglob("*"))
+
+
+def test_a_whole_plan_is_merged(plan_out, tmp_path):
+    src, record = plan_out
+    (src / "plan.json").write_text(json.dumps(record))
+    res = subprocess.run([*HESSBATCH, "plan", "--unpack", str(src), "--results", str(tmp_path / "dest")],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert res.returncode == 0 and "1 added" in res.stdout, res.stderr

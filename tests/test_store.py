@@ -134,8 +134,8 @@ def test_reads_do_not_hash_large_files_verify_and_export_do(tmp_path, monkeypatc
     store = Store(tmp_path / "s")
     e = _big(store, {"a": 1}, b"x" * 100)
     hashed = []
-    real = store_mod._sha256
-    monkeypatch.setattr(store_mod, "_sha256", lambda p: hashed.append(p.name) or real(p))
+    real = store_mod.file_sha256
+    monkeypatch.setattr(store_mod, "file_sha256", lambda p: hashed.append(p.name) or real(p))
     assert [x.key for x in store.entries()] == [e.key] and "weights.bin" not in hashed
     (e.path / "weights.bin").write_bytes(b"y" * 100)  # same size: only a hash tells
     assert store.get("demo", {"a": 1}) is not None

@@ -197,7 +197,7 @@ if stage == "exchanged":
 with s.building("demo", "00aa", replace=True) as tmp:
     (tmp / "config.json").write_text("{}")
     (tmp / "out.txt").write_text(sys.argv[3])
-    files = {p.name: {"size": p.stat().st_size, "sha256": st._sha256(p)} for p in tmp.iterdir()}
+    files = {p.name: {"size": p.stat().st_size, "sha256": st.file_sha256(p)} for p in tmp.iterdir()}
     (tmp / "MANIFEST.json").write_text(__import__("json").dumps({"key": "00aa", "files": files}))
     if stage == "built":
         os._exit(9)

@@ -4,11 +4,12 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
-from hessbatch import HessbatchError
+from hessbatch import HessbatchError, checkpoints
 from hessbatch.store import Store
 from hessbatch.config import TrainConfig, lr_at
 from hessbatch.train import prepare, train
@@ -123,7 +124,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, tiny_cfg):
     proc.wait()
     assert ckpt.exists(), "the run should have written a checkpoint before it was killed"
     assert store.get("train", key=key) is None, "a killed run must not leave a complete entry"
-    done_epochs = torch.load(ckpt, weights_only=True)["epoch"]
+    done_epochs = checkpoints.load(ckpt)["epoch"]
     assert 1 <= done_epochs < 6
 
     resumed = train(cfg, store, progress=False)
@@ -146,6 +147,78 @@ def test_an_unreadable_checkpoint_is_set_aside_with_a_warning(tmp_path, tiny_cfg
         run = train(tiny_cfg, store, progress=False)
     assert run.result["resumed_from"] == [] and run.result["epochs"] == 3
     assert (tmp_path / "train" / f".{key}.work.unreadable-checkpoint.pt").read_bytes() == b"not a checkpoint"
+
+
+def _interrupted(tmp_path, cfg) -> tuple[Store, str, Path]:
+    """A store holding the work folder of ``cfg`` stopped after its second epoch (as a kill leaves it)."""
+    first = train({**cfg, "max_epochs": 2, "target_loss": None}, Store(tmp_path / "first"), progress=False)
+    store = Store(tmp_path / "store")
+    key = store.key("train", TrainConfig.from_dict(cfg).resolved().to_dict())
+    work = store.work_dir("train", key)
+    work.mkdir(parents=True)
+    model = first.model()
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.get("lr", 0.01), momentum=0.9)
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 2, "key": key, "elapsed": 1.0,
+             "resumed": [], "snapshots": {}, "history": first.history.to_dict("records")}
+    checkpoints.save(state, work / "checkpoint.pt")
+    return store, key, work
+
+
+@pytest.mark.parametrize("damage,why", [
+    ("flip", "SHA-256 does not match"),
+    ("epoch", "epoch 1000000 is not in 1..3"),
+    ("key", "belongs to run"),
+    ("history", "history is not one row for each of epochs 1..2"),
+])
+def test_a_checkpoint_that_is_damaged_or_does_not_fit_is_set_aside(tmp_path, tiny_cfg, damage, why):
+    from hessbatch.errors import ResumeWarning
+
+    store, key, work = _interrupted(tmp_path, tiny_cfg)
+    ckpt = work / "checkpoint.pt"
+    if damage == "flip":
+        raw = bytearray(ckpt.read_bytes())
+        raw[len(raw) // 2] ^= 1
+        ckpt.write_bytes(bytes(raw))
+    else:
+        state = checkpoints.load(ckpt)
+        state.update({"epoch": {"epoch": 10**6}, "key": {"key": "0123456789abcdef"},
+                      "history": {"history": state["history"][:1]}}[damage])
+        checkpoints.save(state, ckpt)
+    with pytest.warns(ResumeWarning, match=why):
+        run = train(tiny_cfg, store, progress=False)
+    fresh = train(tiny_cfg, Store(tmp_path / "fresh"), progress=False)
+    assert run.result["resumed_from"] == [] and _same_weights(run, fresh)
+
+
+def test_a_checkpoint_that_fits_resumes(tmp_path, tiny_cfg):
+    store, key, work = _interrupted(tmp_path, tiny_cfg)
+    assert train(tiny_cfg, store, progress=False).result["resumed_from"] == [2]
+
+
+def test_a_snapshot_changed_on_disk_is_not_published(tmp_path, tiny_cfg):
+    cfg = {**tiny_cfg, "save_every": 1, "max_epochs": 30, "target_loss": None}
+    store = Store(tmp_path)
+    key = store.key("train", TrainConfig.from_dict(cfg).resolved().to_dict())
+    args = [sys.executable, "-m", "hessbatch.cli", "train", "--model", cfg["model"], "--dataset", "mnist5k",
+            "--subset", str(cfg["subset"]), "--test-subset", str(cfg["test_subset"]),
+            "--batch-size", str(cfg["batch_size"]), "--lr", str(cfg["lr"]), "--max-epochs", "30", "--target-loss", "none",
+            "--save-every", "1",
+            "--results", str(tmp_path), "--no-progress"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = store.work_dir("train", key) / "checkpoint.pt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    snap = store.work_dir("train", key) / "weights-epoch0001.pt"
+    assert snap.exists() and ckpt.exists()
+    raw = bytearray(snap.read_bytes())
+    raw[-100] ^= 1
+    snap.write_bytes(bytes(raw))
+    with pytest.raises(HessbatchError, match="weights-epoch0001.pt changed after it was written"):
+        train(cfg, store, progress=False)
+    assert store.get("train", key=key) is None
 
 
 @pytest.mark.parametrize("change,msg", [

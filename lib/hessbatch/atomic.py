@@ -24,12 +24,16 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)  # a failed write (disk full) leaves nothing behind
 
 
-def atomic_torch_save(obj, path: Path) -> None:
-    buf = io.BytesIO()
+def atomic_torch_save(obj, path: Path) -> str:
+    """``torch.save`` to ``path`` atomically; returns the SHA-256 of what it wrote."""
+    import hashlib
+
     import torch
 
+    buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
+    return hashlib.sha256(buf.getvalue()).hexdigest()
 
 
 def exchange_folders(a: Path, b: Path) -> bool:

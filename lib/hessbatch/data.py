@@ -30,7 +30,7 @@ import torch
 
 from . import schema
 from .catalog import check_dataset
-from .errors import HessbatchError, check
+from .errors import HessbatchError, check, describe
 
 MNIST_STATS = ((0.1307,), (0.3081,))
 FASHION_STATS = ((0.2860,), (0.3530,))
@@ -311,21 +311,36 @@ def _cache_base() -> Path:
     return Path(schema.env("HESSBATCH_CACHE") or Path.home() / ".cache" / "hessbatch")
 
 
-def _read_folder(folder: Path):
+MAX_PIXELS = 4096 * 4096   # in one image of an image folder
+
+
+def _image(f: Path, mode: str | None = None, size: tuple | None = None):
+    """Image file ``f`` as an array in ``mode`` (None: its first pass, which returns ``(mode, size)``
+    instead); one line for a file that is no image, is larger than ``MAX_PIXELS`` or is not ``size``."""
     from PIL import Image
 
+    try:
+        with Image.open(f) as im:
+            check(im.width * im.height <= MAX_PIXELS, f"{f}: {im.width}x{im.height} pixels, more than one image of "
+                                                      f"an image folder may have ({MAX_PIXELS})")
+            if mode is None:
+                return ("L" if im.mode in ("L", "1") else "RGB"), im.size
+            check(im.size == size, f"{f}: {im.width}x{im.height} pixels, where the folder's first image has "
+                                   f"{size[0]}x{size[1]}; an image folder's images are all one size")
+            return np.asarray(im.convert(mode))
+    except (OSError, SyntaxError, Image.DecompressionBombError) as e:  # PIL's UnidentifiedImageError is an OSError
+        raise HessbatchError(f"{f}: not a readable image ({describe(e)})") from None
+
+
+def _read_folder(folder: Path):
     from . import progress
 
     classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
     check(len(classes) > 1, f"{folder}: needs at least two class folders, found {len(classes)}")
     files = [(f, c) for c, cls in enumerate(classes) for f in sorted((folder / cls).iterdir()) if f.is_file()]
     check(len(files) > 0, f"{folder}: no image files found")
-    with Image.open(files[0][0]) as im:
-        mode = "L" if im.mode in ("L", "1") else "RGB"
-    images = []
-    for f, _ in progress.bar(files, desc=f"reading {folder.name}", unit="img"):
-        with Image.open(f) as im:
-            images.append(np.asarray(im.convert(mode)))
+    mode, size = _image(files[0][0])
+    images = [_image(f, mode, size) for f, _ in progress.bar(files, desc=f"reading {folder.name}", unit="img")]
     x = torch.from_numpy(np.stack(images))
     x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
     return x.contiguous(), torch.tensor([c for _, c in files], dtype=torch.int64), classes
@@ -337,18 +352,16 @@ STREAM_ENV = "HESSBATCH_STREAM_ABOVE"
 class _ImageFiles(torch.utils.data.Dataset):
     """Image files decoded one at a time as [0, 1] tensors, with their class indices."""
 
-    def __init__(self, files, mode: str):
-        self.files, self.mode = files, mode
+    def __init__(self, files):
+        self.files = files
+        self.mode, self.size = _image(files[0][0])
 
     def __len__(self):
         return len(self.files)
 
     def __getitem__(self, i):
-        from PIL import Image
-
         f, c = self.files[i]
-        with Image.open(f) as im:
-            a = torch.from_numpy(np.asarray(im.convert(self.mode)).copy())
+        a = torch.from_numpy(_image(f, self.mode, self.size).copy())
         a = a.unsqueeze(0) if a.ndim == 2 else a.permute(2, 0, 1)
         return a.float().div_(255.0), c
 
@@ -368,10 +381,7 @@ def stream(name: str, split: str = "train", batch_size: int = 256, above: int | 
     classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
     files = [(f, c) for c, cls in enumerate(classes) for f in sorted((folder / cls).iterdir()) if f.is_file()]
     check(len(classes) > 1 and files, f"{folder}: needs at least two class folders with image files")
-    from PIL import Image
-
-    with Image.open(files[0][0]) as im:
-        ds = _ImageFiles(files, "L" if im.mode in ("L", "1") else "RGB")
+    ds = _ImageFiles(files)
     if len(files) * ds[0][0].numel() * 4 <= above:
         x, y = _read_folder(folder)[:2]
         return x.float().div(255.0), y

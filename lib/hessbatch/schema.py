@@ -174,6 +174,15 @@ def check_fields(obj, where: str = "") -> None:
         spec.check(getattr(obj, name), f"{where}{name}")
 
 
+def check_record(value, fields: dict[str, Spec], where: str) -> dict:
+    """A mapping read from a file: each of ``fields`` present and valid (other keys are left alone)."""
+    check(isinstance(value, dict), f"{where}: expected a mapping, got {type(value).__name__}")
+    for name, spec in fields.items():
+        check(name in value or spec.null, f"{where}: no {name!r}")
+        spec.check(value.get(name), f"{where}: {name}")
+    return value
+
+
 def _n(x) -> str:
     return f"{x:g}" if isinstance(x, float) else str(x)
 

@@ -113,7 +113,7 @@ def config_key(kind: str, config: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -277,7 +277,7 @@ class Store:
             yield tmp
             (tmp / "config.json").write_text(json.dumps(
                 {"kind": kind, "key": key, "schema": SCHEMA, "config": json.loads(canonical_json(config))}, indent=2))
-            files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)}
+            files = {p.name: {"size": p.stat().st_size, "sha256": file_sha256(p)}
                      for p in sorted(tmp.iterdir()) if p.is_file()}
             (tmp / MANIFEST).write_text(json.dumps({"key": key, "files": files}, indent=2))
 
@@ -435,7 +435,7 @@ def _valid(path: Path, verify: bool = False) -> bool:
             if f.is_symlink():
                 return False
             size = f.stat().st_size
-            if size != meta["size"] or ((verify or size <= HASHED_ON_READ) and _sha256(f) != meta["sha256"]):
+            if size != meta["size"] or ((verify or size <= HASHED_ON_READ) and file_sha256(f) != meta["sha256"]):
                 return False
         return (path / "config.json").is_file()
     except (OSError, ValueError, KeyError, TypeError):

@@ -17,13 +17,13 @@ from torch import nn
 
 from . import captured as captured_mod
 from . import data as data_mod
-from . import catalog, fastpath, models, progress
+from . import catalog, checkpoints, fastpath, models, progress
 from .config import TrainConfig, lr_at
 from .devices import cpu_model, resolve_device
 from .errors import HessbatchError, NotInStore, ResumeWarning, check, describe
 from .evaluation import evaluate, full_gradient_norm
 from .runs import Run, parent_entry
-from .store import Store, atomic_torch_save
+from .store import Store, atomic_torch_save, file_sha256
 
 
 def training_loss(out: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
@@ -109,15 +109,15 @@ def _train(cfg, key, ds, store, dev, show, step_hook) -> Run:
         step_hook = adversarial_hook(cfg.adversarial)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     work = store.work_dir("train", key)
-    start, history, elapsed, resumed = _resume(work / "checkpoint.pt", model, opt, dev)
+    start, history, elapsed, resumed, snapshots = _resume(work / "checkpoint.pt", model, opt, dev, key, cfg.max_epochs)
     captured, step_path = _captured_step(model, opt, ds, cfg, dev, step_hook, smoothing)
     forward, step_path = _forward(model, ds, cfg, dev, captured, step_path, step_hook, smoothing)
     bar = progress.bar(total=cfg.max_epochs, initial=start, unit="epoch", show=show,
                        desc=f"{cfg.model}/{cfg.dataset} B={cfg.batch_size}")
     with bar:
         status, epoch = _epochs(model, opt, ds, cfg, start, history, elapsed, resumed, work, bar, step_hook,
-                                smoothing, captured, forward)
-    return _publish(cfg, key, ds, store, dev, model, status, epoch, history, work, resumed, step_path)
+                                smoothing, captured, forward, key, snapshots)
+    return _publish(cfg, key, ds, store, dev, model, status, epoch, history, work, resumed, step_path, snapshots)
 
 
 def _initial_model(cfg: TrainConfig, ds: data_mod.Dataset, dev) -> nn.Module:
@@ -162,23 +162,26 @@ def _forward(model, ds, cfg, dev, captured, step_path, step_hook, smoothing):
                                      lambda out, y: training_loss(out, y, cfg))
 
 
-def _resume(ckpt, model, opt, dev) -> tuple[int, list, float, list]:
-    """The epoch, history, training time and earlier resumes of an interrupted run's checkpoint
-    (loaded into ``model`` and ``opt``), or a fresh start. A checkpoint that cannot be read (damaged, or of
-    another version) is set aside with a warning, not silently ignored."""
+def _resume(ckpt, model, opt, dev, key: str, max_epochs: int) -> tuple[int, list, float, list, dict]:
+    """The epoch, history, training time, earlier resumes and snapshot hashes of an interrupted run's
+    checkpoint (loaded into ``model`` and ``opt``), or a fresh start. A checkpoint that cannot be read,
+    whose hash does not match or whose fields do not fit the run (``hessbatch.checkpoints``) is set
+    aside with a warning, not silently ignored."""
     if not ckpt.is_file():
-        return 0, [], 0.0, []
+        return 0, [], 0.0, [], {}
     try:
-        state = torch.load(ckpt, map_location=dev, weights_only=True)
+        state = checkpoints.load(ckpt, dev)
+        checkpoints.check(state, key, max_epochs)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        return state["epoch"], state["history"], state["elapsed"], [*state.get("resumed", []), state["epoch"]]
+        return (state["epoch"], state["history"], state["elapsed"], [*state.get("resumed", []), state["epoch"]],
+                dict(state.get("snapshots", {})))
     except (RuntimeError, KeyError, ValueError, EOFError, TypeError, pickle.UnpicklingError) as e:
         bad = ckpt.parent.parent / f".{ckpt.parent.name}.unreadable-checkpoint.pt"
         os.replace(ckpt, bad)
         warnings.warn(f"the checkpoint of this run could not be resumed ({describe(e)}); it is kept as {bad} "
                       "and training starts over", ResumeWarning, stacklevel=3)
-        return 0, [], 0.0, []
+        return 0, [], 0.0, [], {}
 
 
 def in_progress(store: Store, key: str) -> dict | None:
@@ -189,7 +192,7 @@ def in_progress(store: Store, key: str) -> dict | None:
     if not ckpt.is_file():
         return None
     try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        state = checkpoints.load(ckpt)
     except (RuntimeError, ValueError, EOFError, pickle.UnpicklingError):
         return None
     last = state["history"][-1] if state.get("history") else {}
@@ -197,8 +200,10 @@ def in_progress(store: Store, key: str) -> dict | None:
 
 
 def _epochs(model, opt, ds, cfg, start, history, elapsed, resumed, work, bar, step_hook,
-            smoothing, captured=None, forward=None) -> tuple[str, int]:
-    """Train from epoch ``start`` until the target loss, the cap or divergence; checkpoint every epoch."""
+            smoothing, captured=None, forward=None, key: str = "", snapshots: dict | None = None) -> tuple[str, int]:
+    """Train from epoch ``start`` until the target loss, the cap or divergence; checkpoint every epoch.
+    ``snapshots`` collects each weight snapshot's SHA-256 (its file name → digest)."""
+    snapshots = {} if snapshots is None else snapshots
     epoch = start
     for epoch in range(start + 1, cfg.max_epochs + 1):
         t0 = time.perf_counter()
@@ -217,17 +222,24 @@ def _epochs(model, opt, ds, cfg, start, history, elapsed, resumed, work, bar, st
         if not (math.isfinite(run_loss) and math.isfinite(train_loss)):
             return "diverged", epoch
         if cfg.save_every and epoch % cfg.save_every == 0:
-            atomic_torch_save(model.state_dict(), work / f"weights-epoch{epoch:04d}.pt")
+            name = f"weights-epoch{epoch:04d}.pt"
+            snapshots[name] = atomic_torch_save(model.state_dict(), work / name)
         reached = cfg.target_loss is not None and train_loss <= cfg.target_loss
         if reached or epoch == cfg.max_epochs:
             return ("converged" if reached else "capped"), epoch
-        atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
-                           "history": history, "elapsed": elapsed, "resumed": resumed}, work / "checkpoint.pt")
+        checkpoints.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "key": key,
+                          "history": history, "elapsed": elapsed, "resumed": resumed, "snapshots": snapshots},
+                         work / "checkpoint.pt")
     return "capped", epoch  # resumed a checkpoint of the last epoch
 
 
-def _publish(cfg, key, ds, store, dev, model, status, epoch, history, work, resumed, step_path="eager") -> Run:
-    """Write the finished run into the store (history, result, weights and snapshots) and drop its work folder."""
+def _publish(cfg, key, ds, store, dev, model, status, epoch, history, work, resumed, step_path="eager",
+             snapshots: dict | None = None) -> Run:
+    """Write the finished run into the store (history, result, weights and snapshots) and drop its work
+    folder. A snapshot whose bytes are not those written (its hash in ``snapshots``) stops it."""
+    for snap in sorted(work.glob("weights-epoch*.pt")):
+        check(snap.name not in (snapshots or {}) or file_sha256(snap) == snapshots[snap.name],
+              f"the weight snapshot {snap} changed after it was written; delete {work} to train run {key} again")
     last = history[-1] if history else {}
     result = {"status": status, "epochs": epoch, "key": key, "train_loss": last.get("train_loss"),
               "train_acc": last.get("train_acc"), "test_loss": last.get("test_loss"),

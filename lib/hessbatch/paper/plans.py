@@ -18,11 +18,13 @@ import shutil
 import tarfile
 import tempfile
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..data import check_present
-from ..errors import check, describe
+from .. import schema
+from ..errors import HessbatchError, check, describe
 from ..config import run_key
 from ..hessian import graph_memory_share
 from ..store import MANIFEST, Store, atomic_write_bytes, results_root
@@ -275,13 +277,12 @@ def unpack(folder: str, profile: str = "paper", results: str | None = None) -> d
     src = Path(folder)
     check((src / "tidy.tgz").is_file() and (src / "plan.json").is_file(),
           f"{folder}: no tidy.tgz and plan.json of a plan here")
-    record = json.loads((src / "plan.json").read_text())
-    check(not record.get("dry_run"), f"{folder}: a dry run's results are not merged into a profile's store")
+    record = read_record(src / "plan.json")
+    check(not record["dry_run"], f"{folder}: a dry run's results are not merged into a profile's store")
     dest = Store(profile_results(load_profile(profile), results))
     counts = {"added": 0, "kept": 0, "replaced": 0, "removed": 0}
     with tempfile.TemporaryDirectory() as tmp:
-        with tarfile.open(src / "tidy.tgz") as tar:
-            tar.extractall(tmp, filter="data")
+        _extract(src / "tidy.tgz", tmp)
         n, bad = Store(tmp).verify()
         check(not bad, f"{folder}: tidy.tgz holds {len(bad)} of {n} entries that are not whole (files missing, "
                        f"damaged, or named outside their folder: {', '.join(f'{e.kind}/{e.key}' for e in bad[:5])}); "
@@ -303,6 +304,43 @@ def unpack(folder: str, profile: str = "paper", results: str | None = None) -> d
                     shutil.copy2(e.path / f, tmp / f)
     _record_timings(dest.root / "_timings.yml", record, yaml)
     return counts
+
+
+_RECORD = {"plan": schema.text(), "started": schema.text(), "hardware": schema.text(), "device": schema.text(),
+           "workers": schema.integer(1, 1024), "dry_run": schema.FLAG, "pages": schema.items(schema.MAPPING),
+           "seconds": schema.number(0, 1e9, null=True)}
+_PAGE = {"name": schema.text(), "state": schema.text(), "page": schema.text(null=True)}
+_DONE = {"seconds": schema.number(0, 1e9), "train_seconds": schema.number(0, 1e9)}
+TAR_BYTES, TAR_MEMBERS = 8 << 30, 200_000
+
+
+def read_record(path: Path) -> dict:
+    """A plan's ``plan.json``, every field that merging reads checked: one line if it is not one."""
+    check(path.stat().st_size <= 16 << 20, f"{path}: larger than 16 MiB, not a plan's record")
+    try:
+        record = json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise HessbatchError(f"{path}: not a plan's record ({type(e).__name__})") from None
+    schema.check_record(record, _RECORD, str(path))
+    for i, page in enumerate(record["pages"]):
+        schema.check_record(page, {**_PAGE, **(_DONE if page.get("state") == "done" else {})},
+                            f"{path}: pages[{i}]")
+    return record
+
+
+def _extract(tgz: Path, folder: str) -> None:
+    """A plan's ``tidy.tgz`` into ``folder``: regular files and folders only (tarfile's ``data``
+    filter refuses links, devices and names outside), within a size and count; one line if not."""
+    try:
+        with tarfile.open(tgz) as tar:
+            members = tar.getmembers()
+            check(len(members) <= TAR_MEMBERS and sum(m.size for m in members) <= TAR_BYTES,
+                  f"{tgz}: more than {TAR_MEMBERS} files or {TAR_BYTES >> 30} GiB, not a plan's results")
+            check(all(m.isfile() or m.isdir() for m in members),
+                  f"{tgz}: holds links or special files, not only a plan's results")
+            tar.extractall(folder, filter="data")
+    except (tarfile.TarError, EOFError, zlib.error) as e:
+        raise HessbatchError(f"{tgz}: not a readable gzipped tar ({describe(e)})") from None
 
 
 def _same(a: Path, b: Path) -> bool:

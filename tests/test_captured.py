@@ -113,12 +113,12 @@ def test_graph_replays_the_eager_steps_on_a_gpu():
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # the warm-up is undone
 
 
-@pytest.mark.parametrize("value", ["false", "off", "no", ""])
+@pytest.mark.parametrize("value", ["false", "off", "no", " "])
 def test_the_graphs_switch_is_0_or_1(monkeypatch, value):
     from hessbatch.errors import HessbatchError
 
     monkeypatch.setenv(captured.ENV, value)
-    with pytest.raises(HessbatchError, match="HESSBATCH_CUDA_GRAPHS must be 0 or 1"):
+    with pytest.raises(HessbatchError, match="HESSBATCH_CUDA_GRAPHS must be one of 0, 1"):
         captured.enabled(torch.device("cpu"))
     monkeypatch.setenv(captured.ENV, "0")
     assert captured.enabled(torch.device("cuda")) is False

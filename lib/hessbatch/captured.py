@@ -30,7 +30,7 @@ class CaptureUnavailable(HessbatchError):
 
 def enabled(dev: torch.device) -> bool:
     """Graphs are used on CUDA devices unless ``HESSBATCH_CUDA_GRAPHS=0`` (0 or 1; anything else is an error)."""
-    return dev.type == "cuda" and schema.env(ENV, "1") == "1"
+    return schema.env(ENV, "1") == "1" and dev.type == "cuda"
 
 
 def sgd_update(params, bufs, neg_lr: torch.Tensor, momentum: float, weight_decay: float) -> None:

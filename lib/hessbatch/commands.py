@@ -214,6 +214,8 @@ def _cmd_verify(a) -> int:
     store = Store(a.results)
     check(store.root.is_dir(), f"no result store at {store.root}")
     _check_kind(store, a.kind)
+    if a.remove:
+        store.clean()
     n, bad = store.verify(a.kind)
     for e in bad:
         print(f"corrupt: {e.kind}/{e.key}")

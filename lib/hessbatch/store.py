@@ -24,13 +24,11 @@ import json
 import os
 import re
 import shutil
-import socket
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic import atomic_torch_save, atomic_write_bytes, exchange_folders  # noqa: F401 (the store's API)
+from .atomic import atomic_torch_save, atomic_write_bytes, clean_stale, exchange_folders, tmp_name  # noqa: F401
 from .errors import HessbatchError, NotInStore, check
 
 SCHEMA = 1
@@ -71,26 +69,6 @@ def check_kind(kind: str) -> str:
 def _inside(path: Path, root: Path) -> bool:
     real, top = path.resolve(), root.resolve()
     return real == top or top in real.parents
-
-
-def _tmp_name(key: str) -> str:
-    """A publication's temporary folder: its host and process, so a later write can tell a dead one."""
-    return f".{key}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-
-
-def _clean_stale(folder: Path) -> None:
-    """Remove the temporary folders of publications whose process (on this host) is gone."""
-    host = socket.gethostname()
-    for tmp in folder.glob(".*.tmp"):
-        parts = tmp.name[1:-4].split(".")
-        if len(parts) < 4 or ".".join(parts[1:-2]) != host or not parts[-2].isdigit():
-            continue
-        try:
-            os.kill(int(parts[-2]), 0)
-        except ProcessLookupError:
-            shutil.rmtree(tmp, ignore_errors=True)
-        except PermissionError:
-            pass
 
 
 def canonical_json(obj) -> str:
@@ -236,11 +214,33 @@ class Store:
         folders = self._folders(kind)
         return len(folders), [Entry(p, k, p.name) for k, p in folders if not _valid(p, verify=True)]
 
+    def clean(self) -> None:
+        """Remove what writers that died left behind: their temporary folders (named for their
+        host and process, see ``building``), in the store's folder and in each kind's."""
+        for folder in [self.root, *(self.root / k for k in self.kinds())]:
+            if folder.is_dir():
+                clean_stale(folder)
+
+    @contextlib.contextmanager
+    def scratch(self, name: str = "scratch"):
+        """A temporary folder inside the store, deleted after; one left by a killed process is
+        removed by the next ``clean``."""
+        created = not self.root.exists()
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / tmp_name(name)
+        tmp.mkdir()
+        try:
+            yield tmp
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if created and not any(self.root.iterdir()):
+                self.root.rmdir()
+
     def remove(self, entry: Entry) -> None:
         """Delete an entry of this store: it disappears in one step (renamed aside, then deleted)."""
         check(entry.path.parent == self.folder(entry.kind) and KEY.fullmatch(entry.path.name),
               f"{entry.path} is not an entry of the store at {self.root}")
-        trash = entry.path.parent / _tmp_name(entry.key)
+        trash = entry.path.parent / tmp_name(entry.key)
         os.rename(entry.path, trash)
         shutil.rmtree(trash, ignore_errors=True)
 
@@ -252,8 +252,8 @@ class Store:
         the store goes through here; ``written`` counts the builds that became entries."""
         final = self.path(kind, key)
         final.parent.mkdir(parents=True, exist_ok=True)
-        _clean_stale(final.parent)
-        tmp = final.parent / _tmp_name(key)
+        clean_stale(final.parent)
+        tmp = final.parent / tmp_name(key)
         tmp.mkdir()
         try:
             yield tmp
@@ -291,7 +291,7 @@ class Store:
                 return False
             if exchange_folders(tmp, final):  # tmp now holds the old entry, removed by the caller
                 return True
-            old = final.parent / _tmp_name(final.name)
+            old = final.parent / tmp_name(final.name)
             os.rename(final, old)
             try:
                 os.rename(tmp, final)
@@ -396,6 +396,7 @@ class Store:
               f"cannot export the store at {self.root} into {dest}: the two folders overlap "
               "(an export leaves out the weights; it writes only into a folder apart from the store)")
         n, size = 0, 0
+        target.clean()
         for e in self.entries():
             if not _valid(e.path, verify=True):
                 continue
@@ -413,8 +414,7 @@ class Store:
                 size += sum(m["size"] for m in keep.values()) + (e.path / "config.json").stat().st_size
         for extra in ("_timings.yml",):
             if (self.root / extra).is_file():
-                target.root.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(self.root / extra, target.root / extra)
+                atomic_write_bytes(target.root / extra, (self.root / extra).read_bytes())
         return n, size
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import subprocess
+import uuid
 from pathlib import Path
 
 import pandas as pd
@@ -41,9 +42,12 @@ def save(fig, fig_id: str, data: pd.DataFrame, title: str, params: dict, outdir:
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     for ext in ("png", "pdf"):
-        tmp = outdir / f".{fig_id}.tmp.{ext}"
-        fig.savefig(tmp, dpi=150 if ext == "png" else None, bbox_inches="tight")
-        os.replace(tmp, outdir / f"{fig_id}.{ext}")
+        tmp = outdir / f".{fig_id}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.{ext}"  # two builds into one folder
+        try:
+            fig.savefig(tmp, dpi=150 if ext == "png" else None, bbox_inches="tight")
+            os.replace(tmp, outdir / f"{fig_id}.{ext}")
+        finally:
+            tmp.unlink(missing_ok=True)
     atomic_write_bytes(outdir / f"{fig_id}.csv", data.to_csv(index=False).encode())
     h, c = config_hash(params), commit()
     page = f", page `{params['variant']}`" if params.get("variant") else ""

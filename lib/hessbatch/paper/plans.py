@@ -281,7 +281,8 @@ def unpack(folder: str, profile: str = "paper", results: str | None = None) -> d
     check(not record["dry_run"], f"{folder}: a dry run's results are not merged into a profile's store")
     dest = Store(profile_results(load_profile(profile), results))
     counts = {"added": 0, "kept": 0, "replaced": 0, "removed": 0}
-    with tempfile.TemporaryDirectory() as tmp:
+    dest.clean()
+    with dest.scratch("unpack") as tmp:  # inside the store: a killed unpack's is cleaned by the next
         _extract(src / "tidy.tgz", tmp)
         n, bad = Store(tmp).verify()
         check(not bad, f"{folder}: tidy.tgz holds {len(bad)} of {n} entries that are not whole (files missing, "

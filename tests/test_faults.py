@@ -19,6 +19,7 @@ import pytest
 from hessbatch.paper.cli import main
 from hessbatch.paper.plans import export
 from hessbatch.store import Store
+from processes import alive, children
 
 HESSBATCH = [sys.executable, "-m", "hessbatch.paper.cli"]
 KILLS = 3
@@ -50,36 +51,15 @@ def _whole_or_absent(folder: Path) -> None:
 def _killed(argv, delay: float, cwd: Path) -> list[int]:
     """Start ``hessbatch argv``, SIGKILL it after ``delay`` seconds (if still running); its children."""
     proc = subprocess.Popen([*HESSBATCH, *argv], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    children: set[int] = set()
+    seen: set[int] = set()
     deadline = time.time() + delay
     while time.time() < deadline and proc.poll() is None:
-        children |= set(_children(proc.pid))
+        seen |= set(children(proc.pid))
         time.sleep(0.01)
     if proc.poll() is None:
         os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    return sorted(children)
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
-
-
-def _alive(pids) -> list[int]:
-    def running(p):
-        try:
-            return Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-        except OSError:
-            return False
-    return [p for p in pids if running(p)]
+    return sorted(seen)
 
 
 def _delays(argv, cwd: Path, seed: int) -> list[float]:
@@ -142,9 +122,9 @@ def test_a_sweep_parent_killed_at_random_points_takes_its_workers_along(tmp_path
         workers = _killed(argv, rng.uniform(1.0, 6.0), tmp_path)
         seen += len(workers)
         deadline = time.time() + 15
-        while _alive(workers) and time.time() < deadline:
+        while alive(workers) and time.time() < deadline:
             time.sleep(0.2)
-        assert _alive(workers) == [], "a worker outlived its killed parent"
+        assert alive(workers) == [], "a worker outlived its killed parent"
         _whole_or_absent(tmp_path / "store")
     assert seen > 0, "no kill came while workers ran"
     assert main(argv) == 0

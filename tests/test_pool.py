@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from hessbatch.pool import DIED, Pool
+from processes import alive, children
 
 
 def _drain(pool, queue):
@@ -60,17 +61,6 @@ def test_workers_exit_when_their_parent_is_killed(tmp_path):
     parent = subprocess.Popen([sys.executable, "-c", PARENT], env=env, stdout=subprocess.PIPE, text=True)
     assert parent.stdout.readline().strip() == "ready"
 
-    def children(pid):
-        out = []
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                out.append(int(stat.parent.name))
-        return out
-
     deadline = time.time() + 60
     while len(children(parent.pid)) < 2 and time.time() < deadline:
         time.sleep(0.2)
@@ -79,8 +69,6 @@ def test_workers_exit_when_their_parent_is_killed(tmp_path):
     os.kill(parent.pid, signal.SIGKILL)
     parent.wait()
     deadline = time.time() + 10
-    while any(Path(f"/proc/{w}").exists() for w in workers) and time.time() < deadline:
+    while alive(workers) and time.time() < deadline:
         time.sleep(0.2)
-    alive = [w for w in workers if Path(f"/proc/{w}/stat").exists()
-             and Path(f"/proc/{w}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
-    assert alive == []
+    assert alive(workers) == []

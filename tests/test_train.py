@@ -107,21 +107,27 @@ def test_lr_schedule():
     assert lr_at(TrainConfig(lr=0.01, batch_size=4, lr_scaling="sqrt", lr_base_batch=16), 0) == pytest.approx(0.005)
 
 
+def _kill_after_first_checkpoint(args: list[str], ckpt: Path) -> None:
+    """Start ``hessbatch`` with ``args`` and SIGKILL it as soon as ``ckpt`` exists."""
+    proc = subprocess.Popen([sys.executable, "-m", "hessbatch.cli", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def test_killed_run_resumes_to_the_same_result(tmp_path, tiny_cfg):
     """SIGKILL a real training process after its first checkpoint, then resume."""
     cfg = {**tiny_cfg, "max_epochs": 6, "model": "M1", "subset": 40}
-    args = [sys.executable, "-m", "hessbatch.cli", "train", "--model", "M1", "--dataset", "mnist5k",
-            "--subset", "40", "--test-subset", "10", "--batch-size", "50", "--lr", "0.05", "--max-epochs", "6",
-            "--target-loss", "none", "--results", str(tmp_path / "killed"), "--no-progress"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = ["train", "--model", "M1", "--dataset", "mnist5k", "--subset", "40", "--test-subset", "10",
+            "--batch-size", "50", "--lr", "0.05", "--max-epochs", "6", "--target-loss", "none",
+            "--results", str(tmp_path / "killed"), "--no-progress"]
     store = Store(tmp_path / "killed")
     key = store.key("train", TrainConfig.from_dict(cfg).resolved().to_dict())
     ckpt = store.work_dir("train", key) / "checkpoint.pt"
-    deadline = time.time() + 120
-    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    _kill_after_first_checkpoint(args, ckpt)
     assert ckpt.exists(), "the run should have written a checkpoint before it was killed"
     assert store.get("train", key=key) is None, "a killed run must not leave a complete entry"
     done_epochs = checkpoints.load(ckpt)["epoch"]
@@ -199,18 +205,12 @@ def test_a_snapshot_changed_on_disk_is_not_published(tmp_path, tiny_cfg):
     cfg = {**tiny_cfg, "save_every": 1, "max_epochs": 30, "target_loss": None}
     store = Store(tmp_path)
     key = store.key("train", TrainConfig.from_dict(cfg).resolved().to_dict())
-    args = [sys.executable, "-m", "hessbatch.cli", "train", "--model", cfg["model"], "--dataset", "mnist5k",
-            "--subset", str(cfg["subset"]), "--test-subset", str(cfg["test_subset"]),
-            "--batch-size", str(cfg["batch_size"]), "--lr", str(cfg["lr"]), "--max-epochs", "30", "--target-loss", "none",
-            "--save-every", "1",
-            "--results", str(tmp_path), "--no-progress"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = ["train", "--model", cfg["model"], "--dataset", "mnist5k", "--subset", str(cfg["subset"]),
+            "--test-subset", str(cfg["test_subset"]), "--batch-size", str(cfg["batch_size"]), "--lr", str(cfg["lr"]),
+            "--max-epochs", "30", "--target-loss", "none", "--save-every", "1", "--results", str(tmp_path),
+            "--no-progress"]
     ckpt = store.work_dir("train", key) / "checkpoint.pt"
-    deadline = time.time() + 120
-    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    _kill_after_first_checkpoint(args, ckpt)
     snap = store.work_dir("train", key) / "weights-epoch0001.pt"
     assert snap.exists() and ckpt.exists()
     raw = bytearray(snap.read_bytes())

@@ -400,6 +400,9 @@ def test_paper_profile_renders_from_committed_results(tmp_path, monkeypatch):
     assert not set(executed) & set(placeholders)
     assert len(executed) + len(placeholders) == len(executions(load_profile("paper")))
     assert "PLAN=c1-table1 bash scripts/gpu/plan.sh" in (src / "book" / "01-batch-size.md").read_text()
+    assert "scripts/cpu/protocol.sh c1-table1-cpu" in (src / "book" / "01-batch-size--C1-cpu.md").read_text()
+    table4 = (src / "book" / "05-adversarial-training--C3-cpu.md").read_text()
+    assert "hessbatch plan c3-table4-cpu --train-only" in table4 and "| B | run | state |" not in table4
     nb = json.loads((src / "book" / "01-batch-size--M1-15ep.ipynb").read_text())
     text = json.dumps(nb["cells"])
     assert "MNIST; used: 60,000 train / 10,000 test" in text and "device* cuda" in text

@@ -142,8 +142,8 @@ def build(profile: str = "quick", results: str | None = None, device: str = "cpu
             print(f"[-] {name}: not computed in {res}; a placeholder page says how to compute it", flush=True)
             variants = list(prof["chapters"][chapter].get("variants") or {})
             only = f"{chapter}--{variants[0]}" if name == chapter and variants else name
-            _placeholder(src / "book", name, chapter, title, prof, only, progress,
-                         list(asked[name]) if isinstance(asked[name], list) else [])
+            sweep = registry.chapter(chapter).shows_any_batch_sizes and isinstance(asked[name], list)
+            _placeholder(src / "book", name, chapter, title, prof, only, progress, list(asked[name]) if sweep else [])
         for name, _, params, _ in runs:
             missing = [b for b in asked[name] or [] if b not in params.get("batch_sizes", [])]
             if isinstance(asked[name], list) and missing:
@@ -339,9 +339,16 @@ def _placeholder(folder: Path, name: str, chapter: str, title: str | None, prof:
                     if c["cell_type"] == "markdown" and "".join(c["source"]).lstrip().startswith("# ")), f"# {name}")
     profile = prof["profile"]
     plan = next((p for p in plans(prof) if {name, only} & set(p.pages)), None)
+    store = f"~/.cache/hessbatch/{plan.name}" if plan else ""
     how = (f"It is part of the plan `{plan.name}` ({plan.title}), computed on the CPU one batch size per call, "
            f"each resumed from its last epoch's checkpoint and committed as it ends:\n\n"
            f"    DATA=DATA bash scripts/cpu/protocol.sh {plan.name}\n\n"
+           if plan and plan.device == "cpu" and sizes else
+           f"It is part of the plan `{plan.name}` ({plan.title}), computed on the CPU: its runs trained call after "
+           f"call, each resumed from its last epoch's checkpoint, then measured and merged:\n\n"
+           f"    hessbatch plan {plan.name} --train-only --data-root DATA --results {store}\n"
+           f"    hessbatch plan {plan.name} --data-root DATA --results {store} --out OUT\n"
+           f"    hessbatch plan --unpack OUT\n\n"
            if plan and plan.device == "cpu" else
            f"It is part of the plan `{plan.name}` ({plan.title}), which computes within one GPU command of "
            f"{plan.budget_s // 60} minutes:\n\n"

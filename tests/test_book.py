@@ -164,7 +164,7 @@ def test_optional_variant_runs_only_when_named():
         "01-batch-size", "01-batch-size--attack-fgsm10", "01-batch-size--M1", "01-batch-size--M1--attack-fgsm10",
         "01-batch-size--C2", "01-batch-size--C2--attack-fgsm10", "01-batch-size--M1-cpu",
         "01-batch-size--M1-cpu--attack-fgsm10", "01-batch-size--C1-cpu", "01-batch-size--C1-cpu--attack-fgsm10",
-        "01-batch-size--M1-15ep", "01-batch-size--M1-15ep--attack-fgsm10"]
+        "01-batch-size--C2-cpu", "01-batch-size--C2-cpu--attack-fgsm10", "01-batch-size--M1-15ep", "01-batch-size--M1-15ep--attack-fgsm10"]
     assert names(chapters=["01-batch-size--ResNet18"], optional=False) == ["01-batch-size--ResNet18"]
     assert names(chapters=["01-batch-size--C1", "02-landscapes"], optional=False) == [
         "01-batch-size", "02-landscapes", "02-landscapes--C1", "02-landscapes--C1-cpu", "02-landscapes--M1-15ep"]

@@ -4,6 +4,7 @@
 # paper-results/ and committed at once, so an interruption loses at most the run in progress, which
 # resumes from its last epoch's checkpoint when the script runs again.
 #   DATA=../shared/data bash scripts/cpu/protocol.sh c1-table1-cpu [B ...]   (default: 16 32 ... 2048)
+#   DATA=../shared/data bash scripts/cpu/protocol.sh c2-table1-cpu [B ...]   (default: 256 512 1024 2048)
 #   DATA=../shared/data bash scripts/cpu/protocol.sh m1-table7-cpu [B ...]   (default: 64 128 ... 2048)
 #   TRAIN_ONLY=1 ...: train the batch sizes only (measure them with a later call)
 # DATA holds MNIST/raw/*.gz (torchvision's layout; in DATA/mnist) and cifar10-jpeg/{train,test}.tar.gz;
@@ -12,12 +13,12 @@
 # working tree, so that a fresh checkout on the same machine resumes the runs instead of starting again.
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
-plan=${1:?name a plan: c1-table1-cpu or m1-table7-cpu}
+plan=${1:?name a plan: c1-table1-cpu, c2-table1-cpu or m1-table7-cpu}
 shift
 src=${DATA:?set DATA: a folder holding mnist/MNIST/raw/*.gz and cifar10-jpeg/*.tar.gz}
 case $plan in
-  c1-table1-cpu)
-    default="16 32 64 128 256 512 1024 2048"
+  c1-table1-cpu|c2-table1-cpu)
+    default=$([ "$plan" = c1-table1-cpu ] && echo "16 32 64 128 256 512 1024 2048" || echo "256 512 1024 2048")
     mkdir -p data/cifar10-jpeg
     for p in train test; do
       [ -d "data/cifar10-jpeg/$p" ] || [ -s "data/cifar10-jpeg/$p.tar.gz" ] || cp "$src/cifar10-jpeg/$p.tar.gz" data/cifar10-jpeg/
@@ -29,7 +30,7 @@ case $plan in
       t="data/MNIST/raw/$(basename "${f%.gz}")"
       [ -s "$t" ] || gunzip -c "$f" > "$t"
     done ;;
-  *) echo "protocol.sh: unknown plan $plan (c1-table1-cpu or m1-table7-cpu)" >&2; exit 2 ;;
+  *) echo "protocol.sh: unknown plan $plan (c1-table1-cpu, c2-table1-cpu or m1-table7-cpu)" >&2; exit 2 ;;
 esac
 # HESSBATCH: the command to run (default .venv/bin/hessbatch; may be a command line, e.g.
 # "env PYTHONPATH=$PWD/lib python3 -m hessbatch.paper.cli" for a second checkout)

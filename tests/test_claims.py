@@ -75,3 +75,20 @@ def test_seed_trend_from_zero_without_warnings():
         flat = seed_trend("rises", "x", b, [0.0, 0.0, 0.0, 0.0], +1)
     assert rise["holds"] == "✓" and rise["ratio"] == float("inf")
     assert fall["holds"] == "✗" and flat["holds"] == "✗"
+
+
+def test_linear_scaling_diverges_above_the_smallest_batch():
+    """§8 claim 14's second half: FB at chance (or a non-finite loss) at every batch but the smallest."""
+    import pandas as pd
+
+    from hessbatch.paper.chapters.large_batch_robust import linear_scaling_diverges
+
+    def df(accs, statuses=None):
+        statuses = statuses or ["capped"] * len(accs)
+        return pd.DataFrame({"batch_size": [8000, 10000, 25000, 50000], "method": "FB", "test_acc": accs,
+                             "status": statuses})
+
+    assert linear_scaling_diverges(df([0.6, 0.1, 0.12, 0.1]), 10)["holds"] == "✓"
+    assert linear_scaling_diverges(df([0.6, float("nan"), 0.1, 0.1], ["capped", "diverged", "capped", "capped"]),
+                                   10)["value"] == 3
+    assert linear_scaling_diverges(df([0.6, 0.5, 0.1, 0.1]), 10)["holds"] == "✗"

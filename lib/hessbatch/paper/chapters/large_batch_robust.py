@@ -52,6 +52,16 @@ def train_configs(p: Params) -> list[dict]:
     return [cfg for _, cfg in recipes(p)]
 
 
+def linear_scaling_diverges(df: pd.DataFrame, classes: int) -> dict:
+    """Linear scaling with warm-up diverges above the smallest batch (§8 claim 14: "accuracy = 1/c at
+    B ≥ 10k"): a run counts as diverged when its loss became non-finite or its test accuracy is
+    within half of chance (at most 1.5/c)."""
+    fb = df[df["method"] == "FB"].sort_values("batch_size")
+    gone = (fb["status"] == "diverged") | (fb["test_acc"].fillna(0) <= 1.5 / classes)
+    return claims.claim("linear scaling with warm-up diverges above the smallest batch", "Table 8",
+                        "batch sizes where it diverged", int(gone.sum()), bool(gone.iloc[1:].all()))
+
+
 def compute(p: Params, ctx: Context) -> dict:
     rows, used = [], []
     for method, cfg in progress.bar(recipes(p), desc="Table 8", unit="run", show=ctx.progress):
@@ -65,5 +75,6 @@ def compute(p: Params, ctx: Context) -> dict:
     gain = (wide["robust"] - wide["baseline"])
     checks = [claims.claim("robust training beats the baseline at every batch size", "Table 8",
                            "min accuracy gain", float(gain.min()), bool((gain > 0).all())),
-              claims.trend("the robust gain grows with batch size", "Table 8", wide.index, gain.values, +1)]
+              claims.trend("the robust gain grows with batch size", "Table 8", wide.index, gain.values, +1),
+              linear_scaling_diverges(df, used[0].result["model_spec"]["num_classes"])]
     return {"runs": df, "table": wide.reset_index(), "claims": claims.table(checks), "used": used}

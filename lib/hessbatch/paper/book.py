@@ -339,25 +339,10 @@ def _placeholder(folder: Path, name: str, chapter: str, title: str | None, prof:
                     if c["cell_type"] == "markdown" and "".join(c["source"]).lstrip().startswith("# ")), f"# {name}")
     profile = prof["profile"]
     plan = next((p for p in plans(prof) if {name, only} & set(p.pages)), None)
-    store = f"~/.cache/hessbatch/{plan.name}" if plan else ""
-    how = (f"It is part of the plan `{plan.name}` ({plan.title}), computed on the CPU one batch size per call, "
-           f"each resumed from its last epoch's checkpoint and committed as it ends:\n\n"
-           f"    DATA=DATA bash scripts/cpu/protocol.sh {plan.name}\n\n"
-           if plan and plan.device == "cpu" and sizes else
-           f"It is part of the plan `{plan.name}` ({plan.title}), computed on the CPU: its runs trained call after "
-           f"call, each resumed from its last epoch's checkpoint, then measured and merged:\n\n"
-           f"    hessbatch plan {plan.name} --train-only --data-root DATA --results {store}\n"
-           f"    hessbatch plan {plan.name} --data-root DATA --results {store} --out OUT\n"
-           f"    hessbatch plan --unpack OUT\n\n"
-           if plan and plan.device == "cpu" else
-           f"It is part of the plan `{plan.name}` ({plan.title}), which computes within one GPU command of "
-           f"{plan.budget_s // 60} minutes:\n\n"
-           f"    PLAN={plan.name} bash scripts/gpu/plan.sh              # on the GPU machine, data in .gpudata/\n"
-           f"    hessbatch plan --unpack FOLDER                         # here: merge FOLDER/tidy.tgz\n\n"
-           if plan else
-           f"On a GPU machine with the data, run\n\n"
-           f"    hessbatch compute --profile {profile} --chapters {only} --device cuda --data-root DATA --workers 6\n"
-           f"    hessbatch export --results RESULTS paper-results\n\n")
+    how = plan.how(bool(sizes)) if plan else (
+        f"On a GPU machine with the data, run\n\n"
+        f"    hessbatch compute --profile {profile} --chapters {only} --device cuda --data-root DATA --workers 6\n"
+        f"    hessbatch export --results RESULTS paper-results\n\n")
     (folder / f"{name}.md").write_text(
         f"{heading}{f' — {markdown_text(title)}' if title else ''}\n\n"
         f"```{{note}}\nThis chapter has not been computed at the scale of the `{profile}` profile yet: its results "

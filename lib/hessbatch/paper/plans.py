@@ -43,6 +43,22 @@ class Plan:
     budget_s: int = 540
     device: str = "cuda"    # where it is meant to run: "cuda" (one GPU command) or "cpu" (calls resumed for hours)
 
+    def how(self, by_batch_size: bool) -> str:
+        """How to compute its pages, as a placeholder page says it (``by_batch_size``: a batch-size
+        sweep at the protocol, one batch size per call of ``scripts/cpu/protocol.sh``)."""
+        intro = f"It is part of the plan `{self.name}` ({self.title}), "
+        if self.device != "cpu":
+            return (intro + f"which computes within one GPU command of {self.budget_s // 60} minutes:\n\n"
+                    f"    PLAN={self.name} bash scripts/gpu/plan.sh              # on the GPU machine, data in .gpudata/\n"
+                    f"    hessbatch plan --unpack FOLDER                         # here: merge FOLDER/tidy.tgz\n\n")
+        if by_batch_size:
+            return (intro + "computed on the CPU one batch size per call, each resumed from its last epoch's "
+                    f"checkpoint and committed as it ends:\n\n    DATA=DATA bash scripts/cpu/protocol.sh {self.name}\n\n")
+        store = f"--data-root DATA --results ~/.cache/hessbatch/{self.name}"
+        return (intro + "computed on the CPU: its runs trained call after call, each resumed from its last "
+                f"epoch's checkpoint, then measured and merged:\n\n    hessbatch plan {self.name} --train-only {store}\n"
+                f"    hessbatch plan {self.name} {store} --out OUT\n    hessbatch plan --unpack OUT\n\n")
+
 
 def plans(prof: dict) -> list[Plan]:
     """The profile's plans in priority order (the order of its ``plans:`` block), checked."""

@@ -268,11 +268,10 @@ def _check_folders(a) -> None:
     from .store import results_root
 
     schema.check_environment()
-    for flag in ("results", "data_root", "dest", "out"):
-        if getattr(a, flag, None) is not None:
-            schema.folder(getattr(a, flag), "--" + flag.replace("_", "-") if flag != "dest" else "DEST")
-    folders = [] if not hasattr(a, "results") else [results_root(a.results)]
-    folders += [results_root(getattr(a, f)) for f in ("dest", "out") if getattr(a, f, None) is not None]
+    named = {flag: schema.folder(getattr(a, flag), "--" + flag.replace("_", "-") if flag != "dest" else "DEST")
+             for flag in ("results", "data_root", "dest", "out") if getattr(a, flag, None) is not None}
+    folders = [results_root(a.results)] if hasattr(a, "results") else []   # the default, or $HESSBATCH_RESULTS
+    folders += [named[f] for f in ("dest", "out") if f in named]
     if a.command in _READ_ONLY:
         return
     for folder in folders:

@@ -53,10 +53,13 @@ def _check_keys(value, where: str, seen=None) -> None:
     if not isinstance(value, (dict, list)) or id(value) in seen:
         return
     seen.add(id(value))
-    for k, v in value.items() if isinstance(value, dict) else enumerate(value):
-        check(isinstance(k, (str, int)) and (isinstance(k, str) or isinstance(value, list)),
-              f"{where}: a key must be a text, got {k!r}")
-        _check_keys(v, f"{where}: {k}" if isinstance(value, dict) else where, seen)
+    if isinstance(value, list):
+        for v in value:
+            _check_keys(v, where, seen)
+        return
+    for k, v in value.items():
+        check(isinstance(k, str), f"{where}: a key must be a text, got {k!r}")
+        _check_keys(v, f"{where}: {k}", seen)
 
 
 def load_sweep(path: str | Path) -> dict:

@@ -98,13 +98,13 @@ class Spec:
         if self.kind == "list":
             item = self.item or Spec("str")
             return self.check(tuple(item.parse(t.strip(), name) for t in text.split(",") if t.strip()), name)
+        convert = {"int": int, "num": float}.get(self.kind, str)
         try:
-            v = {"int": int, "num": float, "str": str}[self.kind](text) if self.kind in ("int", "num", "str") else text
-        except ValueError:
-            v = text
-        if self.choices and self.kind != "str" and v not in self.choices:
-            v = text
-        return self.check(v, name)
+            return self.check(convert(text), name)
+        except ValueError as e:
+            if isinstance(e, HessbatchError):
+                raise
+            return self.check(text, name)   # not a number: the error names the text
 
 
 def integer(lo: int | None = 1, hi: int = INT_MAX, null: bool = False) -> Spec:
@@ -271,16 +271,16 @@ def load_yaml(text_: str, where: str):
 
         def compose_node(self, parent, index):
             if self.check_event(yaml.AliasEvent):
-                Bounded.aliases += 1
-                check(Bounded.aliases <= YAML_ALIASES, f"{where}: more than {YAML_ALIASES} YAML aliases")
-            Bounded.depth += 1
-            Bounded.nodes += 1
-            check(Bounded.depth <= YAML_DEPTH, f"{where}: nested deeper than {YAML_DEPTH} levels")
-            check(Bounded.nodes <= YAML_NODES, f"{where}: more than {YAML_NODES} YAML nodes")
+                self.aliases += 1
+                check(self.aliases <= YAML_ALIASES, f"{where}: more than {YAML_ALIASES} YAML aliases")
+            self.depth += 1
+            self.nodes += 1
+            check(self.depth <= YAML_DEPTH, f"{where}: nested deeper than {YAML_DEPTH} levels")
+            check(self.nodes <= YAML_NODES, f"{where}: more than {YAML_NODES} YAML nodes")
             try:
                 return super().compose_node(parent, index)
             finally:
-                Bounded.depth -= 1
+                self.depth -= 1
 
     loader = Bounded(text_)
     try:

@@ -54,3 +54,35 @@ def test_a_page_shows_the_batch_sizes_in_and_names_the_one_still_training(tmp_pa
     assert progress_note({}, page, [10, 50], [200]).count("| 200 | — | not computed |") == 1
     assert progress_note({}, page, [10, 50, 200], []) == ""
     assert torch.load(Store(work).work_dir("train", key) / "checkpoint.pt", weights_only=True)["epoch"] == 3
+
+
+def test_plan_adopt_from_carries_a_checkpoint_to_the_plans_schedule_now(tmp_path, capsys):
+    """``plan --adopt-from``: the checkpoint of a run started at a constant rate moves to the run of
+    the plan's options now (a plateau rule from epoch 5), and one whose rate differs is refused."""
+    from hessbatch import checkpoints
+    from hessbatch.paper.cli import main
+
+    profile, work = _profile(tmp_path), tmp_path / "work"
+    constant = {"subset": 20, "test_subset": 10, "lr": 0.05, "momentum": 0.9, "max_epochs": 15, "target_loss": 0.001}
+    plateau = {**constant, "lr_plateau": {"patience": 1, "after": 5}}
+    (_, chapter, params, _), = selected(load_profile(profile), ["01-batch-size"], {"train_options": constant})
+    cfg = registry.chapter(chapter).train_configs(params)[1]
+    old, new = run_key(cfg), run_key({**cfg, **plateau})
+    history = [{"epoch": e, "lr": 0.05, "train_loss": 1.0} for e in range(1, 6)]   # flat: the rule acts when allowed
+    checkpoints.save({"model": {}, "optimizer": {}, "epoch": 5, "key": old, "elapsed": 9.0, "resumed": [],
+                      "history": history}, Store(work).work_dir("train", old) / "checkpoint.pt")
+
+    def flow(d: dict) -> str:
+        return yaml.safe_dump(d, default_flow_style=True).strip()
+
+    def plan(options: dict) -> int:
+        return main(["plan", "long", "--profile", profile, "--results", str(work), "--set",
+                     f"batch_sizes=[{cfg['batch_size']}]", "--set", f"train_options={flow(options)}",
+                     "--adopt-from", f"train_options={flow(constant)}"])
+
+    assert plan({**plateau, "lr_plateau": {"patience": 1, "after": 2}}) == 2
+    assert f"the schedules differ from epoch 4, which run {old} has trained" in capsys.readouterr().err
+    assert plan(plateau) == 0
+    assert capsys.readouterr().out.strip() == f"B={cfg['batch_size']:<5} {new}: epochs 1-5 carried from {old}"
+    assert checkpoints.load(Store(work).work_dir("train", new) / "checkpoint.pt")["key"] == new
+    assert not Store(work).work_dir("train", old).exists()

@@ -107,6 +107,39 @@ def test_lr_schedule():
     assert lr_at(TrainConfig(lr=0.01, batch_size=4, lr_scaling="sqrt", lr_base_batch=16), 0) == pytest.approx(0.005)
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_plateau_rule_is_torchs_reduce_on_plateau(seed):
+    """From ``after`` = 0 on, the plateau rule's rate per epoch is that of torch's ReduceLROnPlateau
+    (mode min, relative threshold, no cooldown) fed the same losses."""
+    from hessbatch.config import epoch_lr, plateau_scale
+
+    g = torch.Generator().manual_seed(seed)
+    losses = (0.3 * torch.rand(60, generator=g) + torch.linspace(1.0, 0.2, 60)).tolist()   # noisy, slowly falling
+    cfg = TrainConfig(lr=0.02, lr_gamma=0.2, lr_plateau={"patience": 3, "after": 0}).resolved()
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.02)
+    ref = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.2, patience=3, threshold=1e-4, eps=0)
+    expected = [0.02]
+    for loss in losses:
+        ref.step(loss)
+        expected.append(opt.param_groups[0]["lr"])
+    ours = [epoch_lr(cfg, e, losses) for e in range(1, 62)]
+    assert ours == pytest.approx(expected, rel=1e-12) and min(expected) < 0.02 * 0.2   # it did decay, twice or more
+    assert plateau_scale(TrainConfig(lr_plateau=None), losses) == 1.0
+
+
+def test_plateau_rule_waits_for_its_first_epoch():
+    """A loss flat from the start: no decay before the end of epoch ``after``, then one every patience + 1 epochs."""
+    from hessbatch.config import epoch_lr
+
+    cfg = TrainConfig(lr=1.0, lr_gamma=0.5, lr_plateau={"patience": 2, "after": 6}).resolved()
+    assert cfg.lr_plateau == {"patience": 2, "after": 6, "threshold": 1e-4} and cfg.model == TrainConfig().resolved().model
+    assert [epoch_lr(cfg, e, [1.0] * 12) for e in range(1, 13)] == [1, 1, 1, 1, 1, 1, .5, .5, .5, .25, .25, .25]
+    with pytest.raises(HessbatchError, match="lr_plateau must be"):
+        TrainConfig(lr_plateau={"patience": 2}).resolved()
+    with pytest.raises(HessbatchError, match="lr_plateau.patience must be"):
+        TrainConfig(lr_plateau={"patience": 0, "after": 1}).resolved()
+
+
 def _kill_after_first_checkpoint(args: list[str], ckpt: Path) -> None:
     """Start ``hessbatch`` with ``args`` and SIGKILL it as soon as ``ckpt`` exists."""
     proc = subprocess.Popen([sys.executable, "-m", "hessbatch.cli", *args], stdout=subprocess.DEVNULL,
@@ -168,6 +201,42 @@ def _interrupted(tmp_path, cfg) -> tuple[Store, str, Path]:
              "resumed": [], "snapshots": {}, "history": first.history.to_dict("records")}
     checkpoints.save(state, work / "checkpoint.pt")
     return store, key, work
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_a_checkpoint_carried_to_a_new_schedule_resumes_bit_for_bit(tmp_path, tiny_cfg, monkeypatch):
+    """A run stopped after epoch 2 at a constant rate, carried to a schedule that decays from epoch 3,
+    ends where that schedule trained from the start ends; a schedule that differs earlier is refused."""
+    import hessbatch.train as t
+
+    old = {**tiny_cfg, "max_epochs": 5}
+    new = {**old, "lr_milestones": [2], "lr_gamma": 0.2}
+    real = t.train_epoch
+
+    def stop_at_3(model, opt, ds, cfg, epoch, *a, **kw):
+        if epoch == 3:
+            raise _Stop
+        return real(model, opt, ds, cfg, epoch, *a, **kw)
+
+    monkeypatch.setattr(t, "train_epoch", stop_at_3)
+    store = Store(tmp_path / "store")
+    with pytest.raises(_Stop):
+        train(old, store, progress=False)
+    monkeypatch.undo()
+    with pytest.raises(HessbatchError, match="schedules differ from epoch 2"):
+        t.adopt(old, {**old, "lr_milestones": [1]}, store)
+    with pytest.raises(HessbatchError, match="differ in lr, not only"):
+        t.adopt(old, {**new, "lr": 0.1}, store)
+    assert t.adopt(old, new, store) == 2 and t.adopt(old, new, store) == 0
+    carried, fresh = train(new, store, progress=False), train(new, Store(tmp_path / "fresh"), progress=False)
+    assert carried.result["adopted_from"] == {"key": store.key("train", TrainConfig.from_dict(old).resolved().to_dict()),
+                                              "epochs": 2}
+    assert carried.result["resumed_from"] == [2] and carried.history["lr"].tolist() == pytest.approx([0.05, 0.05, 0.01, 0.01, 0.01])
+    assert _same_weights(carried, fresh) and carried.history["train_loss"].tolist() == fresh.history["train_loss"].tolist()
+    assert not _same_weights(fresh, train(old, Store(tmp_path / "old"), progress=False))
 
 
 @pytest.mark.parametrize("damage,why", [

@@ -48,6 +48,7 @@ class TrainConfig:
     label_smoothing: float | None = option(None, number(0, below=1, null=True))
     confidence_penalty: float | None = option(None, number(0, below=1, null=True))
     sample_smoothing: dict | None = None
+    lr_plateau: dict | None = None
 
     @classmethod
     def fields(cls) -> tuple[str, ...]:
@@ -83,13 +84,20 @@ class TrainConfig:
             from .models import check_external
 
             check_external(name)
+        plateau = self.lr_plateau
+        if plateau is not None:
+            check(isinstance(plateau, dict) and set(plateau) <= set(PLATEAU) and set(plateau) >= {"patience", "after"},
+                  f"lr_plateau must be {{patience: epochs, after: epoch[, threshold: relative]}} or null, got {plateau!r}")
+            plateau = {**PLATEAU, **plateau}
+            for field, spec in PLATEAU_SPECS.items():
+                spec.check(plateau[field], f"lr_plateau.{field}")
         adversarial = None
         if self.adversarial is not None:
             from .robust import check_adversarial
 
             adversarial = check_adversarial(self.adversarial)
         return dataclasses.replace(self, model=name, reading=reading, lr_milestones=tuple(self.lr_milestones),
-                                   adversarial=adversarial)
+                                   adversarial=adversarial, lr_plateau=plateau)
 
     def _check_numbers(self) -> None:
         check_fields(self)
@@ -106,7 +114,9 @@ class TrainConfig:
         return d
 
 
-_LATER_OPTIONS = ("micro_batch", "label_smoothing", "confidence_penalty", "sample_smoothing")
+_LATER_OPTIONS = ("micro_batch", "label_smoothing", "confidence_penalty", "sample_smoothing", "lr_plateau")
+PLATEAU = {"patience": None, "after": None, "threshold": 1e-4}
+PLATEAU_SPECS = {"patience": integer(), "after": integer(0), "threshold": number(0, below=1)}
 
 
 def parent_keys(config: TrainConfig | dict) -> set[str]:
@@ -127,6 +137,29 @@ def effective_lr(cfg: TrainConfig) -> float:
     √(B/B₀) under square-root scaling (Krizhevsky 2014; Hoffer et al. 2017), with B₀ = ``lr_base_batch``."""
     ratio = cfg.batch_size / cfg.lr_base_batch
     return cfg.lr * {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[cfg.lr_scaling]
+
+
+def plateau_scale(cfg: TrainConfig, losses) -> float:
+    """What the plateau rule (``lr_plateau``) has made of the learning rate after epochs with these
+    training losses: times ``lr_gamma`` whenever the loss has not improved on its best (by a
+    relative ``threshold``) for more than ``patience`` epochs, at the end of epoch ``after`` or
+    later. Torch's ``ReduceLROnPlateau`` (mode min, relative threshold, no cooldown), held until
+    ``after``; as a function of the losses, a resumed run needs no state of its own."""
+    rule = cfg.lr_plateau
+    scale, best, bad = 1.0, math.inf, 0
+    for epoch, loss in enumerate(losses if rule else (), 1):
+        if loss < best * (1 - rule["threshold"]):
+            best, bad = loss, 0
+        else:
+            bad += 1
+        if bad > rule["patience"] and epoch >= rule["after"]:
+            scale, bad = scale * cfg.lr_gamma, 0
+    return scale
+
+
+def epoch_lr(cfg: TrainConfig, epoch: int, losses=()) -> float:
+    """The learning rate at the start of (1-based) ``epoch``, after epochs with training losses ``losses``."""
+    return lr_at(cfg, epoch - 1) * plateau_scale(cfg, list(losses)[:epoch - 1])
 
 
 def lr_at(cfg: TrainConfig, epoch: float) -> float:

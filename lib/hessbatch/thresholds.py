@@ -18,9 +18,10 @@ def stability_threshold(lr: float, momentum: float = 0.0) -> float:
     return 2 * (1 + momentum) / lr
 
 
-def threshold_after(config, epochs: int) -> float:
+def threshold_after(config, epochs: int, losses=()) -> float:
     """The threshold of a run (a ``TrainConfig``) after ``epochs`` epochs: at the learning rate
-    and momentum of its last epoch (of its first, at the initialization)."""
-    from .config import lr_at
+    and momentum of its last epoch (of its first, at the initialization); ``losses``, the run's
+    training losses per epoch, for a plateau rule (``lr_plateau``)."""
+    from .config import epoch_lr
 
-    return stability_threshold(lr_at(config, max(epochs, 1) - 1), config.momentum)
+    return stability_threshold(epoch_lr(config, max(epochs, 1), losses), config.momentum)

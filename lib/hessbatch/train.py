@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import pickle
@@ -18,7 +19,7 @@ from torch import nn
 from . import captured as captured_mod
 from . import data as data_mod
 from . import catalog, checkpoints, fastpath, models, progress
-from .config import TrainConfig, lr_at
+from .config import TrainConfig, epoch_lr, lr_at, plateau_scale
 from .devices import cpu_model, resolve_device
 from .errors import HessbatchError, NotInStore, ResumeWarning, check, describe
 from .evaluation import evaluate, full_gradient_norm
@@ -184,6 +185,47 @@ def _resume(ckpt, model, opt, dev, key: str, max_epochs: int) -> tuple[int, list
         return 0, [], 0.0, [], {}
 
 
+SCHEDULE = ("lr_milestones", "lr_gamma", "lr_plateau")
+
+
+def adopt(old: TrainConfig | dict, new: TrainConfig | dict, store: Store) -> int:
+    """Carry the unfinished run ``old``'s checkpoint to run ``new``, whose options differ from its
+    only in the learning-rate schedule (``SCHEDULE``) and whose rate equals its rate in every epoch
+    the checkpoint has trained: the shuffle depends on the seed and the epoch only, so resuming it
+    gives, bit for bit, what training ``new`` from the start gives. Returns the epochs carried (0
+    when ``old`` has no checkpoint); ``new``'s result records them as ``adopted_from``."""
+    old_cfg, new_cfg = (TrainConfig.from_dict(c) if isinstance(c, dict) else c for c in (old, new))
+    old_cfg, new_cfg = old_cfg.resolved(), new_cfg.resolved()
+    a, b = old_cfg.to_dict(), new_cfg.to_dict()
+    other = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k not in SCHEDULE)
+    check(not other, f"the runs differ in {', '.join(other)}, not only in their learning-rate schedule")
+    old_key, new_key = store.key("train", a), store.key("train", b)
+    check(store.get("train", key=new_key) is None, f"run {new_key} is already trained")
+    src, dst = store.work_dir("train", old_key), store.work_dir("train", new_key)
+    with store.lock("train", old_key), store.lock("train", new_key):
+        if not (src / "checkpoint.pt").is_file():
+            return 0
+        check(not (dst / "checkpoint.pt").is_file(), f"run {new_key} has a checkpoint of its own in {dst}")
+        try:
+            state = checkpoints.load(src / "checkpoint.pt")
+            checkpoints.check(state, old_key, old_cfg.max_epochs)
+        except (RuntimeError, KeyError, ValueError, EOFError, TypeError, pickle.UnpicklingError) as e:
+            raise HessbatchError(f"the checkpoint of run {old_key} cannot be carried: {describe(e)}") from None
+        epochs, losses = state["epoch"], [r.get("train_loss") for r in state["history"]]
+        differ = next((e for e in range(1, epochs + 1)
+                       if epoch_lr(old_cfg, e, losses) != epoch_lr(new_cfg, e, losses)), None)
+        check(differ is None, f"the schedules differ from epoch {differ}, which run {old_key} has trained")
+        check(epochs < new_cfg.max_epochs, f"run {old_key} has trained {epochs} epochs, run {new_key} stops at "
+                                           f"{new_cfg.max_epochs}")
+        dst.mkdir(parents=True, exist_ok=True)
+        for snap in src.glob("weights-epoch*.pt"):
+            os.replace(snap, dst / snap.name)
+        (dst / "adopted.json").write_text(json.dumps({"key": old_key, "epochs": epochs}))
+        checkpoints.save({**state, "key": new_key}, dst / "checkpoint.pt")
+        shutil.rmtree(src)
+    return epochs
+
+
 def in_progress(store: Store, key: str) -> dict | None:
     """Where an unfinished training run stands, from its last per-epoch checkpoint: ``epoch``,
     ``elapsed`` (seconds of training), ``resumed`` and the last row of its history (losses,
@@ -207,10 +249,11 @@ def _epochs(model, opt, ds, cfg, start, history, elapsed, resumed, work, bar, st
     epoch = start
     for epoch in range(start + 1, cfg.max_epochs + 1):
         t0 = time.perf_counter()
-        run_loss = train_epoch(model, opt, ds, cfg, epoch, step_hook, smoothing, captured, forward)
+        scale = plateau_scale(cfg, [r["train_loss"] for r in history])
+        run_loss = train_epoch(model, opt, ds, cfg, epoch, step_hook, smoothing, captured, forward, scale)
         train_loss, train_acc = evaluate(model, ds.x_train, ds.y_train)
         test_loss, test_acc = evaluate(model, ds.x_test, ds.y_test)
-        row = {"epoch": epoch, "lr": lr_at(cfg, epoch - 1), "running_loss": run_loss, "train_loss": train_loss,
+        row = {"epoch": epoch, "lr": lr_at(cfg, epoch - 1) * scale, "running_loss": run_loss, "train_loss": train_loss,
                "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc}
         if cfg.grad_norm:
             row["grad_norm"] = full_gradient_norm(model, ds.x_train, ds.y_train)
@@ -249,6 +292,8 @@ def _publish(cfg, key, ds, store, dev, model, status, epoch, history, work, resu
               "n_params": models.n_params(model), "torch": torch.__version__, "resumed_from": resumed,
               "model_spec": {"name": cfg.model, "reading": cfg.reading, "input_shape": list(ds.input_shape),
                              "num_classes": ds.num_classes, "mean": list(ds.mean), "std": list(ds.std)}}
+    if (adopted := work / "adopted.json").is_file():
+        result["adopted_from"] = json.loads(adopted.read_text())
     cfg_dict = cfg.to_dict()
     with store.writer("train", cfg_dict) as tmp:
         pd.DataFrame(history).to_csv(tmp / "history.csv", index=False)
@@ -263,13 +308,14 @@ def _publish(cfg, key, ds, store, dev, model, status, epoch, history, work, resu
 
 def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, ds: data_mod.Dataset, cfg: TrainConfig, epoch: int,
                 step_hook=None, smoothing: torch.Tensor | None = None,
-                captured: captured_mod.CapturedStep | None = None, forward=None) -> float:
+                captured: captured_mod.CapturedStep | None = None, forward=None, lr_scale: float = 1.0) -> float:
     """One epoch of SGD over ``ds`` (already on the model's device); returns the mean batch loss.
     ``smoothing`` holds a label-smoothing α per training sample. With ``captured``, full-size
     steps replay its CUDA graph and a last partial batch (``drop_last=False``) is stepped eagerly.
     ``forward``: what the batches go through (``model`` by default; its compiled form, say).
 
-    The shuffle is fixed by (seed, epoch); the learning rate follows ``lr_at`` step by step;
+    The shuffle is fixed by (seed, epoch); the learning rate follows ``lr_at`` step by step, times
+    ``lr_scale`` (the plateau rule's factor for this epoch);
     nothing waits for the GPU until the epoch's end.
     """
     n = ds.n_train
@@ -282,7 +328,7 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, ds: data_mod.Datas
         captured.total.zero_()
     for s in range(steps):
         idx = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
-        lr = lr_at(cfg, epoch - 1 + s / steps)
+        lr = lr_at(cfg, epoch - 1 + s / steps) * lr_scale
         if captured is not None and len(idx) == cfg.batch_size:
             captured.step(idx, lr)
             continue

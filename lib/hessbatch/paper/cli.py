@@ -25,6 +25,13 @@ def _cmd_plan(a) -> int:
             state = f"missing {', '.join(missing)}" if missing else "computed"
             print(f"{plan.name:<16} {plan.budget_s:>4} s  {plan.title}: {state}")
         return 0
+    if a.earlier:
+        check(not (a.train_only or a.dry_run or a.record_progress), "--adopt-from trains nothing: give it alone")
+        plans.find(prof, a.name)
+        for r in plans.adopt(a.profile, a.name, parse_overrides(a.earlier), a.results, parse_overrides(a.overrides)):
+            what = f"epochs 1-{r['epochs']} carried from {r['from']}" if r["epochs"] else f"no checkpoint of {r['from']}"
+            print(f"B={r['batch_size']:<5} {r['key']}: {what}")
+        return 0
     if a.record_progress:
         check(not (a.train_only or a.dry_run), "--record-progress trains nothing: give it alone")
         plans.find(prof, a.name)

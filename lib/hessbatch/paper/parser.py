@@ -76,6 +76,11 @@ def add_commands(sub) -> None:
     pl.add_argument("--record-progress", action="store_true",
                     help="write where the plan's runs in --results stand (epoch and losses of the unfinished) into "
                          "the profile's committed store, for its pages to show; trains nothing")
+    pl.add_argument("--adopt-from", dest="earlier", action="append", default=None, metavar="NAME=VALUE",
+                    help="carry the checkpoints of the plan's unfinished runs in --results that these earlier "
+                         "parameters gave (e.g. train_options without a schedule) to its runs now, where the two "
+                         "differ only in the learning-rate schedule and agree through the epochs trained; trains "
+                         "nothing")
     pl.add_argument("--unpack", metavar="DIR", default=None,
                     help="merge DIR/tidy.tgz (what a plan handed back) into the profile's store instead")
     pl.add_argument("--set", dest="overrides", action="append", default=None, metavar="NAME=VALUE",

@@ -182,6 +182,29 @@ def train_only(profile: str, name: str, device: str = "cpu", data_root: str | No
                          progress=progress)[0]
 
 
+def adopt(profile: str, name: str, earlier: dict, results: str | None = None,
+          overrides: dict | None = None) -> list[dict]:
+    """Carry the checkpoints of a plan's unfinished runs trained under ``earlier`` parameters (``--set``
+    pairs, e.g. the ``train_options`` the runs started with) to the plan's runs now, where the two
+    differ only in the learning-rate schedule and agree through the epochs trained
+    (``hessbatch.train.adopt``). One row per run: batch size, both keys, the epochs carried."""
+    from ..train import adopt as adopt_run
+
+    prof = load_profile(profile)
+    pages = list(find(prof, name).pages)
+    now = selected(prof, pages, overrides, optional=True)
+    before = selected(prof, pages, {**(overrides or {}), **earlier}, optional=True)
+    store = Store(results_root(results))
+    rows = {}
+    for (_, chapter, params, _), (_, _, old_params, _) in zip(now, before):
+        train_configs = registry.chapter(chapter).train_configs
+        for new, old in zip(train_configs(params), train_configs(old_params)):
+            if (key := run_key(new)) not in rows and run_key(old) != key:
+                rows[key] = {"batch_size": new["batch_size"], "from": run_key(old), "key": key,
+                             "epochs": adopt_run(old, new, store)}
+    return list(rows.values())
+
+
 PROGRESS = "_progress.yml"
 
 

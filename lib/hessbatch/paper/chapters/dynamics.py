@@ -61,7 +61,7 @@ def _trajectory(run, b, method, p: Params, ctx: Context) -> list[dict]:
         rows.append({"batch_size": b, "method": method, "epoch": ep,
                      "lambda_max": float(spec.csv("eigenvalues.csv")["eigenvalue"].iloc[0]),
                      "grad_norm": float(state["grad_norm"]), "train_loss": float(state["train_loss"]),
-                     "threshold": threshold_after(run.config, ep)})
+                     "threshold": threshold_after(run.config, ep, run.history["train_loss"])})
     return rows
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from ... import catalog, measurements
-from ...config import lr_at, run_key
+from ...config import epoch_lr, run_key
 from ...errors import check
 from ...thresholds import threshold_after
 from .. import claims
@@ -79,8 +79,8 @@ def _row(run, rule, b, s, p: Params, ctx: Context) -> dict:
     r = run.result
     row = {"rule": rule, "batch_size": b, "seed": s, "status": r["status"], "epochs": r["epochs"],
            "final_train_loss": r["train_loss"], "test_acc": r["test_acc"],
-           "lr_end": lr_at(run.config, max(r["epochs"], 1) - 1),
-           "threshold": threshold_after(run.config, r["epochs"]), "run": run.key}
+           "lr_end": epoch_lr(run.config, max(r["epochs"], 1), run.history["train_loss"]),
+           "threshold": threshold_after(run.config, r["epochs"], run.history["train_loss"]), "run": run.key}
     if run.status == "diverged":
         return row
     kw = dict(store=ctx.store, device=ctx.device, data_root=ctx.data_root)

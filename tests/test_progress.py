@@ -41,15 +41,17 @@ def test_a_page_shows_the_batch_sizes_in_and_names_the_one_still_training(tmp_pa
     atomic_torch_save({"model": {}, "optimizer": {}, "epoch": 3, "elapsed": 5400.0, "resumed": [],
                        "history": [{"epoch": 3, "running_loss": 0.25, "train_loss": 0.2, "test_acc": 0.5}]},
                       Store(work).work_dir("train", key) / "checkpoint.pt")
+    with Store(work).lock("train", key):   # a process trains it now
+        assert plans.record_progress(profile, "long", str(work), str(committed))["pages"][page][2]["state"] == "training"
     record = plans.record_progress(profile, "long", str(work), str(committed))
     rows = record["pages"][page]
-    assert [r["state"] for r in rows] == ["trained", "trained", "training"]
-    assert rows[2] | {"key": key} == {"batch_size": 200, "key": key, "state": "training", "epoch": 3,
+    assert [r["state"] for r in rows] == ["trained", "trained", "paused"]
+    assert rows[2] | {"key": key} == {"batch_size": 200, "key": key, "state": "paused", "epoch": 3,
                                       "max_epochs": 15, "running_loss": 0.25, "train_loss": 0.2, "test_acc": 0.5,
                                       "hours": 1.5}
     note = progress_note(plans.read_progress(committed), page, [10, 50], [200])
     assert "This page shows B = 10, 50 only" in note
-    assert f"| 200 | `{key}` | training: epoch 3 of at most 15, running loss 0.25, training loss 0.2" in note
+    assert f"| 200 | `{key}` | paused: epoch 3 of at most 15, running loss 0.25, training loss 0.2" in note
     assert "1.5 h so far" in note and f"as recorded by the plan `long` on {record['as_of']}" in note
     assert progress_note({}, page, [10, 50], [200]).count("| 200 | — | not computed |") == 1
     assert progress_note({}, page, [10, 50, 200], []) == ""

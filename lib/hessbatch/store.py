@@ -195,6 +195,24 @@ class Store:
             finally:
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
+    def busy(self, kind: str, key: str) -> bool:
+        """Whether a process holds the lock on computing (kind, key) (``lock``) now."""
+        path = self.folder(kind) / f".{check_key(key, 'key')}.lock"
+        try:
+            import fcntl
+
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except (ImportError, OSError):
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
     def exported(self) -> bool:
         """Whether this store is an export without weights (``Store.export``)."""
         return any(e.omitted() for e in self.entries("train"))

@@ -360,9 +360,9 @@ def progress_note(progress: dict, name: str, shown: list, missing: list) -> str:
     known = {r.get("batch_size"): r for r in page.get("runs", [])}
 
     def state(r):
-        if r.get("state") != "training":
+        if r.get("state") not in ("training", "paused"):
             return str(r.get("state", "not computed"))
-        return (f"training: epoch {r['epoch']} of at most {r['max_epochs']}, running loss {r['running_loss']:.4g}, "
+        return (f"{r['state']}: epoch {r['epoch']} of at most {r['max_epochs']}, running loss {r['running_loss']:.4g}, "
                 f"training loss {r['train_loss']:.4g}, test accuracy {100 * r['test_acc']:.2f} %, "
                 f"{r['hours']:.1f} h so far")
     def run(b):

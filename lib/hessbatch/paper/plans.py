@@ -222,8 +222,9 @@ def record_progress(profile: str, name: str, work: str | None = None, results: s
                     overrides: dict | None = None) -> dict:
     """Where a plan's training runs stand, per page and batch size, written atomically as
     ``_progress.yml`` into the profile's committed store, so that its pages can name the runs not
-    in yet: ``trained`` (in either store), ``training`` (with the epoch, losses and hours of its
-    last checkpoint in ``work``, the store the runs train in) or ``not started``. Returns the record."""
+    in yet: ``trained`` (in either store), ``training`` or ``paused`` (a process trains it now, or
+    none does; with the epoch, losses and hours of its last checkpoint in ``work``, the store the
+    runs train in) or ``not started``. Returns the record."""
     from ..devices import cpu_model
     from ..train import in_progress
 
@@ -240,7 +241,7 @@ def record_progress(profile: str, name: str, work: str | None = None, results: s
             if committed.get("train", key=key) or working.get("train", key=key):
                 row["state"] = "trained"
             elif (now := in_progress(working, key)) is not None:
-                row.update(state="training", epoch=now["epoch"], max_epochs=cfg.get("max_epochs"),
+                row.update(state="training" if working.busy("train", key) else "paused", epoch=now["epoch"], max_epochs=cfg.get("max_epochs"),
                            running_loss=round(float(now.get("running_loss", float("nan"))), 5),
                            train_loss=round(float(now.get("train_loss", float("nan"))), 5),
                            test_acc=round(float(now.get("test_acc", float("nan"))), 4),

@@ -66,6 +66,8 @@ BAD = [
     (["train", "--batch-size", "0"], "argument --batch-size: must be an integer in [1, 2147483647], got 0"),
     (["train", "--batch-size", "4001"], "larger than the training set of mnist5k (4000 samples)"),
     (["train", "--lr", "-0.1"], "argument --lr: must be a finite number in (0, 1e+06], got -0.1"),
+    (["train", "--lr-plateau", "5:30:1"], "argument --lr-plateau: expected PATIENCE[:AFTER]"),
+    (["train", "--lr-plateau", "0:30"], "lr_plateau.patience must be an integer in [1, 2147483647], got 0"),
     (["train", "--dataset", "mnist", "--data-root", "{tmp}/none"], "pass --download"),
     (["sweep", "{tmp}/bad.yaml"], "malformed YAML at line 3"),
     (["sweep", "{tmp}/missing.yaml"], "does not exist"),
@@ -218,3 +220,10 @@ def test_a_bad_training_name_or_value_is_answered_before_torch_is_imported(argv)
     errors = [ln for ln in lines if ln.startswith("hessbatch: error:")]
     imported = {ln.split("|")[-1].strip() for ln in lines if ln.startswith("import time:")}
     assert res.returncode == 2 and len(errors) == 1 and "torch" not in imported, (errors, res.returncode)
+
+
+def test_lr_plateau_flag_reaches_the_runs_configuration(tmp_path):
+    assert main(["train", "--model", "MLP", "--subset", "5", "--test-subset", "2", "--batch-size", "10",
+                 "--max-epochs", "1", "--lr-plateau", "3:7", "--results", str(tmp_path), "--no-progress"]) == 0
+    (entry,) = Store(tmp_path).entries("train")
+    assert entry.config["config"]["lr_plateau"] == {"patience": 3, "after": 7, "threshold": 1e-4}

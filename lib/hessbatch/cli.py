@@ -35,6 +35,14 @@ def _guided(s: str) -> dict:
         raise argparse.ArgumentTypeError(f"expected KEY:ALPHA (a training run and a number), got {s!r}") from None
 
 
+def _plateau(s: str) -> dict:
+    patience, sep, after = s.partition(":")
+    try:
+        return {"patience": int(patience), "after": int(after or 0)}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected PATIENCE[:AFTER] (two whole numbers of epochs), got {s!r}") from None
+
+
 def common_flags(p: argparse.ArgumentParser, data: bool = True) -> None:
     """The store flag, and with ``data`` the data, device and progress flags every computing command takes."""
     p.add_argument("--results", metavar="DIR", help="results folder (default: $HESSBATCH_RESULTS or ./results)")
@@ -74,6 +82,9 @@ def _train_flags(p: argparse.ArgumentParser, d, suppress: bool = False) -> None:
     add("--lr-milestones", default=d.lr_milestones, metavar="E1,E2",
         help="epochs after which the lr is multiplied by --lr-gamma (default: none)")
     add("--lr-gamma", default=d.lr_gamma, help=f"(default: {d.lr_gamma})")
+    add("--lr-plateau", type=_plateau, metavar="PATIENCE[:AFTER]",
+        help="multiply the lr by --lr-gamma whenever the training loss has not improved for more than PATIENCE "
+             "epochs, from the end of epoch AFTER on (torch's ReduceLROnPlateau; default: off)")
     add("--lr-scaling", choices=LR_SCALINGS, default=d.lr_scaling,
         help="linear: lr x batch/--lr-base-batch (Goyal et al.); sqrt: lr x sqrt(batch/--lr-base-batch) "
              "(default: none)")

@@ -73,7 +73,7 @@ def _cmd_robust_train(a) -> int:
     if a.parent is not None:
         parent = resolve_run(a.parent, store)
         base = {**parent.config.to_dict(), "init_from": parent.key, "max_epochs": 5, "target_loss": None,
-                "lr_milestones": (), "warmup_epochs": 0, "lr_scaling": "none", "save_every": 0, "grad_norm": False}
+                "lr_milestones": (), "lr_plateau": None, "warmup_epochs": 0, "lr_scaling": "none", "save_every": 0, "grad_norm": False}
     adversarial = {"attack": a.attack, "eps": a.eps, "clean_fraction": a.clean_fraction,
                    **_attack_options(a, a.attack)}
     cfg = TrainConfig.from_dict({**_config_from_args(a, base), "adversarial": adversarial})

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .atomic import atomic_torch_save, atomic_write_bytes, clean_stale, exchange_folders, tmp_name  # noqa: F401
+from . import locks
 from .errors import HessbatchError, NotInStore, check
 
 SCHEMA = 1
@@ -172,46 +173,14 @@ class Store:
                                      "the store)")
         return path
 
-    @contextlib.contextmanager
     def lock(self, kind: str, key: str):
-        """Exclusive lock on computing (kind, key) across processes (``flock``; released if the
-        holder dies). Another process asking for it waits. The lock file is never a symlink."""
-        path = self.folder(kind) / f".{check_key(key, 'key')}.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0), 0o644)
-        except OSError as e:
-            raise HessbatchError(f"cannot open the lock file {path} ({e.strerror}); if it is a symlink, "
-                                 "remove it") from None
-        with os.fdopen(fd, "a") as f:
-            try:
-                import fcntl
-            except ImportError:  # pragma: no cover - not POSIX: no cross-process lock
-                yield
-                return
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        """Exclusive lock on computing (kind, key) across processes (``hessbatch.locks``; released if
+        the holder dies). Another process asking for it waits. The lock file is never a symlink."""
+        return locks.hold(self.folder(kind) / f".{check_key(key, 'key')}.lock")
 
     def busy(self, kind: str, key: str) -> bool:
         """Whether a process holds the lock on computing (kind, key) (``lock``) now."""
-        path = self.folder(kind) / f".{check_key(key, 'key')}.lock"
-        try:
-            import fcntl
-
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        except (ImportError, OSError):
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            return False
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
+        return locks.held(self.folder(kind) / f".{check_key(key, 'key')}.lock")
 
     def exported(self) -> bool:
         """Whether this store is an export without weights (``Store.export``)."""

@@ -57,6 +57,15 @@ def test_a_page_shows_the_batch_sizes_in_and_names_the_one_still_training(tmp_pa
     assert progress_note({}, page, [10, 50, 200], []) == ""
     assert torch.load(Store(work).work_dir("train", key) / "checkpoint.pt", weights_only=True)["epoch"] == 3
 
+    empty = tmp_path / "empty"   # runs trained where they train, none committed (measured) yet
+    empty.mkdir()
+    fresh = plans.record_progress(profile, "long", str(committed), str(empty))["pages"][page]
+    done = Store(committed).get("train", key=fresh[0]["key"]).json()
+    assert [r["state"] for r in fresh[:2]] == ["trained, not yet measured"] * 2
+    assert (fresh[0]["epochs"], fresh[0]["train_loss"]) == (done["epochs"], round(done["train_loss"], 6))
+    assert (f"| 10 | `{fresh[0]['key']}` | trained, not yet measured: {done['epochs']} epochs, training loss "
+            in progress_note(plans.read_progress(empty), page, [], [10]))
+
 
 def test_plan_adopt_from_carries_a_checkpoint_to_the_plans_schedule_now(tmp_path, capsys):
     """``plan --adopt-from``: the checkpoint of a run started at a constant rate moves to the run of

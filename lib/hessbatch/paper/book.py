@@ -360,6 +360,9 @@ def progress_note(progress: dict, name: str, shown: list, missing: list) -> str:
     known = {r.get("batch_size"): r for r in page.get("runs", [])}
 
     def state(r):
+        if "epochs" in r:
+            return (f"{r['state']}: {r['epochs']} epochs, training loss {r['train_loss']:.4g}, "
+                    f"{r['hours']:.1f} h of training")
         if r.get("state") not in ("training", "paused"):
             return str(r.get("state", "not computed"))
         return (f"{r['state']}: epoch {r['epoch']} of at most {r['max_epochs']}, running loss {r['running_loss']:.4g}, "

@@ -40,7 +40,8 @@ def _cmd_plan(a) -> int:
             print(f"{page} ({record['as_of']}, {record['cpu']}):")
             for r in rows:
                 more = (f" epoch {r['epoch']}, running loss {r['running_loss']:.4g}, train loss {r['train_loss']:.4g}, "
-                        f"{r['hours']:.1f} h" if "epoch" in r else "")
+                        f"{r['hours']:.1f} h" if "epoch" in r else
+                        f" ({r['epochs']} epochs, train loss {r['train_loss']:.4g}, {r['hours']:.1f} h)" if "epochs" in r else "")
                 print(f"  B={r['batch_size']:<5} {r['state']}{more}")
         return 0
     check(a.out or a.train_only, "running a plan needs --out DIR (where tidy.tgz and plan.json go)")

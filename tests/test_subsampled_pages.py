@@ -53,6 +53,22 @@ def test_the_landscapes_take_their_directions_from_the_subsample(tmp_path):
     assert cut["plane_batch_sizes"] == [] and cut["surfaces"].empty and len(store.entries("landscape-2d")) == 1
 
 
+def test_pages_whose_runs_diverged_measure_nothing_and_say_so(tmp_path):
+    """A batch size that diverged (C1 at B = 16) has a row without measurements, no curve and no plane;
+    a page of it alone (one batch size per call of a CPU plan) still computes."""
+    store = Store(tmp_path)
+    p = _params("02-landscapes", hessian_samples=12, plane_batch_sizes=[10, 50])
+    gone = {**p, "batch_sizes": [10], "plane_batch_sizes": [10],
+            "train_options": {**(p.get("train_options") or {}), "lr": 1e6, "momentum": 0.9}}
+    alone = registry.run_chapter("02-landscapes", gone, store)
+    assert alone["curves"].empty and alone["surfaces"].empty and alone["plane_batch_sizes"] == []
+    assert alone["claims"]["holds"].tolist() == ["✗", "✗"] and alone["claims"]["value"].isna().all()
+    t = registry.run_chapter("01-batch-size", {**_params("01-batch-size"), "batch_sizes": [10],
+                                                "train_options": gone["train_options"]}, store)["table"]
+    assert t["status"].tolist() == ["diverged"] and "lambda_theta_train" not in t
+    assert not store.entries("spectrum") and not store.entries("landscape-1d")
+
+
 def test_a_page_cut_to_some_batch_sizes_cuts_its_other_lists_too():
     p = {"batch_sizes": [16, 32, 64], "whole_set_batch_sizes": [16, 64], "plane_batch_sizes": [16, 64], "k": 20}
     assert only_batch_sizes(p, [32, 64]) == {"batch_sizes": [32, 64], "whole_set_batch_sizes": [64],
@@ -66,9 +82,9 @@ def test_setting_batch_sizes_cuts_the_lists_chosen_among_them():
     (_, _, p, _), = [r for r in selected(paper, ["01-batch-size--C1-cpu"], {"batch_sizes": [64]})
                      if "fgsm10" not in r[0]]
     assert p["batch_sizes"] == [64] and p["whole_set_batch_sizes"] == []
-    (_, _, p, _), = [r for r in selected(paper, ["01-batch-size--C1-cpu"], {"batch_sizes": [16]})
+    (_, _, p, _), = [r for r in selected(paper, ["01-batch-size--C1-cpu"], {"batch_sizes": [32]})
                      if "fgsm10" not in r[0]]
-    assert p["whole_set_batch_sizes"] == [16]
+    assert p["whole_set_batch_sizes"] == [32]
 
 
 def test_the_batch_size_page_shows_each_layers_curvature(tmp_path):

@@ -12,7 +12,7 @@ import torch
 from hessbatch import HessbatchError, checkpoints
 from hessbatch.store import Store
 from hessbatch.config import TrainConfig, lr_at
-from hessbatch.train import prepare, train
+from hessbatch.train import collapsed, prepare, train
 
 
 def _same_weights(a, b):
@@ -85,6 +85,36 @@ def test_divergence_is_recorded_not_saved(tmp_path, tiny_cfg):
     assert not math.isfinite(run.history["train_loss"].iloc[-1])
     with pytest.raises(HessbatchError, match="diverged"):
         run.model()
+
+
+# C1 at B = 16 on CIFAR-10 (lr 0.02, momentum 0.9), epochs 25-32: it fell to ln 10 and stayed there
+C1_B16 = [1.04485, 1.35314, 1.23217, 1.15005, 1.72962, 2.30576, 2.30285, 2.30338]
+
+
+@pytest.mark.parametrize("losses, out", [
+    (C1_B16, True), (C1_B16[:-1], True), (C1_B16[:-2], False),       # two epochs at chance, not one
+    ([2.31, 2.305, 2.303, 2.302], False),                            # never learned: a slow start, not a collapse
+    ([2.275, 3.43, 1.19, 0.28], False),                              # a spike that came back (M1, warm-up to lr 0.16)
+    ([0.9, 0.5, 2.2, 2.2], False),                                   # not at ln 10 (within 1 %)
+    ([0.5, 2.29, 2.29], True), ([0.5, 2.29], False)])
+def test_collapse_to_a_constant_output(losses, out):
+    assert collapsed(losses, 10) is out
+    assert collapsed([x * math.log(2) / math.log(10) for x in losses], 2) is out   # ln C scales with C
+
+
+def test_a_collapsed_run_stops_as_diverged(tmp_path, tiny_cfg, monkeypatch):
+    from hessbatch import train as train_mod
+    real, calls = train_mod.evaluate, []
+
+    def evaluate(model, x, y):   # each epoch evaluates train then test; from the third epoch on, chance
+        calls.append(1)
+        loss, acc = real(model, x, y)
+        return (math.log(10), 0.1) if len(calls) > 4 else (min(loss, 0.5), acc)
+
+    monkeypatch.setattr(train_mod, "evaluate", evaluate)
+    run = train({**tiny_cfg, "max_epochs": 10}, Store(tmp_path), progress=False)
+    assert run.status == "diverged" and run.result["epochs"] == 4 and "weights.pt" not in run.entry.files()
+    assert run.history["train_loss"].tolist()[2:] == [math.log(10)] * 2
 
 
 def test_grad_norm_and_snapshots(tmp_path, tiny_cfg):
@@ -374,6 +404,8 @@ def test_a_page_flags_the_runs_that_stopped_at_their_cap(tmp_path, tiny_cfg):
     loss = capped.result["train_loss"]
     assert off_protocol([capped, reached, fixed]) == [
         f"B = 50 stopped at its 2-epoch cap at training loss {loss:.2g} (target 1e-09)"]
+    gone = train({**tiny_cfg, "batch_size": 10, "target_loss": 1e-9, "lr": 1e6, "momentum": 0.9}, store, progress=False)
+    assert off_protocol([gone]) == [f"B = 10 diverged at epoch {gone.result['epochs']} (non-finite loss) (target 1e-09)"]
     line = provenance({"profile": "smoke", "model": "MLP", "dataset": "mnist5k"}, [capped, reached, fixed])
     assert "**Not at the stopping rule:** B = 50 stopped" in line
     assert "Not at the stopping rule" not in provenance({"profile": "smoke"}, [reached, fixed])

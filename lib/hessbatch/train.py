@@ -68,7 +68,8 @@ def train(config: TrainConfig | dict, store: Store | None = None, device="cpu", 
     """Train one configuration, or return it from the store if it is already there.
 
     An interrupted run resumes from its last finished epoch. A non-finite loss stops
-    the run and records it as ``diverged`` (with its history, without weights).
+    the run and records it as ``diverged`` (with its history, without weights), as does a collapse
+    to a constant output (``collapsed``).
     With ``config.adversarial`` set, each batch is replaced by adversarial examples
     (robust training, see ``hessbatch.robust``); ``step_hook(model, x, y)`` may replace a
     batch in any other way.
@@ -262,7 +263,8 @@ def _epochs(model, opt, ds, cfg, start, history, elapsed, resumed, work, bar, st
         history.append(row)
         bar.update(1)
         bar.set_postfix(loss=f"{train_loss:.4g}", test_acc=f"{test_acc:.4f}")
-        if not (math.isfinite(run_loss) and math.isfinite(train_loss)):
+        if not (math.isfinite(run_loss) and math.isfinite(train_loss)) or \
+                collapsed([r["train_loss"] for r in history], ds.num_classes):
             return "diverged", epoch
         if cfg.save_every and epoch % cfg.save_every == 0:
             name = f"weights-epoch{epoch:04d}.pt"
@@ -274,6 +276,15 @@ def _epochs(model, opt, ds, cfg, start, history, elapsed, resumed, work, bar, st
                           "history": history, "elapsed": elapsed, "resumed": resumed, "snapshots": snapshots},
                          work / "checkpoint.pt")
     return "capped", epoch  # resumed a checkpoint of the last epoch
+
+
+def collapsed(losses, classes: int, epochs: int = 2) -> bool:
+    """Whether training losses (one per epoch) end with ``epochs`` epochs at the loss of a uniform
+    prediction, ln ``classes`` (within 1 %), after having fallen below half of it: the network has
+    collapsed to a constant output instead of learning, which a run counts as divergence."""
+    losses, chance = list(losses), math.log(classes)
+    return (len(losses) > epochs and min(losses[:-epochs]) < chance / 2
+            and all(x >= 0.99 * chance for x in losses[-epochs:]))
 
 
 def _publish(cfg, key, ds, store, dev, model, status, epoch, history, work, resumed, step_path="eager",

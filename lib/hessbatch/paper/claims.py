@@ -34,9 +34,11 @@ def claim(text: str, source: str, statistic: str, value: float, passed: bool) ->
 
 def trend(text: str, source: str, x, y, sign: int) -> dict:
     """Claim that y rises (sign=+1) or falls (sign=-1) with x: Spearman ρ of the right sign,
-    and the value at the largest x beyond the value at the smallest."""
-    rho = spearman(x, y)
+    and the value at the largest x beyond the value at the smallest; from fewer than two points, ρ is nan."""
     x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) < 2:
+        return claim(text, source, "Spearman ρ", float("nan"), False)
+    rho = spearman(x, y)
     ends = sign * (y[np.argmax(x)] - y[np.argmin(x)]) > 0
     passed = (not math.isnan(rho)) and sign * rho > 0 and bool(ends)
     return claim(text, source, "Spearman ρ", rho, passed)

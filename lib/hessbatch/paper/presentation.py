@@ -3,6 +3,8 @@ comparison, and the provenance line under each chapter's heading."""
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import torch
 
@@ -82,7 +84,9 @@ def off_protocol(runs: list[Run]) -> list[str]:
         cfg, res = r.config, r.result
         if cfg.target_loss is None or res["status"] == "converged":
             continue
-        how = ("diverged" if res["status"] == "diverged" else
+        loss = res["train_loss"]
+        at = f"training loss {loss:.3g}" if loss is not None and math.isfinite(loss) else "non-finite loss"
+        how = (f"diverged at epoch {res['epochs']} ({at})" if res["status"] == "diverged" else
                f"stopped at its {cfg.max_epochs}-epoch cap at training loss {res['train_loss']:.2g}")
         out.append(f"B = {cfg.batch_size}{f' (seed {cfg.seed})' if cfg.seed else ''} {how} "
                    f"(target {cfg.target_loss:g})")

@@ -33,6 +33,7 @@ def compute(p: Params, ctx: Context) -> dict:
     curves = curves_1d(runs, p, ctx)
     surfaces = []
     planes = [min(p.batch_sizes), max(p.batch_sizes)] if p.plane_batch_sizes is None else p.plane_batch_sizes
+    planes = [b for b in planes if runs[b].status != "diverged"]
     for b in ctx.each(planes, "plane"):
         s = measurements.landscape_2d(runs[b], p.radius, p.plane_points, store=ctx.store, device=ctx.device,
                                       data_root=ctx.data_root,
@@ -60,7 +61,9 @@ def rise_claims(curves: pd.DataFrame, splits=("train", "test")) -> list[dict]:
     """Fig. 2/7's claim per split: the loss rises faster along v₁ for larger batches."""
     rows = []
     for split in splits:
-        sharp = curves[curves["split"] == split].groupby("batch_size").apply(end_rise, include_groups=False)
+        part = curves[curves["split"] == split] if len(curves) else curves
+        sharp = (part.groupby("batch_size").apply(end_rise, include_groups=False) if len(part)
+                 else pd.Series(dtype=float))
         rows.append(claims.trend(f"the {split} loss rises faster along v₁ for larger batches", "Fig. 2/7",
                                  sharp.index, sharp.values, +1))
     return rows

@@ -67,6 +67,22 @@ def test_a_page_shows_the_batch_sizes_in_and_names_the_one_still_training(tmp_pa
             in progress_note(plans.read_progress(empty), page, [], [10]))
 
 
+def test_a_run_that_diverged_is_named_so_until_it_is_committed(tmp_path):
+    from hessbatch.train import train
+
+    profile, work, empty = _profile(tmp_path), tmp_path / "work", tmp_path / "empty"
+    empty.mkdir()
+    over = {"batch_sizes": [10], "train_options": {"subset": 20, "test_subset": 10, "lr": 1e6, "momentum": 0.9,
+                                                   "max_epochs": 15, "target_loss": 0.001}}
+    (page, chapter, params, _), = selected(load_profile(profile), ["01-batch-size"], over)
+    run = train(registry.chapter(chapter).train_configs(params)[0], Store(work), progress=False)
+    assert run.status == "diverged"
+    row, = plans.record_progress(profile, "long", str(work), str(empty), overrides=over)["pages"][page]
+    assert row["state"] == "diverged, not yet committed" and row["epochs"] == run.result["epochs"]
+    assert f"| 10 | `{run.key}` | diverged, not yet committed: {run.result['epochs']} epochs, training loss nan" \
+        in progress_note(plans.read_progress(empty), page, [], [10])
+
+
 def test_plan_adopt_from_carries_a_checkpoint_to_the_plans_schedule_now(tmp_path, capsys):
     """``plan --adopt-from``: the checkpoint of a run started at a constant rate moves to the run of
     the plan's options now (a plateau rule from epoch 5), and one whose rate differs is refused."""

@@ -222,8 +222,8 @@ def record_progress(profile: str, name: str, work: str | None = None, results: s
                     overrides: dict | None = None) -> dict:
     """Where a plan's training runs stand, per page and batch size, written atomically as
     ``_progress.yml`` into the profile's committed store, so that its pages can name the runs not
-    in yet: ``trained`` (in the committed store), ``trained, not yet measured`` (in ``work`` only,
-    with its epochs, final training loss and hours), ``training`` or ``paused`` (a process trains it now, or
+    in yet: ``trained`` (in the committed store), ``trained, not yet measured`` or ``diverged, not yet
+    committed`` (in ``work`` only, with its epochs, final training loss and hours), ``training`` or ``paused`` (a process trains it now, or
     none does; with the epoch, losses and hours of its last checkpoint in ``work``, the store the
     runs train in) or ``not started``. Returns the record."""
     from ..devices import cpu_model
@@ -243,7 +243,9 @@ def record_progress(profile: str, name: str, work: str | None = None, results: s
                 row["state"] = "trained"
             elif (done := working.get("train", key=key)) is not None:
                 r = done.json()
-                row.update(state="trained, not yet measured", epochs=r["epochs"], train_loss=round(r["train_loss"], 6),
+                loss = float("nan") if r["train_loss"] is None else r["train_loss"]
+                row.update(state="diverged, not yet committed" if r["status"] == "diverged" else "trained, not yet measured",
+                           epochs=r["epochs"], train_loss=round(loss, 6),
                            hours=round(r["time_s"] / 3600, 2))
             elif (now := in_progress(working, key)) is not None:
                 row.update(state="training" if working.busy("train", key) else "paused", epoch=now["epoch"], max_epochs=cfg.get("max_epochs"),

@@ -7,6 +7,7 @@
 #   DATA=../shared/data bash scripts/cpu/protocol.sh c2-table1-cpu [B ...]   (default: 256 512 1024 2048)
 #   DATA=../shared/data bash scripts/cpu/protocol.sh m1-table7-cpu [B ...]   (default: 64 128 ... 2048)
 #   TRAIN_ONLY=1 ...: train the batch sizes only (measure them with a later call)
+#   NICE=19, EVENTS=FILE: lowest priority; progress as JSON lines in FILE (below)
 # DATA holds MNIST/raw/*.gz (torchvision's layout; in DATA/mnist) and cifar10-jpeg/{train,test}.tar.gz;
 # what a plan reads is copied into the git-ignored data/.
 # STORE: the result store with the runs' checkpoints (default ~/.cache/hessbatch/PLAN), outside the
@@ -35,6 +36,16 @@ esac
 # HESSBATCH: the command to run (default .venv/bin/hessbatch; may be a command line, e.g.
 # "env PYTHONPATH=$PWD/lib python3 -m hessbatch.paper.cli" for a second checkout)
 hb=${HESSBATCH:-.venv/bin/hessbatch}
+# NICE=19: run at the lowest priority beside other work. Under Linux's autogroups `nice` orders only the
+# processes of one session, so this also sets the niceness of the script's session (a script started
+# with `setsid` has its own; one started from a terminal shares the terminal's).
+if [ -n "${NICE:-}" ]; then
+  renice -n "$NICE" $$ > /dev/null
+  [ -w /proc/self/autogroup ] && echo "$NICE" > /proc/self/autogroup 2> /dev/null || true
+fi
+# EVENTS=FILE: each progress bar (epochs, Hessian-vector products) appends its state to FILE as JSON lines,
+# which a log without bars lacks (`tail -f FILE` follows a measurement that takes hours).
+[ -n "${EVENTS:-}" ] && export HESSBATCH_EVENTS=$EVENTS
 # One thread per run (THREADS= another): a run's bits depend on its thread count (recorded in its
 # result.json), so the long runs use a fixed one; two calls at once use two cores.
 export OMP_NUM_THREADS=${THREADS:-1}
@@ -51,6 +62,7 @@ for b in ${@:-$default}; do
   $hb plan "$plan" --set "batch_sizes=[$b]" --data-root data --out "$out" --results "$store" --no-progress
   $hb plan --unpack "$out"
   git add paper-results
-  git commit -q -m "paper-results: $plan at the protocol on 2 CPU cores, B = $b" -- paper-results
+  git diff --cached --quiet -- paper-results ||
+    git commit -q -m "paper-results: $plan at the protocol on 2 CPU cores, B = $b" -- paper-results
   rm -rf "$out"
 done

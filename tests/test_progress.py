@@ -67,7 +67,7 @@ def test_a_page_shows_the_batch_sizes_in_and_names_the_one_still_training(tmp_pa
             in progress_note(plans.read_progress(empty), page, [], [10]))
 
 
-def test_a_run_that_diverged_is_named_so_until_it_is_committed(tmp_path):
+def test_a_run_that_diverged_or_is_not_measured_is_named_so(tmp_path):
     from hessbatch.train import train
 
     profile, work, empty = _profile(tmp_path), tmp_path / "work", tmp_path / "empty"
@@ -81,6 +81,13 @@ def test_a_run_that_diverged_is_named_so_until_it_is_committed(tmp_path):
     assert row["state"] == "diverged, not yet committed" and row["epochs"] == run.result["epochs"]
     assert f"| 10 | `{run.key}` | diverged, not yet committed: {run.result['epochs']} epochs, training loss nan" \
         in progress_note(plans.read_progress(empty), page, [], [10])
+    row, = plans.record_progress(profile, "long", str(empty), str(work), overrides=over)["pages"][page]
+    assert row["state"] == "diverged"   # committed
+    fine = {**over, "train_options": {**over["train_options"], "lr": 0.05}}   # committed, its page not computed
+    (page, chapter, params, _), = selected(load_profile(profile), ["01-batch-size"], fine)
+    run = train(registry.chapter(chapter).train_configs(params)[0], Store(work), progress=False)
+    row, = plans.record_progress(profile, "long", str(empty), str(work), overrides=fine)["pages"][page]
+    assert row["state"] == "trained, not yet measured" and row["epochs"] == run.result["epochs"]
 
 
 def test_plan_adopt_from_carries_a_checkpoint_to_the_plans_schedule_now(tmp_path, capsys):

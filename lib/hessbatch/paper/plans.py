@@ -30,7 +30,7 @@ from ..hessian import graph_memory_share
 from ..store import MANIFEST, Store, atomic_write_bytes, results_root
 from . import registry
 from .compute import hardware, record_timing, train_and_measure, train_profile
-from .profiles import check_chapters, load_profile, profile_results, selected
+from .profiles import check_chapters, load_profile, only_batch_sizes, profile_results, selected
 
 
 @dataclass(frozen=True)
@@ -222,12 +222,14 @@ def record_progress(profile: str, name: str, work: str | None = None, results: s
                     overrides: dict | None = None) -> dict:
     """Where a plan's training runs stand, per page and batch size, written atomically as
     ``_progress.yml`` into the profile's committed store, so that its pages can name the runs not
-    in yet: ``trained`` (in the committed store), ``trained, not yet measured`` or ``diverged, not yet
-    committed`` (in ``work`` only, with its epochs, final training loss and hours), ``training`` or ``paused`` (a process trains it now, or
+    in yet: ``trained`` (the page's results for it are committed), ``diverged`` (committed; or
+    ``diverged, not yet committed``), ``trained, not yet measured`` (committed or in ``work`` without
+    the page's results; these three with its epochs, final training loss and hours), ``training`` or ``paused`` (a process trains it now, or
     none does; with the epoch, losses and hours of its last checkpoint in ``work``, the store the
     runs train in) or ``not started``. Returns the record."""
     from ..devices import cpu_model
     from ..train import in_progress
+    from .compute import stored_split
 
     prof = load_profile(profile)
     plan = find(prof, name)
@@ -237,16 +239,20 @@ def record_progress(profile: str, name: str, work: str | None = None, results: s
     for page, chapter, params, _ in selected(prof, list(plan.pages), overrides, optional=True):
         rows = []
         for cfg in registry.chapter(chapter).train_configs(params):
-            key = run_key(cfg)
-            row = {"batch_size": cfg["batch_size"], "key": key, "state": "not started"}
-            if committed.get("train", key=key):
-                row["state"] = "trained"
-            elif (done := working.get("train", key=key)) is not None:
+            key, b = run_key(cfg), cfg["batch_size"]
+            row = {"batch_size": b, "key": key, "state": "not started"}
+            here = committed.get("train", key=key)
+            if (done := here or working.get("train", key=key)) is not None:
                 r = done.json()
-                loss = float("nan") if r["train_loss"] is None else r["train_loss"]
-                row.update(state="diverged, not yet committed" if r["status"] == "diverged" else "trained, not yet measured",
-                           epochs=r["epochs"], train_loss=round(loss, 6),
-                           hours=round(r["time_s"] / 3600, 2))
+                if r["status"] == "diverged":
+                    row["state"] = "diverged" if here else "diverged, not yet committed"
+                elif here and stored_split([(page, chapter, only_batch_sizes(params, [b]), None)], committed.root)[0]:
+                    row["state"] = "trained"
+                else:
+                    row["state"] = "trained, not yet measured"
+                if row["state"] != "trained":
+                    loss = float("nan") if r["train_loss"] is None else r["train_loss"]
+                    row.update(epochs=r["epochs"], train_loss=round(loss, 6), hours=round(r["time_s"] / 3600, 2))
             elif (now := in_progress(working, key)) is not None:
                 row.update(state="training" if working.busy("train", key) else "paused", epoch=now["epoch"], max_epochs=cfg.get("max_epochs"),
                            running_loss=round(float(now.get("running_loss", float("nan"))), 5),

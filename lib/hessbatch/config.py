@@ -88,8 +88,8 @@ class TrainConfig:
         if plateau is not None:
             check(isinstance(plateau, dict) and set(plateau) <= set(PLATEAU) and set(plateau) >= {"patience", "after"},
                   f"lr_plateau must be {{patience: epochs, after: epoch[, threshold: relative]}} or null, got {plateau!r}")
-            plateau = {**PLATEAU, **plateau}
-            for field, spec in PLATEAU_SPECS.items():
+            plateau = {**{k: default for k, (_, default) in PLATEAU.items()}, **plateau}
+            for field, (spec, _) in PLATEAU.items():
                 spec.check(plateau[field], f"lr_plateau.{field}")
         adversarial = None
         if self.adversarial is not None:
@@ -115,8 +115,8 @@ class TrainConfig:
 
 
 _LATER_OPTIONS = ("micro_batch", "label_smoothing", "confidence_penalty", "sample_smoothing", "lr_plateau")
-PLATEAU = {"patience": None, "after": None, "threshold": 1e-4}
-PLATEAU_SPECS = {"patience": integer(), "after": integer(0), "threshold": number(0, below=1)}
+PLATEAU = {"patience": (integer(), None), "after": (integer(0), None), "threshold": (number(0, below=1), 1e-4)}
+"""``lr_plateau``'s fields: (what a value must be, default; None: required)."""
 
 
 def parent_keys(config: TrainConfig | dict) -> set[str]:

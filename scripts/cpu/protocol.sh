@@ -37,11 +37,13 @@ esac
 # "env PYTHONPATH=$PWD/lib python3 -m hessbatch.paper.cli" for a second checkout)
 hb=${HESSBATCH:-.venv/bin/hessbatch}
 # NICE=19: run at the lowest priority beside other work. Under Linux's autogroups `nice` orders only the
-# processes of one session, so this also sets the niceness of the script's session (a script started
-# with `setsid` has its own; one started from a terminal shares the terminal's).
+# processes of one session, so a script that leads its own session (started with `setsid`) also sets
+# its session's niceness; one started from a terminal leaves the terminal's session as it is.
 if [ -n "${NICE:-}" ]; then
   renice -n "$NICE" $$ > /dev/null
-  [ -w /proc/self/autogroup ] && echo "$NICE" > /proc/self/autogroup 2> /dev/null || true
+  if [ "$(ps -o sid= -p $$ | tr -d ' ')" = "$$" ] && [ -w /proc/self/autogroup ]; then
+    echo "$NICE" > /proc/self/autogroup 2> /dev/null || true
+  fi
 fi
 # EVENTS=FILE: each progress bar (epochs, Hessian-vector products) appends its state to FILE as JSON lines,
 # which a log without bars lacks (`tail -f FILE` follows a measurement that takes hours).

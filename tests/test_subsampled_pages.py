@@ -69,6 +69,27 @@ def test_pages_whose_runs_diverged_measure_nothing_and_say_so(tmp_path):
     assert not store.entries("spectrum") and not store.entries("landscape-1d")
 
 
+def test_training_options_for_some_batch_sizes(tmp_path):
+    """``batch_train_options`` changes the options of its batch sizes only: the others keep their runs
+    (and store keys), and the page names the difference."""
+    store = Store(tmp_path)
+    base = _params("01-batch-size")
+    plain = registry.run_chapter("01-batch-size", base, store)["table"].set_index("batch_size")
+    per = [{"batch_size": 10, "lr": 0.2, "momentum": 0.5}]
+    res = registry.run_chapter("01-batch-size", {**base, "batch_train_options": per}, store)
+    t = res["table"].set_index("batch_size")
+    assert t.loc[50, "run"] == plain.loc[50, "run"] and t.loc[10, "run"] != plain.loc[10, "run"]
+    cfg = store.get("train", key=t.loc[10, "run"]).config["config"]
+    assert (cfg["lr"], cfg["momentum"], cfg["batch_size"]) == (0.2, 0.5, 10)
+    assert "**Training options that differ by batch size:** B = 10: lr 0.2, momentum 0.5." in provenance(
+        {**base, "batch_train_options": per})
+    assert "differ by batch size" not in provenance({**base, "batch_sizes": [50], "batch_train_options": per})
+    with pytest.raises(HessbatchError, match=r"batch_train_options must be a list of mappings, each a batch_size"):
+        registry.run_chapter("01-batch-size", {**base, "batch_train_options": {10: {"lr": 0.2}}}, store)
+    with pytest.raises(HessbatchError, match="has no parameter"):   # chapters without a batch-size sweep
+        registry.run_chapter("04-saddle-free", {**_params("04-saddle-free"), "batch_train_options": per}, store)
+
+
 def test_a_page_cut_to_some_batch_sizes_cuts_its_other_lists_too():
     p = {"batch_sizes": [16, 32, 64], "whole_set_batch_sizes": [16, 64], "plane_batch_sizes": [16, 64], "k": 20}
     assert only_batch_sizes(p, [32, 64]) == {"batch_sizes": [32, 64], "whole_set_batch_sizes": [64],
@@ -82,9 +103,9 @@ def test_setting_batch_sizes_cuts_the_lists_chosen_among_them():
     (_, _, p, _), = [r for r in selected(paper, ["01-batch-size--C1-cpu"], {"batch_sizes": [64]})
                      if "fgsm10" not in r[0]]
     assert p["batch_sizes"] == [64] and p["whole_set_batch_sizes"] == []
-    (_, _, p, _), = [r for r in selected(paper, ["01-batch-size--C1-cpu"], {"batch_sizes": [32]})
+    (_, _, p, _), = [r for r in selected(paper, ["01-batch-size--C1-cpu"], {"batch_sizes": [16]})
                      if "fgsm10" not in r[0]]
-    assert p["whole_set_batch_sizes"] == [32]
+    assert p["whole_set_batch_sizes"] == [16]
 
 
 def test_the_batch_size_page_shows_each_layers_curvature(tmp_path):

@@ -53,6 +53,7 @@ class Spec:
             what = ("an integer" if self.kind == "int" else "a finite number") + self._range()
         else:
             what = {"bool": "true or false", "str": "a non-empty text", "map": "a mapping",
+                    "batches": "a list of mappings, each a batch_size and its options, e.g. [{batch_size: 16, lr: 0.01}]",
                     "list": "a list" + (f" (each item {self.item.describe()})" if self.item else "")}[self.kind]
         return what + (" or null" if self.null else "")
 
@@ -79,6 +80,9 @@ class Spec:
                     and (not self.pattern or re.fullmatch(self.pattern, v) is not None))
         if self.kind == "map":
             return isinstance(v, dict) and len(v) <= LIST_MAX and all(isinstance(k, str) for k in v)
+        if self.kind == "batches":
+            return isinstance(v, (list, tuple)) and len(v) <= LIST_MAX and all(
+                Spec("map").ok(o) and integer().ok(o.get("batch_size")) and len(o) > 1 for o in v)
         return (isinstance(v, (list, tuple)) and (self.lo or 0) <= len(v) <= LIST_MAX
                 and (self.item is None or all(self.item.ok(x) for x in v)))
 
@@ -130,6 +134,7 @@ def items(item: Spec | None = None, null: bool = False, least: int = 0) -> Spec:
 
 FLAG = Spec("bool")
 MAPPING = Spec("map")
+PER_BATCH = Spec("batches", null=True)   # options for some batch sizes
 SEED = integer(0, SEED_MAX)
 PROBABILITY = number(0, below=1)   # in [0, 1)
 EPS = number(0)                    # an attack's radius, in the inputs' units ([0, 1] pixels)

@@ -37,8 +37,8 @@ esac
 # "env PYTHONPATH=$PWD/lib python3 -m hessbatch.paper.cli" for a second checkout)
 hb=${HESSBATCH:-.venv/bin/hessbatch}
 # NICE=19: run at the lowest priority beside other work. Under Linux's autogroups `nice` orders only the
-# processes of one session, so a script that leads its own session (started with `setsid`) also sets
-# its session's niceness; one started from a terminal leaves the terminal's session as it is.
+# processes of one autogroup, so a script that leads its own (started with `setsid`) also sets the
+# autogroup's niceness; one started from a terminal leaves the terminal's autogroup as it is.
 if [ -n "${NICE:-}" ]; then
   renice -n "$NICE" $$ > /dev/null
   if [ "$(ps -o sid= -p $$ | tr -d ' ')" = "$$" ] && [ -w /proc/self/autogroup ]; then

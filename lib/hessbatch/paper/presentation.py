@@ -53,7 +53,8 @@ def paper_style(table: pd.DataFrame) -> pd.DataFrame:
 def provenance(params: dict, runs: list[Run] | None = None, estimated: list[str] = ()) -> str:
     """One Markdown line: profile, data, model, device (with the CPU model where the runs record it),
     training time of the runs (if any), the Hessian subsample size (if any), commit, configuration;
-    then notes on runs short of the stopping rule and on ``estimated`` spectra (:func:`spectra_note`)."""
+    then notes on training options that differ by batch size (``batch_train_options``), on runs short
+    of the stopping rule and on ``estimated`` spectra (:func:`spectra_note`)."""
     runs = [r for r in (runs or []) if r is not None]
     label = params.get("dataset")
     if runs:
@@ -70,6 +71,9 @@ def provenance(params: dict, runs: list[Run] | None = None, estimated: list[str]
     line = (f"*Profile* `{params.get('profile')}` · *data* {label} · *model* `{params.get('model')}` · "
             f"*device* {', '.join(dev)}{trained}{hessians} · *torch* {', '.join(versions)} · "
             f"*commit* `{figures.commit()}` · *configuration* `{figures.config_hash(params)}`")
+    per = [f"B = {o['batch_size']}: " + ", ".join(f"{k} {v}" for k, v in o.items() if k != "batch_size")
+           for o in params.get("batch_train_options") or () if o["batch_size"] in (params.get("batch_sizes") or [])]
+    line += f"\n\n**Training options that differ by batch size:** {'; '.join(per)}." if per else ""
     short = off_protocol(runs)
     return line + ("\n\n**Not at the stopping rule:** " + "; ".join(short) + ". Their rows compare "
                    "end points that are not equally trained; read them with care." if short else "") \

@@ -11,7 +11,7 @@ from ... import attacks, input_curvature, measurements
 from ...errors import check, check_options
 from .. import claims
 from ...schema import EPS, integer, items, option
-from .common import Common, Context, batch_size_sweep, batch_size_sweep_configs, hessian_subsample, sweep_runs
+from .common import Context, Sweep, batch_size_sweep, batch_size_sweep_configs, hessian_subsample, sweep_runs
 
 NAME = "01-batch-size"
 PARTIAL = True  # a page can show some of its batch sizes while the others train
@@ -19,7 +19,7 @@ REFERENCE = "fgsm"  # the paper's attack of Tables 1/2/7, which another attack i
 
 
 @dataclass
-class Params(Common):
+class Params(Sweep):
     k: int = 20
     tol: float = 1e-4
     attack: str = REFERENCE

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ... import progress as progress_mod
 from ...errors import check
-from ...schema import SEED, check_fields, integer, items, option
+from ...schema import PER_BATCH, SEED, check_fields, integer, items, option
 from ...runs import Run
 from ...store import Store
 from ...train import train
@@ -69,18 +69,31 @@ class Common:
         """Values a chapter can check before anything runs (unknown names, say); none by default."""
 
 
-def sweep_configs(model, dataset, batch_sizes, train_options=None, seed=0) -> dict[int, dict]:
-    """One training configuration per batch size, same conditions otherwise."""
-    return {b: {**(train_options or {}), "model": model, "dataset": dataset, "batch_size": b, "seed": seed}
-            for b in batch_sizes}
+@dataclass
+class Sweep(Common):
+    """The parameters of a chapter over the batch-size sweep (chapters 1 and 2): also
+    ``batch_train_options``, a list of ``{batch_size: B, option: value, ...}`` that change
+    ``train_options`` for batch size B."""
+
+    batch_train_options: dict | None = option(None, PER_BATCH)
 
 
-def batch_size_sweep(p: Common) -> dict[int, dict]:
+def sweep_configs(model, dataset, batch_sizes, train_options=None, seed=0, per_batch=()) -> dict[int, dict]:
+    """One training configuration per batch size, same conditions otherwise, except the options that
+    ``per_batch`` (``{batch_size: B, option: value, ...}`` each) changes for its batch sizes."""
+    changed = {}
+    for o in per_batch or ():
+        changed.setdefault(o["batch_size"], {}).update({k: v for k, v in o.items() if k != "batch_size"})
+    return {b: {**(train_options or {}), **changed.get(b, {}), "model": model, "dataset": dataset,
+                "batch_size": b, "seed": seed} for b in batch_sizes}
+
+
+def batch_size_sweep(p: Sweep) -> dict[int, dict]:
     """The common batch-size sweep (chapter 1's runs, which chapter 2 measures too)."""
-    return sweep_configs(p.model, p.dataset, p.batch_sizes, p.train_options, p.seed)
+    return sweep_configs(p.model, p.dataset, p.batch_sizes, p.train_options, p.seed, p.batch_train_options)
 
 
-def batch_size_sweep_configs(p: Common) -> list[dict]:
+def batch_size_sweep_configs(p: Sweep) -> list[dict]:
     return list(batch_size_sweep(p).values())
 
 

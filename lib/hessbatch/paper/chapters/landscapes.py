@@ -10,14 +10,14 @@ import pandas as pd
 from ... import measurements
 from ...landscape import end_rise
 from .. import claims
-from .common import Common, Context, batch_size_sweep, batch_size_sweep_configs, hessian_subsample, sweep_runs
+from .common import Context, Sweep, batch_size_sweep, batch_size_sweep_configs, hessian_subsample, sweep_runs
 
 NAME = "02-landscapes"
 PARTIAL = True  # a page can show some of its batch sizes while the others train
 
 
 @dataclass
-class Params(Common):
+class Params(Sweep):
     radius: float = 0.5
     points: int = 21
     plane_batch_sizes: list | None = None   # None: the smallest and the largest; []: no 2-D surface

@@ -7,8 +7,7 @@ import pytest
 
 from hessbatch import HessbatchError
 from hessbatch.config import TrainConfig, effective_lr, lr_at, run_key
-from hessbatch.paper.chapters import lr_scaling
-from hessbatch.paper.chapters.common import batch_size_sweep_configs
+from hessbatch.paper.chapters import batch_size, lr_scaling
 
 OPTS = {"lr": 0.01, "momentum": 0.9, "max_epochs": 5, "target_loss": 0.001}
 
@@ -29,7 +28,8 @@ def test_each_rule_gives_the_documented_learning_rate():
 
 def test_constant_runs_and_the_base_batch_are_chapter_ones():
     p = params()
-    ch1 = {run_key(c) for c in batch_size_sweep_configs(p)}
+    ch1 = {run_key(c) for c in batch_size.train_configs(batch_size.Params.parse(
+        {"batch_sizes": [16, 64, 256], "train_options": OPTS}, batch_size.NAME))}
     for rule in p.lr_rules:
         assert run_key(lr_scaling.config(p, rule, 16, 0)) in ch1
     assert {run_key(lr_scaling.config(p, "none", b, 0)) for b in (16, 64, 256)} == ch1

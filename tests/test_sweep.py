@@ -65,7 +65,8 @@ def test_a_run_whose_process_dies_fails_alone(tmp_path, inject_failure):
     inject_failure("die", doomed["batch_size"], doomed["max_epochs"])
     assert configs[0]["batch_size"] != doomed["batch_size"]
     table = run_sweep(configs, Store(tmp_path), progress=False, executor="processes", workers=2, threads=1)
-    assert list(table["state"]) == ["done", "failed"]
+    # the survivor may have stored its result just before the pool broke; run again alone, it is cached
+    assert table["state"].iloc[0] in ("done", "cached") and table["state"].iloc[1] == "failed"
     assert table["error"].iloc[1] == f"BrokenProcessPool: {DIED}"
     assert [e.key for e in Store(tmp_path).entries("train")] == [table["key"].iloc[0]]
 

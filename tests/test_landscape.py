@@ -164,3 +164,27 @@ def test_random_landscape_is_stored_and_its_curvature_is_the_curves(tmp_path, ti
     assert e.json()["curvature_train"] == pytest.approx(second_difference(curve, 0.0, "train"))
     assert random_landscape_1d(run.key, radius=0.5, points=5, seed=1, store=store).key == e.key
     assert random_landscape_1d(run, radius=0.5, points=5, seed=2, store=store).key != e.key
+
+
+def test_a_surface_on_seeded_subsets(tmp_path, tiny_cfg):
+    """``eval_samples`` (the tiny runs have 200 train, 100 test samples): each split's losses on its seeded subset (of which the Hessian's subsample
+    of the same seed is a part); a split no larger is whole; stored apart from the whole-set surface."""
+    from hessbatch.hessian import subsample
+
+    store = Store(tmp_path)
+    run = train(tiny_cfg, store, progress=False)
+    whole = analysis.landscape_2d(run, radius=0.2, points=3, store=store)
+    part = analysis.landscape_2d(run, radius=0.2, points=3, store=store, eval_samples=150)
+    assert part.key != whole.key and part.json()["eval_samples"] == {"train": 150, "test": 100}
+    ds = analysis.run_data(run)
+    x, y = ds.split("train")
+    xs, ys = subsample((x, y), 150)
+    xh, _ = subsample((x, y), 50)
+    assert all(any(torch.equal(h, s) for s in xs) for h in xh)
+    at = lambda t, split: t[(t.alpha == 0) & (t.beta == 0) & (t.split == split)]["loss"].item()  # noqa: E731
+    s, w = part.csv("surface.csv"), whole.csv("surface.csv")
+    assert at(s, "train") == pytest.approx(evaluate(run.model(), xs, ys)[0], rel=1e-6)
+    assert at(s, "train") != pytest.approx(at(w, "train"), rel=1e-6)
+    assert at(s, "test") == pytest.approx(at(w, "test"), rel=1e-6)
+    with pytest.raises(HessbatchError, match="eval_samples must be an integer >= 1"):
+        analysis.landscape_2d(run, radius=0.2, points=3, store=store, eval_samples=0)

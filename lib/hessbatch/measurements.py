@@ -290,17 +290,27 @@ def random_landscape_1d(run: Run | str, radius: float = 1.0, points: int = 21, s
                                   for s in ("train", "test")}
 
 
-@measurement("landscape-2d", key=lambda a: _landscape_key(a, 2))
+def _landscape_2d_key(a) -> dict:
+    _check_size(a["eval_samples"], "eval_samples")
+    return {**_landscape_key(a, 2), **({"eval_samples": a["eval_samples"]} if a["eval_samples"] else {})}
+
+
+@measurement("landscape-2d", key=_landscape_2d_key)
 def landscape_2d(run: Run | str, radius: float = 0.5, points: int = 11, spectrum_split: str = "train",
-                 store: Store | None = None, device="cpu", data_root=None, subsample: int | None = None) -> Entry:
-    """Loss on the whole train and test sets on the plane of the top-2 Hessian eigenvectors (Fig. 3),
-    of the Hessian on ``spectrum_split`` or on a seeded ``subsample`` of it."""
+                 store: Store | None = None, device="cpu", data_root=None, subsample: int | None = None,
+                 eval_samples: int | None = None) -> Entry:
+    """Loss on the train and test sets on the plane of the top-2 Hessian eigenvectors (Fig. 3), of
+    the Hessian on ``spectrum_split`` or on a seeded ``subsample`` of it. ``eval_samples``: the
+    losses on a seeded subset of that many samples of each split (seed 0, so a training subset
+    holds the Hessian's ``subsample`` of the same seed); None, or a split no larger: all of it."""
     v = _directions(run, spectrum_split, 2, store, device, data_root, subsample).torch("vectors.pt")
     ds = run_data(run, data_root).to(device)
+    data = {s: ds.split(s) for s in ("train", "test")}
+    if eval_samples:
+        data = {s: hessian.subsample(d, eval_samples) if eval_samples < len(d[1]) else d for s, d in data.items()}
     grid = np.linspace(-radius, radius, points)
-    table = landscape.plane(run.model(device), v[0], v[1], grid, grid,
-                            {"train": ds.split("train"), "test": ds.split("test")})
-    return {"surface.csv": table}, {}
+    table = landscape.plane(run.model(device), v[0], v[1], grid, grid, data)
+    return {"surface.csv": table}, {"eval_samples": {s: len(d[1]) for s, d in data.items()}}
 
 
 @measurement("interpolation", runs=("run_a", "run_b"))

@@ -80,6 +80,13 @@ def provenance(params: dict, runs: list[Run] | None = None, estimated: list[str]
         + spectra_note(list(estimated))
 
 
+def plane_caption(params: dict) -> str:
+    """Fig. 3's caption, naming the subsets its losses were evaluated on (``plane_samples``)."""
+    n = params.get("plane_samples")
+    return ("Training loss on the plane of the top two Hessian eigenvectors (paper Fig. 3)"
+            + (f"; losses on a seeded subset of {n:,} samples of each split (all of a smaller one)" if n else ""))
+
+
 def off_protocol(runs: list[Run]) -> list[str]:
     """One phrase per run that was to train to a target loss and stopped at its epoch cap (or
     diverged) instead: the paper's protocol trains every batch size to the same loss."""

@@ -22,6 +22,7 @@ class Params(Sweep):
     points: int = 21
     plane_batch_sizes: list | None = None   # None: the smallest and the largest; []: no 2-D surface
     plane_points: int = 11
+    plane_samples: int | None = None     # the 2-D surface's losses on a seeded subset of each split (None: all)
     hessian_samples: int | None = None   # eigenvectors of the Hessian on a seeded subsample of the training set
 
 
@@ -37,7 +38,8 @@ def compute(p: Params, ctx: Context) -> dict:
     for b in ctx.each(planes, "plane"):
         s = measurements.landscape_2d(runs[b], p.radius, p.plane_points, store=ctx.store, device=ctx.device,
                                       data_root=ctx.data_root,
-                                      subsample=hessian_subsample(runs[b], p.hessian_samples, "train"))
+                                      subsample=hessian_subsample(runs[b], p.hessian_samples, "train"),
+                                      eval_samples=p.plane_samples)
         surfaces.append(s.csv("surface.csv").assign(batch_size=b))
     return {"curves": curves, "surfaces": pd.concat(surfaces, ignore_index=True) if surfaces else pd.DataFrame(),
             "plane_batch_sizes": planes, "claims": claims.table(rise_claims(curves)), "used": list(runs.values())}

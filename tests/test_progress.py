@@ -45,7 +45,7 @@ def test_a_page_shows_the_batch_sizes_in_and_names_the_one_still_training(tmp_pa
         assert plans.record_progress(profile, "long", str(work), str(committed))["pages"][page][2]["state"] == "training"
     record = plans.record_progress(profile, "long", str(work), str(committed))
     rows = record["pages"][page]
-    assert [r["state"] for r in rows] == ["trained", "trained", "paused"]
+    assert [r["state"] for r in rows] == ["measured", "measured", "paused"]
     assert rows[2] | {"key": key} == {"batch_size": 200, "key": key, "state": "paused", "epoch": 3,
                                       "max_epochs": 15, "running_loss": 0.25, "train_loss": 0.2, "test_acc": 0.5,
                                       "hours": 1.5}

@@ -222,7 +222,7 @@ def record_progress(profile: str, name: str, work: str | None = None, results: s
                     overrides: dict | None = None) -> dict:
     """Where a plan's training runs stand, per page and batch size, written atomically as
     ``_progress.yml`` into the profile's committed store, so that its pages can name the runs not
-    in yet: ``trained`` (the page's results for it are committed), ``diverged`` (committed; or
+    in yet: ``measured`` (the page's results for it are committed), ``diverged`` (committed; or
     ``diverged, not yet committed``), ``trained, not yet measured`` (committed or in ``work`` without
     the page's results; these three with its epochs, final training loss and hours), ``training`` or ``paused`` (a process trains it now, or
     none does; with the epoch, losses and hours of its last checkpoint in ``work``, the store the
@@ -247,10 +247,10 @@ def record_progress(profile: str, name: str, work: str | None = None, results: s
                 if r["status"] == "diverged":
                     row["state"] = "diverged" if here else "diverged, not yet committed"
                 elif here and stored_split([(page, chapter, only_batch_sizes(params, [b]), None)], committed.root)[0]:
-                    row["state"] = "trained"
+                    row["state"] = "measured"
                 else:
                     row["state"] = "trained, not yet measured"
-                if row["state"] != "trained":
+                if row["state"] != "measured":
                     loss = float("nan") if r["train_loss"] is None else r["train_loss"]
                     row.update(epochs=r["epochs"], train_loss=round(loss, 6), hours=round(r["time_s"] / 3600, 2))
             elif (now := in_progress(working, key)) is not None:

@@ -102,6 +102,12 @@ def measurement(kind: str, *, runs=("run",), ignore=SPEED_ONLY, key=None, on_rea
     return decorate
 
 
+def _split(run: Run, split: str, device, data_root, subsample: int | None = None, seed: int = 0):
+    """``(inputs, targets)`` of a run's split on ``device``, or a seeded ``subsample`` of it."""
+    data = tuple(t.to(device) for t in run_data(run, data_root).split(split))
+    return hessian.subsample(data, subsample, seed) if subsample else data
+
+
 def _check_split(split) -> None:
     check(split in ("train", "test"), f"unknown split {split!r}; choose train or test")
 
@@ -150,9 +156,7 @@ def spectrum(run: Run | str, split: str = "train", k: int = 20, tol: float = 1e-
     also when it is read back from the store.
     """
     model = fastpath.for_hessian(run.model(device, epoch))
-    data = tuple(t.to(device) for t in run_data(run, data_root).split(split))
-    if subsample:
-        data = hessian.subsample(data, subsample, seed)
+    data = _split(run, split, device, data_root, subsample, seed)
     e = eigensolvers.top_eigen(model, data, k=k, tol=tol, method=method, which=which, chunk=chunk, hvp=hvp,
                                seed=seed, max_iter=max_iter, progress=progress, rounding=True)
     grad_norm = full_gradient_norm(model, *data, chunk=chunk or default_chunk(device))
@@ -181,9 +185,7 @@ def layer_spectra(run: Run | str, split: str = "train", k: int = 1, tol: float =
     :func:`hessbatch.eigensolvers.per_layer_spectra`, ``depth`` groups layers), on a run's train or
     test set or a seeded ``subsample`` of it."""
     model = fastpath.for_hessian(run.model(device))
-    data = tuple(t.to(device) for t in run_data(run, data_root).split(split))
-    if subsample:
-        data = hessian.subsample(data, subsample, seed)
+    data = _split(run, split, device, data_root, subsample, seed)
     table = eigensolvers.per_layer_spectra(model, data, k=k, tol=tol, depth=depth, chunk=chunk, seed=seed,
                                            progress=progress)
     return {"layers.csv": table}, {"n_samples": len(data[1]), "residuals": "measured"}
@@ -304,10 +306,8 @@ def landscape_2d(run: Run | str, radius: float = 0.5, points: int = 11, spectrum
     losses on a seeded subset of that many samples of each split (seed 0, so a training subset
     holds the Hessian's ``subsample`` of the same seed); None, or a split no larger: all of it."""
     v = _directions(run, spectrum_split, 2, store, device, data_root, subsample).torch("vectors.pt")
-    ds = run_data(run, data_root).to(device)
-    data = {s: ds.split(s) for s in ("train", "test")}
-    if eval_samples:
-        data = {s: hessian.subsample(d, eval_samples) if eval_samples < len(d[1]) else d for s, d in data.items()}
+    data = {s: _split(run, s, device, data_root, eval_samples if (eval_samples or 0) < run.result[f"n_{s}"] else None)
+            for s in ("train", "test")}
     grid = np.linspace(-radius, radius, points)
     table = landscape.plane(run.model(device), v[0], v[1], grid, grid, data)
     return {"surface.csv": table}, {"eval_samples": {s: len(d[1]) for s, d in data.items()}}

@@ -92,3 +92,29 @@ def test_linear_scaling_diverges_above_the_smallest_batch():
     assert linear_scaling_diverges(df([0.6, float("nan"), 0.1, 0.1], ["capped", "diverged", "capped", "capped"]),
                                    10)["value"] == 3
     assert linear_scaling_diverges(df([0.6, 0.5, 0.1, 0.1]), 10)["holds"] == "✗"
+
+
+def _columns(rows):
+    """Chapter 1's table from (B, λ_x, ‖∇_x J‖, FGSM accuracy at ε_a) per batch size, train = test."""
+    out = []
+    for b, lam, grad, adv in rows:
+        out.append({"batch_size": b, "status": "converged", **{f"{c}_{s}": v for s in ("train", "test")
+                    for c, v in (("lambda_x", lam), ("grad_x", grad), ("adv_a", adv))}})
+    return pd.DataFrame(out)
+
+
+def test_claim_7_input_metrics_do_not_track_robustness():
+    from hessbatch.paper.chapters.batch_size import batch_size_claims
+
+    def seven(rows):
+        t = batch_size_claims(_columns(rows), pd.DataFrame())
+        return t[t["claim"].str.startswith("λ_x and ‖∇_x J‖ do not track")]
+
+    # Table 1's C1 rows B = 16 and 512 (train): smaller λ_x and ‖∇_x J‖ at 512, and less robust
+    paper = seven([(16, 2.69, 0.05, 0.4807), (512, 1.97, 0.04, 0.1417)])
+    assert list(paper["holds"]) == ["✓", "✓"] and paper["value"].tolist() == [1.0, 1.0]
+    # the metrics track: the less robust model has the larger λ_x (or gradient) in every pair
+    tracked = seven([(16, 1.0, 0.01, 0.5), (64, 2.0, 0.02, 0.4), (256, 3.0, 0.01, 0.3)])
+    assert list(tracked["holds"]) == ["✗", "✗"] and tracked["value"].tolist() == [0.0, 0.0]
+    one = seven([(16, 1.0, 0.01, 0.5)])
+    assert list(one["holds"]) == ["✗", "✗"] and all(math.isnan(v) for v in one["value"])

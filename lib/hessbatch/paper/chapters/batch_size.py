@@ -128,7 +128,22 @@ def batch_size_claims(table: pd.DataFrame, spectra: pd.DataFrame, layers: pd.Dat
         share = float((top[top.columns.max()] > top[top.columns.min()]).mean())
         rows.append(claims.claim("the largest batch is sharper in most layers (top eigenvalue of each layer's "
                                  "block, train)", "§2, per layer (ours)", "share of layers", share, share > 0.5))
+    rows += [_untracked_claim(ok, split) for split in ("train", "test")
+             if {f"lambda_x_{split}", f"grad_x_{split}", f"adv_a_{split}"} <= set(ok)]
     return claims.table(rows)
+
+
+def _untracked_claim(ok: pd.DataFrame, split: str) -> dict:
+    """§8's claim 7: λ_x and ‖∇_x J‖ do not track adversarial accuracy. It holds if some batch size's
+    model has both a smaller λ_x and a smaller ‖∇_x J‖ than another's, yet a lower accuracy under
+    attack at ε_a (the paper: C1 at B = 512 against B = 16); the value counts such pairs (nan from
+    fewer than two batch sizes)."""
+    lam, grad, adv = (ok[f"{c}_{split}"].to_numpy(float) for c in ("lambda_x", "grad_x", "adv_a"))
+    pairs = sum(bool(lam[i] < lam[j] and grad[i] < grad[j] and adv[i] < adv[j])
+                for i in range(len(ok)) for j in range(len(ok)))
+    return claims.claim(f"λ_x and ‖∇_x J‖ do not track adversarial accuracy ({split}, ε_a)", "§3.3, Tables 1/7",
+                        "pairs less robust despite smaller λ_x and ‖∇_x J‖",
+                        float(pairs) if len(ok) >= 2 else float("nan"), pairs > 0)
 
 
 def _spectrum_claims(spectra: pd.DataFrame) -> list[dict]:

@@ -30,8 +30,11 @@ def published_comparison(table: pd.DataFrame, published: pd.DataFrame) -> pd.Dat
 
 
 def paper_style(table: pd.DataFrame) -> pd.DataFrame:
-    """Our batch-size table in the paper's layout: 'train (test)' cells, accuracies in %."""
+    """Our batch-size table in the paper's layout: 'train (test)' cells, accuracies in %; with each
+    run's status, epochs and training time."""
     out = pd.DataFrame({"B": table["batch_size"], "status": table["status"], "epochs": table["epochs"]})
+    if "train_minutes" in table:
+        out["training min"] = [f"{m:.0f}" if pd.notna(m) else "—" for m in table["train_minutes"]]
 
     def pair(col, fmt, scale=1.0):
         tr, te = table.get(f"{col}_train"), table.get(f"{col}_test")

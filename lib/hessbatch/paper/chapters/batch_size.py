@@ -59,7 +59,8 @@ def compute(p: Params, ctx: Context) -> dict:
     for b, run in ctx.each(runs.items(), "curvature"):
         row = {"batch_size": b, "status": run.result["status"], "epochs": run.result["epochs"],
                "final_train_loss": run.result["train_loss"], "train_acc": run.result["train_acc"],
-               "test_acc": run.result["test_acc"], "run": run.key}
+               "test_acc": run.result["test_acc"], "train_minutes": run.result.get("time_s", float("nan")) / 60,
+               "run": run.key}
         if run.status != "diverged":
             for split in ("train", "test"):
                 spectra += _measure(run, split, row, p, ctx)

@@ -20,6 +20,13 @@ Prints the CPU model, torch version and thread count, then Markdown tables:
    ratio, with the gradient graph rebuilt each product (uncached) and cached
    (``HessianOperator``'s default where memory allows), in each layout; and what summing the
    chunks in float64 (``hessian.VECTOR_DTYPE``) costs against float32 sums.
+4. Samples per pass (``--chunks``): µs per sample of an evaluation forward pass and an input
+   gradient (FGSM's pass) in the fast layout, and of a cached Hessian-vector product in NCHW (the
+   layouts measurements use), for each chunk size: what ``hessbatch.evaluation.pass_chunk`` is
+   chosen by.
+
+``--parts`` picks the tables (default: all); ``OMP_NUM_THREADS=1`` measures one thread, as the
+long CPU runs use.
 """
 
 from __future__ import annotations
@@ -114,6 +121,37 @@ def hvp_cost(name: str, fmt, samples: int, repeats: int) -> dict:
     return out
 
 
+def per_sample(name: str, chunks, samples: int, repeats: int) -> dict:
+    """µs per sample of an eval forward pass, an input gradient (fast layout) and a cached
+    Hessian-vector product (NCHW) over ``samples`` inputs, in chunks of each size."""
+    fast = _model(name, torch.contiguous_format)
+    fast = _model(name, fastpath.memory_format(fast, "cpu")).eval()
+    plain = _model(name, torch.contiguous_format).eval()
+    x, y = _batch(name, samples)
+    v = torch.randn(sum(p.numel() for p in plain.parameters()), generator=torch.Generator().manual_seed(1),
+                    dtype=torch.float64)
+    out = {}
+    for c in chunks:
+        parts = [(x[i:i + c], y[i:i + c]) for i in range(0, samples, c)]
+
+        def forward():
+            with torch.no_grad():
+                for xb, _ in parts:
+                    fast(xb)
+
+        def input_grad():
+            for xb, yb in parts:
+                xb = xb.clone().requires_grad_(True)
+                torch.autograd.grad(F.cross_entropy(fast(xb), yb, reduction="sum"), xb)
+
+        op = HessianOperator(plain, (x, y), chunk=c, cache_graph=True)
+        op.matvec(v)
+        for label, fn in (("forward", forward), ("input gradient", input_grad), ("HVP", lambda: op.matvec(v))):
+            fn()
+            out[label, c] = statistics.median(_timed(fn) for _ in range(repeats)) / samples * 1e6
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=list(SHAPES), choices=list(SHAPES))
@@ -121,11 +159,23 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--hvp-samples", type=int, default=256)
     ap.add_argument("--no-compile", action="store_true", help="leave out the torch.compile columns")
+    ap.add_argument("--parts", nargs="+", default=["train", "hvp", "chunks"], choices=["train", "hvp", "chunks"])
+    ap.add_argument("--chunks", nargs="+", type=int, default=[16, 32, 64, 128, 256, 1024])
+    ap.add_argument("--chunk-samples", type=int, default=1024)
     a = ap.parse_args()
     print(f"CPU: {cpu_model()}; {torch.get_num_threads()} threads; torch {torch.__version__}; "
           f"capability {torch.backends.cpu.get_cpu_capability()}; {time.strftime('%Y-%m-%d')}\n")
     peak = gemm_peak()
     print(f"fp32 GEMM peak (2048³): {peak:.0f} GFLOP/s\n")
+    if "train" in a.parts:
+        train_table(a, peak)
+    if "hvp" in a.parts:
+        hvp_table(a)
+    if "chunks" in a.parts:
+        chunk_table(a)
+
+
+def train_table(a, peak: float) -> None:
     share = lambda g: f"{100 * g / peak:.0f} %"  # noqa: E731
     head = "| model | B | before: NCHW ms | GFLOP/s | of peak | after: fast path ms | GFLOP/s | of peak |"
     rule = "|---|---:|---:|---:|---:|---:|---:|---:|"
@@ -145,6 +195,9 @@ def main() -> None:
                 comp = train_step(name, b, fmt, a.repeats, compile_=True)
                 row += f" {comp['ms']:.1f} | {share(comp['gflops'])} | {comp['compile_s']:.0f} |"
             print(row, flush=True)
+
+
+def hvp_table(a) -> None:
     print(f"\nHessian-vector product per sample (one chunk of {a.hvp_samples} random inputs, eval mode), "
           "as a multiple of a gradient per sample\n\n| model | layout | gradient µs/sample | HVP uncached × | "
           "HVP cached × | float64 sums: extra time |\n|---|---|---:|---:|---:|---:|")
@@ -154,6 +207,16 @@ def main() -> None:
             h = hvp_cost(name, fmt, a.hvp_samples, a.repeats)
             print(f"| {name} | {fastpath.format_name(fmt)} | {h['grad'] * 1e6:.0f} | {h['uncached'] / h['grad']:.2f} "
                   f"| {h['cached'] / h['grad']:.2f} | {100 * h['f64_extra']:+.1f} % |", flush=True)
+
+
+def chunk_table(a) -> None:
+    print(f"\nSamples per pass: µs per sample over {a.chunk_samples} random inputs, by chunk size\n\n"
+          "| model | pass | " + " | ".join(f"chunk {c}" for c in a.chunks) + " |\n|---|---|"
+          + "---:|" * len(a.chunks))
+    for name in a.models:
+        t = per_sample(name, a.chunks, a.chunk_samples, a.repeats)
+        for label in ("forward", "input gradient", "HVP"):
+            print(f"| {name} | {label} | " + " | ".join(f"{t[label, c]:.0f}" for c in a.chunks) + " |", flush=True)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from torch import nn
 
 from hessbatch import attacks, progress
 from hessbatch.eigensolvers import top_eigen
-from hessbatch.evaluation import accuracy, eval_mode, evaluate, full_gradient_norm, predict
+from hessbatch.evaluation import accuracy, eval_mode, evaluate, full_gradient_norm, pass_chunk, predict
 from hessbatch.input_curvature import input_curvature
 
 
@@ -50,6 +50,18 @@ def test_chunked_evaluation_matches_one_pass():
     assert loss == pytest.approx(nn.functional.cross_entropy(out, y).item(), rel=1e-6)
     assert acc == (out.argmax(1) == y).sum().item() / len(y)
     torch.testing.assert_close(predict(m, x, chunk=7), out)
+
+
+@pytest.mark.parametrize("name, shape, chunk", [("C1", (3, 32, 32), 16), ("M1", (1, 28, 28), 256)])
+def test_a_cpu_pass_keeps_its_largest_activation_in_cache(name, shape, chunk):
+    # C1's first convolution gives 64 x 32 x 32 floats (256 KiB) per sample, M1's largest 15 KiB: 4 MiB / each
+    from hessbatch.models import build_model
+
+    m = build_model(name, shape, 10).train()
+    x = torch.rand(3, *shape)
+    assert pass_chunk(m, x) == chunk
+    assert m.training
+    assert pass_chunk(nn.Sequential(nn.Flatten(), nn.Linear(8, 3)), torch.rand(2, 8)) == 1024
 
 
 def test_no_progress_disables_every_bar(capsys):

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import HessbatchError, check, choose
-from .evaluation import accuracy, eval_mode
+from .evaluation import accuracy, eval_mode, pass_chunk
 
 
 def check_eps(eps) -> float:
@@ -237,16 +237,18 @@ def canonical(name: str) -> str:
     return get(name).name
 
 
-def attack(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, chunk: int = 1000,
+def attack(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, chunk: int | None = None,
            **kwargs) -> torch.Tensor:
-    """Run attack ``name`` over ``x`` in chunks of ``chunk`` samples."""
+    """Run attack ``name`` over ``x`` in chunks of ``chunk`` samples (default: ``pass_chunk``'s on a
+    CPU, 1,000 on a GPU)."""
     fn = get(name).function
     check_eps(eps)
+    chunk = chunk or pass_chunk(model, x, gpu=1000)
     return torch.cat([fn(model, x[i:i + chunk], y[i:i + chunk], eps, **kwargs) for i in range(0, len(x), chunk)])
 
 
 def adversarial_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, name: str, eps: float,
-                         source: nn.Module | None = None, chunk: int = 1000, **kwargs) -> float:
+                         source: nn.Module | None = None, chunk: int | None = None, **kwargs) -> float:
     """Accuracy of ``model`` on adversarial inputs crafted against ``source`` (default: the model itself)."""
     adv = attack(name, source if source is not None else model, x, y, eps, chunk, **kwargs)
     return accuracy(model, adv, y, chunk)

@@ -23,9 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import schema
-from .devices import default_chunk
 from .errors import HessbatchError, check
-from .evaluation import batches, eval_mode, is_pair
+from .evaluation import batches, eval_mode, is_pair, pass_chunk
 
 
 def subsample(data: tuple[torch.Tensor, torch.Tensor], size: int, seed: int = 0):
@@ -139,7 +138,7 @@ class CurvatureOperator:
         self.device, self.dtype = self.params[0].device, self.params[0].dtype
         self.loss = loss
         self.streamed = not is_pair(data)
-        self.batches = batches(data, chunk or default_chunk(self.device))
+        self.batches = batches(data, chunk or (None if self.streamed else pass_chunk(model, data[0])))
         self.n = None if self.streamed else len(data[1])   # streamed: counted on the first product
         check(self.n is None or self.n > 0, "the curvature needs at least one sample")
         self.n_hvp = 0

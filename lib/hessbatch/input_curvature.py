@@ -11,9 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .devices import default_chunk
 from .errors import check
-from .evaluation import batches, eval_mode
+from .evaluation import batches, eval_mode, pass_chunk
 
 METHODS = ("auto", "power", "exact")
 # Layers under which the loss is piecewise linear in the inputs up to the softmax (the paper's
@@ -80,7 +79,7 @@ def input_curvature(model: nn.Module, inputs, targets: torch.Tensor | None = Non
     data = (inputs, targets) if targets is not None else inputs
     if targets is not None:
         check(len(inputs) == len(targets) and len(inputs) > 0, "inputs and targets must be non-empty and of equal length")
-    chunk = chunk or default_chunk(inputs.device if targets is not None else torch.device("cpu"), 512, 4096)
+    chunk = chunk or (pass_chunk(model, inputs, gpu=4096) if targets is not None else None)
     device = next(model.parameters()).device
     g = torch.Generator().manual_seed(seed)
     norms, lams, iters, unconverged = [], [], 0, 0

@@ -23,7 +23,7 @@ import pandas as pd
 
 from . import attacks, eigensolvers, fastpath, hessian, landscape
 from . import input_curvature as input_curvature_mod
-from .devices import default_chunk, resolve_device
+from .devices import resolve_device
 from .errors import NotConvergedWarning, check
 from .evaluation import accuracy, evaluate, full_gradient_norm
 from .runs import Run, resolve_run
@@ -159,7 +159,7 @@ def spectrum(run: Run | str, split: str = "train", k: int = 20, tol: float = 1e-
     data = _split(run, split, device, data_root, subsample, seed)
     e = eigensolvers.top_eigen(model, data, k=k, tol=tol, method=method, which=which, chunk=chunk, hvp=hvp,
                                seed=seed, max_iter=max_iter, progress=progress, rounding=True)
-    grad_norm = full_gradient_norm(model, *data, chunk=chunk or default_chunk(device))
+    grad_norm = full_gradient_norm(model, *data, chunk=chunk)
     table = pd.DataFrame({"rank": np.arange(1, len(e) + 1), "eigenvalue": e.eigenvalues, "residual": e.residuals,
                           "rounding": e.rounding, "bound": e.error_bounds()})
     files = {"eigenvalues.csv": table}
@@ -335,7 +335,7 @@ def _attack_key(a) -> dict:
 @measurement("attack", runs=("run", "source"), key=_attack_key)
 def adversarial_accuracy(run: Run | str, attack: str, eps: float, split: str = "test", source: Run | str | None = None,
                          limit: int | None = None, store: Store | None = None, device="cpu", data_root=None,
-                         chunk: int = 1000, **attack_options) -> Entry:
+                         chunk: int | None = None, **attack_options) -> Entry:
     """Accuracy of a run on adversarial inputs crafted against ``source`` (default: the run itself).
 
     With ``source`` the original model M_ORI and ``run`` a robust model, this is one cell

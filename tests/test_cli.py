@@ -20,6 +20,12 @@ def test_train_then_cached(tmp_path, capsys):
     assert main(["ls", "--results", str(tmp_path)]) == 0
     listing = capsys.readouterr().out
     assert "MLP" in listing and "capped" in listing
+    key = Store(tmp_path).entries("train")[0].key
+    assert main(["spectrum", "--run", key[:6], "--k", "2", "--results", str(tmp_path), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["ls", "--kind", "spectrum", "--results", str(tmp_path)]) == 0
+    (row,) = [ln.split() for ln in capsys.readouterr().out.splitlines() if ln.split()[0] == "spectrum"]
+    assert row[2:7] == ["MLP", "mnist5k", "25", "0", key[:8]] and row[7] == "train"   # the run it measured
 
 
 def test_train_objective_flags(tmp_path, capsys):

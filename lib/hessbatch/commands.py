@@ -184,11 +184,16 @@ def _cmd_ls(a) -> int:
         return 0
     import pandas as pd
 
+    trained = {e.key: e.config["config"] for e in (entries if a.kind in (None, "train") else store.entries("train"))
+               if e.kind == "train"}
     rows = []
     for e in entries:
         c = e.config["config"]
-        row = {"kind": e.kind, "key": e.key, "model": c.get("model"), "dataset": c.get("dataset"),
-               "batch_size": c.get("batch_size"), "seed": c.get("seed")}
+        run = c.get("run") or c.get("run_a")   # a measurement: the run it measured, as that run's row says
+        of = trained.get(run, {}) if isinstance(run, str) else c
+        row = {"kind": e.kind, "key": e.key, "model": of.get("model"), "dataset": of.get("dataset"),
+               "batch_size": of.get("batch_size"), "seed": of.get("seed"),
+               "run": run[:8] if isinstance(run, str) else "", "split": c.get("split", "")}
         if (e.path / "result.json").is_file():
             r = e.json()
             row.update(status=r.get("status"), epochs=r.get("epochs"), train_loss=r.get("train_loss"),

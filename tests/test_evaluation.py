@@ -103,3 +103,18 @@ def test_bars_report_to_the_events_file_even_when_hidden(tmp_path, monkeypatch):
     assert [x["n"] for x in lines if x["desc"] == "runs" and x["done"]] == [3]
     last = [x for x in lines if x["desc"] == "M1 B=64"][-1]
     assert (last["n"], last["total"], last["postfix"], last["done"]) == (2, 5, "loss=0.5", True)
+
+
+def test_attacks_and_input_curvature_report_their_samples(tmp_path, monkeypatch):
+    import json
+
+    events = tmp_path / "events"
+    monkeypatch.setenv(progress.EVENTS_ENV, str(events))
+    m = _net().eval()
+    x, y = torch.rand(20, 8), torch.arange(20) % 3
+    with progress.disabled():
+        attacks.adversarial_accuracy(m, x, y, "fgsm10", 0.1, chunk=7, progress=True)
+        input_curvature(m, x, y, chunk=7, progress=True)
+    done = {e["desc"]: (e["n"], e["total"], e["unit"]) for e in map(json.loads, events.read_text().splitlines())
+            if e["done"]}
+    assert done == {"FGSM10 ε=0.1": (20, 20, "sample"), "input curvature (exact)": (20, 20, "sample")}

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import progress as progress_mod
 from .errors import HessbatchError, check, choose
 from .evaluation import accuracy, eval_mode, pass_chunk
 
@@ -238,17 +239,23 @@ def canonical(name: str) -> str:
 
 
 def attack(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, chunk: int | None = None,
-           **kwargs) -> torch.Tensor:
+           progress: bool = False, **kwargs) -> torch.Tensor:
     """Run attack ``name`` over ``x`` in chunks of ``chunk`` samples (default: ``pass_chunk``'s on a
-    CPU, 1,000 on a GPU)."""
+    CPU, 1,000 on a GPU); ``progress``: a bar of samples."""
     fn = get(name).function
     check_eps(eps)
     chunk = chunk or pass_chunk(model, x, gpu=1000)
-    return torch.cat([fn(model, x[i:i + chunk], y[i:i + chunk], eps, **kwargs) for i in range(0, len(x), chunk)])
+    out = []
+    with progress_mod.bar(total=len(x), desc=f"{get(name).label} ε={eps:g}", unit="sample", show=progress) as bar:
+        for i in range(0, len(x), chunk):
+            out.append(fn(model, x[i:i + chunk], y[i:i + chunk], eps, **kwargs))
+            bar.update(len(out[-1]))
+    return torch.cat(out)
 
 
 def adversarial_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, name: str, eps: float,
-                         source: nn.Module | None = None, chunk: int | None = None, **kwargs) -> float:
+                         source: nn.Module | None = None, chunk: int | None = None, progress: bool = False,
+                         **kwargs) -> float:
     """Accuracy of ``model`` on adversarial inputs crafted against ``source`` (default: the model itself)."""
-    adv = attack(name, source if source is not None else model, x, y, eps, chunk, **kwargs)
+    adv = attack(name, source if source is not None else model, x, y, eps, chunk, progress, **kwargs)
     return accuracy(model, adv, y, chunk)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import progress as progress_mod
 from .errors import check
 from .evaluation import batches, eval_mode, pass_chunk
 
@@ -62,7 +63,8 @@ class InputCurvature:
 
 
 def input_curvature(model: nn.Module, inputs, targets: torch.Tensor | None = None, method: str = "auto",
-                    tol: float = 1e-4, max_iter: int = 100, chunk: int | None = None, seed: int = 0) -> InputCurvature:
+                    tol: float = 1e-4, max_iter: int = 100, chunk: int | None = None, seed: int = 0,
+                    progress: bool = False) -> InputCurvature:
     """‖∇ₓℓ(x_i)‖ and the dominant eigenvalue of ∇²ₓℓ(x_i) for every sample, a batch at once;
     ``inputs`` and ``targets`` are tensors, or ``inputs`` alone is a re-iterable of batches (a
     DataLoader, streamed).
@@ -73,7 +75,7 @@ def input_curvature(model: nn.Module, inputs, targets: torch.Tensor | None = Non
     ``method="exact"`` uses ∇²ₓℓ = Jᵀ(diag p − ppᵀ)J, exact almost everywhere for ReLU
     networks (Theorem 1's setting), by an eigendecomposition of a c x c matrix per sample;
     ``"auto"`` (default) chooses exact where the model is piecewise linear (:func:`resolve_method`).
-    The result's ``method`` says which ran.
+    The result's ``method`` says which ran. ``progress``: a bar of samples.
     """
     method = resolve_method(model, method)
     data = (inputs, targets) if targets is not None else inputs
@@ -83,10 +85,13 @@ def input_curvature(model: nn.Module, inputs, targets: torch.Tensor | None = Non
     device = next(model.parameters()).device
     g = torch.Generator().manual_seed(seed)
     norms, lams, iters, unconverged = [], [], 0, 0
-    with eval_mode(model):
+    total = len(targets) if targets is not None else None
+    with eval_mode(model), progress_mod.bar(total=total, desc=f"input curvature ({method})", unit="sample",
+                                             show=progress) as bar:
         for xb, yb in batches(data, chunk):
             check(len(xb) == len(yb) > 0, f"a batch of data has {len(xb)} inputs and {len(yb)} targets")
             lam, grad, it, left = _chunk_curvature(model, xb.to(device), yb.to(device), method, g, tol, max_iter)
+            bar.update(len(yb))
             norms.append(grad.detach().flatten(1).norm(dim=1).cpu())
             lams.append(lam.detach().cpu())
             iters, unconverged = max(iters, it), unconverged + left

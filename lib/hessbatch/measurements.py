@@ -225,7 +225,7 @@ def _input_curvature_key(a) -> dict:
 @measurement("input-curvature", key=_input_curvature_key)
 def input_curvature(run: Run | str, split: str = "train", method: str = "auto", tol: float = 1e-4,
                     max_iter: int = 100, limit: int | None = None, store: Store | None = None, device="cpu",
-                    data_root=None, chunk: int | None = None) -> Entry:
+                    data_root=None, chunk: int | None = None, progress: bool = False) -> Entry:
     """Per-sample ‖∇ₓℓ‖ and input-Hessian λ_max over a run's train or test set (``samples.csv``).
     ``method``: as :func:`hessbatch.input_curvature.input_curvature`; ``"auto"`` is stored as the
     method it chooses for the run's model."""
@@ -233,7 +233,7 @@ def input_curvature(run: Run | str, split: str = "train", method: str = "auto", 
     if limit:
         x, y = x[:limit], y[:limit]
     ic = input_curvature_mod.input_curvature(run.model(device), x.to(device), y.to(device), method, tol, max_iter,
-                                             chunk)
+                                             chunk, progress=progress)
     table = pd.DataFrame({"grad_norm": ic.grad_norm, "lambda_max": ic.lambda_max})
     return {"samples.csv": table}, {**ic.summary(), "iterations": ic.iterations, "unconverged": ic.unconverged,
                                      "n_samples": len(y), "method": ic.method}
@@ -335,7 +335,7 @@ def _attack_key(a) -> dict:
 @measurement("attack", runs=("run", "source"), key=_attack_key)
 def adversarial_accuracy(run: Run | str, attack: str, eps: float, split: str = "test", source: Run | str | None = None,
                          limit: int | None = None, store: Store | None = None, device="cpu", data_root=None,
-                         chunk: int | None = None, **attack_options) -> Entry:
+                         chunk: int | None = None, progress: bool = False, **attack_options) -> Entry:
     """Accuracy of a run on adversarial inputs crafted against ``source`` (default: the run itself).
 
     With ``source`` the original model M_ORI and ``run`` a robust model, this is one cell
@@ -348,5 +348,6 @@ def adversarial_accuracy(run: Run | str, attack: str, eps: float, split: str = "
     model = run.model(device)
     source_model = model if source is None or source.key == run.key else source.model(device)
     acc = attacks.adversarial_accuracy(model, x, y, attacks.canonical(attack), eps, source=source_model, chunk=chunk,
+                                       progress=progress,
                                        **attack_options)
     return {}, {"accuracy": acc, "clean_accuracy": accuracy(model, x, y, chunk), "n_samples": len(y)}

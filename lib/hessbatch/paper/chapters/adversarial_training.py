@@ -86,7 +86,7 @@ def compute(p: Params, ctx: Context) -> dict:
 
 def _transfer_table(models, ori, p: Params, ctx: Context) -> pd.DataFrame:
     """Tables 3/4: each model's clean accuracy and its accuracy on each attack's examples crafted against M_ORI."""
-    kw = dict(limit=p.test_limit, store=ctx.store, device=ctx.device, data_root=ctx.data_root)
+    kw = dict(limit=p.test_limit, store=ctx.store, device=ctx.device, data_root=ctx.data_root, progress=ctx.progress)
     eps = {"linf": p.eps_linf, "l2": p.eps_l2}
     rows = []
     for label, run in ctx.each(models.items(), "transfer attacks"):

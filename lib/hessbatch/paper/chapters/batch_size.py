@@ -83,10 +83,10 @@ def compute(p: Params, ctx: Context) -> dict:
 
 def _measure(run, split, row, p: Params, ctx: Context) -> list[dict]:
     """One split's columns of a run's row (filled in place); its spectrum as rows."""
-    kw = dict(store=ctx.store, device=ctx.device, data_root=ctx.data_root)
+    kw = dict(store=ctx.store, device=ctx.device, data_root=ctx.data_root, progress=ctx.progress)
     b = row["batch_size"]
     spec = measurements.spectrum(run, split, k=p.k, tol=p.tol, subsample=hessian_subsample(run, p.hessian_samples, split),
-                                 progress=ctx.progress, **kw)
+                                 **kw)
     ev = spec.csv("eigenvalues.csv")
     row[f"lambda_theta_{split}"] = float(ev["eigenvalue"].iloc[0])
     row[f"n_hvp_{split}"] = spec.json()["n_hvp"]

@@ -55,4 +55,5 @@ def adversarial_hook(spec: dict):
             adv = torch.cat([x[:k], adv[k:]])
         return adv, y
 
+    hook.per_sample = not n_clean   # each sample's attack is its own (hessbatch.attacks), unless a share stays clean
     return hook

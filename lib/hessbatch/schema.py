@@ -235,6 +235,7 @@ ENVIRONMENT = {
     "HESSBATCH_CUDA_GRAPHS": text(("0", "1")),
     "HESSBATCH_CHANNELS_LAST": text(("0", "1")),
     "HESSBATCH_COMPILE": text(("0", "1", "auto")),
+    "HESSBATCH_PARTS": text(("0", "1")),
     "HESSBATCH_GRAPH_MEMORY": number(0, 1),
     "HESSBATCH_STREAM_ABOVE": integer(0, 2**62),
 }

@@ -114,12 +114,14 @@ def _train(cfg, key, ds, store, dev, show, step_hook) -> Run:
     start, history, elapsed, resumed, snapshots = _resume(work / "checkpoint.pt", model, opt, dev, key, cfg.max_epochs)
     captured, step_path = _captured_step(model, opt, ds, cfg, dev, step_hook, smoothing)
     forward, step_path = _forward(model, ds, cfg, dev, captured, step_path, step_hook, smoothing)
+    parts = cfg.micro_batch or fastpath.training_parts(model, ds.x_train, cfg.batch_size, dev, step_hook)
     bar = progress.bar(total=cfg.max_epochs, initial=start, unit="epoch", show=show,
                        desc=f"{cfg.model}/{cfg.dataset} B={cfg.batch_size}")
     with bar:
         status, epoch = _epochs(model, opt, ds, cfg, start, history, elapsed, resumed, work, bar, step_hook,
-                                smoothing, captured, forward, key, snapshots)
-    return _publish(cfg, key, ds, store, dev, model, status, epoch, history, work, resumed, step_path, snapshots)
+                                smoothing, captured, forward, key, snapshots, parts)
+    return _publish(cfg, key, ds, store, dev, model, status, epoch, history, work, resumed, step_path, snapshots,
+                    parts)
 
 
 def _initial_model(cfg: TrainConfig, ds: data_mod.Dataset, dev) -> nn.Module:
@@ -243,7 +245,8 @@ def in_progress(store: Store, key: str) -> dict | None:
 
 
 def _epochs(model, opt, ds, cfg, start, history, elapsed, resumed, work, bar, step_hook,
-            smoothing, captured=None, forward=None, key: str = "", snapshots: dict | None = None) -> tuple[str, int]:
+            smoothing, captured=None, forward=None, key: str = "", snapshots: dict | None = None,
+            parts: int | None = None) -> tuple[str, int]:
     """Train from epoch ``start`` until the target loss, the cap or divergence; checkpoint every epoch.
     ``snapshots`` collects each weight snapshot's SHA-256 (its file name → digest)."""
     snapshots = {} if snapshots is None else snapshots
@@ -251,7 +254,7 @@ def _epochs(model, opt, ds, cfg, start, history, elapsed, resumed, work, bar, st
     for epoch in range(start + 1, cfg.max_epochs + 1):
         t0 = time.perf_counter()
         scale = plateau_scale(cfg, [r["train_loss"] for r in history])
-        run_loss = train_epoch(model, opt, ds, cfg, epoch, step_hook, smoothing, captured, forward, scale)
+        run_loss = train_epoch(model, opt, ds, cfg, epoch, step_hook, smoothing, captured, forward, scale, parts)
         train_loss, train_acc = evaluate(model, ds.x_train, ds.y_train)
         test_loss, test_acc = evaluate(model, ds.x_test, ds.y_test)
         row = {"epoch": epoch, "lr": lr_at(cfg, epoch - 1) * scale, "running_loss": run_loss, "train_loss": train_loss,
@@ -288,7 +291,7 @@ def collapsed(losses, classes: int, epochs: int = 2) -> bool:
 
 
 def _publish(cfg, key, ds, store, dev, model, status, epoch, history, work, resumed, step_path="eager",
-             snapshots: dict | None = None) -> Run:
+             snapshots: dict | None = None, parts: int | None = None) -> Run:
     """Write the finished run into the store (history, result, weights and snapshots) and drop its work
     folder. A snapshot whose bytes are not those written (its hash in ``snapshots``) stops it."""
     for snap in sorted(work.glob("weights-epoch*.pt")):
@@ -298,7 +301,7 @@ def _publish(cfg, key, ds, store, dev, model, status, epoch, history, work, resu
     result = {"status": status, "epochs": epoch, "key": key, "train_loss": last.get("train_loss"),
               "train_acc": last.get("train_acc"), "test_loss": last.get("test_loss"),
               "test_acc": last.get("test_acc"), "time_s": last.get("time_s", 0.0), "device": str(dev),
-              "step": step_path, "memory_format": fastpath.format_name(fastpath.memory_format(model, dev)),
+              "step": step_path, "parts": parts, "memory_format": fastpath.format_name(fastpath.memory_format(model, dev)),
               "threads": torch.get_num_threads(), "cpu": cpu_model(), "dataset_label": ds.label, "n_train": ds.n_train, "n_test": len(ds.y_test),
               "n_params": models.n_params(model), "torch": torch.__version__, "resumed_from": resumed,
               "model_spec": {"name": cfg.model, "reading": cfg.reading, "input_shape": list(ds.input_shape),
@@ -319,11 +322,14 @@ def _publish(cfg, key, ds, store, dev, model, status, epoch, history, work, resu
 
 def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, ds: data_mod.Dataset, cfg: TrainConfig, epoch: int,
                 step_hook=None, smoothing: torch.Tensor | None = None,
-                captured: captured_mod.CapturedStep | None = None, forward=None, lr_scale: float = 1.0) -> float:
+                captured: captured_mod.CapturedStep | None = None, forward=None, lr_scale: float = 1.0,
+                parts: int | None = None) -> float:
     """One epoch of SGD over ``ds`` (already on the model's device); returns the mean batch loss.
     ``smoothing`` holds a label-smoothing α per training sample. With ``captured``, full-size
     steps replay its CUDA graph and a last partial batch (``drop_last=False``) is stepped eagerly.
     ``forward``: what the batches go through (``model`` by default; its compiled form, say).
+    ``parts``: samples per part of a step, whose gradients are summed before the update
+    (default ``cfg.micro_batch``; None: the whole batch in one pass).
 
     The shuffle is fixed by (seed, epoch); the learning rate follows ``lr_at`` step by step, times
     ``lr_scale`` (the plateau rule's factor for this epoch);
@@ -346,7 +352,7 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, ds: data_mod.Datas
         for g in opt.param_groups:
             g["lr"] = lr
         opt.zero_grad(set_to_none=True)
-        for part in idx.split(cfg.micro_batch or len(idx)):
+        for part in idx.split(parts or cfg.micro_batch or len(idx)):
             xb, yb = ds.x_train[part], ds.y_train[part]
             if step_hook is not None:
                 xb, yb = step_hook(model, xb, yb)

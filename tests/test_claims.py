@@ -117,4 +117,13 @@ def test_claim_7_input_metrics_do_not_track_robustness():
     tracked = seven([(16, 1.0, 0.01, 0.5), (64, 2.0, 0.02, 0.4), (256, 3.0, 0.01, 0.3)])
     assert list(tracked["holds"]) == ["✗", "✗"] and tracked["value"].tolist() == [0.0, 0.0]
     one = seven([(16, 1.0, 0.01, 0.5)])
-    assert list(one["holds"]) == ["✗", "✗"] and all(math.isnan(v) for v in one["value"])
+    assert list(one["holds"]) == ["—", "—"] and all(math.isnan(v) for v in one["value"])   # unchecked, not failed
+
+
+def test_a_trend_of_two_points_is_unchecked_not_failed():
+    from hessbatch.paper.claims import sentence, trend
+
+    two = trend("λ_max rises with batch size", "§2", [64, 128], [1.6, 1.7], +1)
+    assert two["holds"] == "—" and math.isnan(two["value"])
+    assert sentence(two) == "is not checked yet (too few points) (Spearman ρ = n/a)"
+    assert trend("λ_max rises with batch size", "§2", [64, 128, 256], [1.6, 1.7, 1.5], +1)["holds"] == "✗"

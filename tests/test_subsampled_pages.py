@@ -62,7 +62,7 @@ def test_pages_whose_runs_diverged_measure_nothing_and_say_so(tmp_path):
             "train_options": {**(p.get("train_options") or {}), "lr": 1e6, "momentum": 0.9}}
     alone = registry.run_chapter("02-landscapes", gone, store)
     assert alone["curves"].empty and alone["surfaces"].empty and alone["plane_batch_sizes"] == []
-    assert alone["claims"]["holds"].tolist() == ["✗", "✗"] and alone["claims"]["value"].isna().all()
+    assert alone["claims"]["holds"].tolist() == ["—", "—"] and alone["claims"]["value"].isna().all()
     t = registry.run_chapter("01-batch-size", {**_params("01-batch-size"), "batch_sizes": [10],
                                                 "train_options": gone["train_options"]}, store)["table"]
     assert t["status"].tolist() == ["diverged"] and "lambda_theta_train" not in t

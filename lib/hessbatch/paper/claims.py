@@ -27,17 +27,22 @@ def spearman(x, y) -> float:
     return spearman_test(x, y)[0]
 
 
-def claim(text: str, source: str, statistic: str, value: float, passed: bool) -> dict:
+def claim(text: str, source: str, statistic: str, value: float, passed: bool | None) -> dict:
+    """A claim's row; ``passed`` None: too few points to check it yet (shown as —, not as a failure)."""
     return {"claim": text, "paper": source, "statistic": statistic,
-            "value": value, "holds": "✓" if passed else "✗"}
+            "value": value, "holds": UNCHECKED if passed is None else "✓" if passed else "✗"}
+
+
+UNCHECKED = "—"
 
 
 def trend(text: str, source: str, x, y, sign: int) -> dict:
     """Claim that y rises (sign=+1) or falls (sign=-1) with x: Spearman ρ of the right sign,
-    and the value at the largest x beyond the value at the smallest; from fewer than two points, ρ is nan."""
+    and the value at the largest x beyond the value at the smallest; from fewer than three finite
+    points ρ is undefined and the claim unchecked."""
     x, y = np.asarray(x, float), np.asarray(y, float)
-    if len(x) < 2:
-        return claim(text, source, "Spearman ρ", float("nan"), False)
+    if (np.isfinite(x) & np.isfinite(y)).sum() < 3:
+        return claim(text, source, "Spearman ρ", float("nan"), None)
     rho = spearman(x, y)
     ends = sign * (y[np.argmax(x)] - y[np.argmin(x)]) > 0
     passed = (not math.isnan(rho)) and sign * rho > 0 and bool(ends)
@@ -54,7 +59,7 @@ def seed_trend(text: str, source: str, x, y, sign: int, n_boot: int = 2000, seed
     x, y = x[ok], y[ok]
     levels = np.unique(x)
     if len(levels) < 2:
-        return claim(text, source, "Spearman ρ (seed means)", float("nan"), False)
+        return claim(text, source, "Spearman ρ (seed means)", float("nan"), None)
     means = np.array([y[x == v].mean() for v in levels])
     rho = spearman(levels, means) if len(levels) >= 3 else float(np.sign(means[-1] - means[0]))
     rng = np.random.default_rng(seed)
@@ -79,7 +84,7 @@ def table(rows: list[dict]) -> pd.DataFrame:
 
 def sentence(row) -> str:
     """A claim's verdict for the prose: 'holds (Spearman ρ = 0.95)' or 'does not hold (...)'."""
-    verdict = "holds" if row["holds"] == "✓" else "does **not** hold"
+    verdict = {"✓": "holds", UNCHECKED: "is not checked yet (too few points)"}.get(row["holds"], "does **not** hold")
     value = row["value"]
     shown = "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3g}"
     return f"{verdict} ({row['statistic']} = {shown})"

@@ -144,7 +144,7 @@ def _untracked_claim(ok: pd.DataFrame, split: str) -> dict:
                 for i in range(len(ok)) for j in range(len(ok)))
     return claims.claim(f"λ_x and ‖∇_x J‖ do not track adversarial accuracy ({split}, ε_a)", "§3.3, Tables 1/7",
                         "pairs less robust despite smaller λ_x and ‖∇_x J‖",
-                        float(pairs) if len(ok) >= 2 else float("nan"), pairs > 0)
+                        float(pairs) if len(ok) >= 2 else float("nan"), pairs > 0 if len(ok) >= 2 else None)
 
 
 def _spectrum_claims(spectra: pd.DataFrame) -> list[dict]:

@@ -82,6 +82,10 @@ def test_stored_spectrum_and_landscapes(tmp_path, tiny_cfg):
     assert len(surf) == 18
     ic = analysis.input_curvature(run, split="test", limit=20, store=store)
     assert ic.csv("samples.csv").shape == (20, 2) and ic.json()["lambda_max"] > 0
+    # per-sample values in float32 (a 50,000-row split stays near 1.3 MB): exact to float32, means to 1e-6
+    samples = ic.csv("samples.csv")
+    assert len((ic.path / "samples.csv").read_text().splitlines()[1]) <= 2 * 16
+    assert samples["lambda_max"].mean() == pytest.approx(ic.json()["lambda_max"], rel=1e-6)
 
 
 def test_an_unconverged_spectrum_warns_when_computed_and_when_read(tmp_path, tiny_cfg):

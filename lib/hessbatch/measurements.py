@@ -226,7 +226,8 @@ def _input_curvature_key(a) -> dict:
 def input_curvature(run: Run | str, split: str = "train", method: str = "auto", tol: float = 1e-4,
                     max_iter: int = 100, limit: int | None = None, store: Store | None = None, device="cpu",
                     data_root=None, chunk: int | None = None, progress: bool = False) -> Entry:
-    """Per-sample ‖∇ₓℓ‖ and input-Hessian λ_max over a run's train or test set (``samples.csv``).
+    """Per-sample ‖∇ₓℓ‖ and input-Hessian λ_max over a run's train or test set (``samples.csv``, in
+    float32, the precision of the model's products; the summary means are of the float64 values).
     ``method``: as :func:`hessbatch.input_curvature.input_curvature`; ``"auto"`` is stored as the
     method it chooses for the run's model."""
     x, y = run_data(run, data_root).split(split)
@@ -234,7 +235,7 @@ def input_curvature(run: Run | str, split: str = "train", method: str = "auto", 
         x, y = x[:limit], y[:limit]
     ic = input_curvature_mod.input_curvature(run.model(device), x.to(device), y.to(device), method, tol, max_iter,
                                              chunk, progress=progress)
-    table = pd.DataFrame({"grad_norm": ic.grad_norm, "lambda_max": ic.lambda_max})
+    table = pd.DataFrame({"grad_norm": ic.grad_norm, "lambda_max": ic.lambda_max}).astype(np.float32)
     return {"samples.csv": table}, {**ic.summary(), "iterations": ic.iterations, "unconverged": ic.unconverged,
                                      "n_samples": len(y), "method": ic.method}
 

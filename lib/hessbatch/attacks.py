@@ -242,13 +242,14 @@ def attack(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: f
            progress: bool = False, **kwargs) -> torch.Tensor:
     """Run attack ``name`` over ``x`` in chunks of ``chunk`` samples (default: ``pass_chunk``'s on a
     CPU, 1,000 on a GPU); ``progress``: a bar of samples."""
-    fn = get(name).function
-    check_eps(eps)
+    a = get(name)
+    with eval_mode(model):
+        _check(model, x, y, eps)   # once for every chunk: a forward pass and a sync
     chunk = chunk or pass_chunk(model, x, gpu=1000)
     out = []
-    with progress_mod.bar(total=len(x), desc=f"{get(name).label} ε={eps:g}", unit="sample", show=progress) as bar:
+    with trusted(), progress_mod.bar(total=len(x), desc=f"{a.label} ε={eps:g}", unit="sample", show=progress) as bar:
         for i in range(0, len(x), chunk):
-            out.append(fn(model, x[i:i + chunk], y[i:i + chunk], eps, **kwargs))
+            out.append(a.function(model, x[i:i + chunk], y[i:i + chunk], eps, **kwargs))
             bar.update(len(out[-1]))
     return torch.cat(out)
 

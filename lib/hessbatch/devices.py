@@ -37,7 +37,8 @@ def full_fp32() -> None:
 
 
 def default_chunk(device, cpu: int = 1024, gpu: int = 8192) -> int:
-    """Samples per forward/backward pass: small on a CPU (cache), large on a GPU (launch-bound)."""
+    """Samples per pass where no model is known; with one, ``evaluation.pass_chunk`` chooses by the
+    size of its activations on a CPU (launch-bound GPUs take large ones)."""
     return cpu if torch.device(device).type == "cpu" else gpu
 
 

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from . import schema
+from .evaluation import pass_chunk
 
 ENV = "HESSBATCH_CHANNELS_LAST"
 PARTS_ENV = "HESSBATCH_PARTS"
@@ -87,8 +88,6 @@ def training_parts(model: nn.Module, x: torch.Tensor, batch_size: int, device, s
     ``pass_chunk``'s when it is smaller than the batch and the step is a sum over samples (no batch
     norm or dropout in the model; no step hook, or one marked ``per_sample``); else None, one pass
     per batch. ``HESSBATCH_PARTS=0`` never."""
-    from .evaluation import pass_chunk
-
     if torch.device(device).type != "cpu" or schema.env(PARTS_ENV, "1") == "0":
         return None
     mixing = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)

@@ -139,12 +139,14 @@ def _untracked_claim(ok: pd.DataFrame, split: str) -> dict:
     model has both a smaller λ_x and a smaller ‖∇_x J‖ than another's, yet a lower accuracy under
     attack at ε_a (the paper: C1 at B = 512 against B = 16); the value counts such pairs (nan from
     fewer than two batch sizes)."""
+    text = (f"λ_x and ‖∇_x J‖ do not track adversarial accuracy ({split}, ε_a)", "§3.3, Tables 1/7",
+            "pairs less robust despite smaller λ_x and ‖∇_x J‖")
+    if len(ok) < 2:
+        return claims.claim(*text, float("nan"), None)
     lam, grad, adv = (ok[f"{c}_{split}"].to_numpy(float) for c in ("lambda_x", "grad_x", "adv_a"))
     pairs = sum(bool(lam[i] < lam[j] and grad[i] < grad[j] and adv[i] < adv[j])
                 for i in range(len(ok)) for j in range(len(ok)))
-    return claims.claim(f"λ_x and ‖∇_x J‖ do not track adversarial accuracy ({split}, ε_a)", "§3.3, Tables 1/7",
-                        "pairs less robust despite smaller λ_x and ‖∇_x J‖",
-                        float(pairs) if len(ok) >= 2 else float("nan"), pairs > 0 if len(ok) >= 2 else None)
+    return claims.claim(*text, float(pairs), pairs > 0)
 
 
 def _spectrum_claims(spectra: pd.DataFrame) -> list[dict]:

@@ -162,6 +162,9 @@ def test_a_step_is_summed_over_cache_sized_parts_where_the_loss_is_a_sum_over_sa
     assert fastpath.training_parts(c3, x, 128, "cpu", lambda m, xb, yb: (xb, yb)) is None
     monkeypatch.setenv(fastpath.PARTS_ENV, "0")
     assert fastpath.training_parts(c3, x, 128, "cpu") is None
+    monkeypatch.setenv(fastpath.PARTS_ENV, "yes")
+    with pytest.raises(HessbatchError, match="HESSBATCH_PARTS must be one of 0, 1"):
+        fastpath.training_parts(c3, x, 128, "cpu")
 
 
 def test_training_in_parts_ends_within_tolerance_of_whole_batches(tmp_path, monkeypatch):

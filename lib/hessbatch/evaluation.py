@@ -20,14 +20,14 @@ def is_pair(data) -> bool:
     return isinstance(data, (tuple, list)) and len(data) == 2 and torch.is_tensor(data[0])
 
 
-def batches(data, chunk: int | None = None):
+def batches(data, chunk: int | None = None, model: nn.Module | None = None):
     """``data`` as a re-iterable of ``(inputs, targets)`` batches: an ``(inputs, targets)`` pair of
-    tensors cut into chunks of ``chunk`` samples (a list), or a re-iterable of batches (a
-    DataLoader) as it is, to be streamed."""
+    tensors cut into chunks of ``chunk`` samples (a list; default: :func:`pass_chunk`'s for
+    ``model``), or a re-iterable of batches (a DataLoader) as it is, to be streamed."""
     if is_pair(data):
         x, y = data
         check(len(x) == len(y), f"{len(x)} inputs and {len(y)} targets")
-        step = chunk or default_chunk(x.device, 1000, 8192)
+        step = chunk or (pass_chunk(model, x) if model is not None else default_chunk(x.device, 1000, 8192))
         return [(x[i:i + step], y[i:i + step]) for i in range(0, len(y), step)]
     check(iter(data) is not data, "data must be an (inputs, targets) pair or re-iterable (a DataLoader, a list "
                                   "of batches), not a one-pass iterator: it may be read more than once")
@@ -109,7 +109,7 @@ def evaluate(model: nn.Module, x, y: torch.Tensor | None = None, chunk: int | No
     correct = torch.zeros((), dtype=torch.int64, device=device)
     n = 0
     with eval_mode(model), torch.no_grad():
-        for xb, yb in batches((x, y) if y is not None else x, chunk or _pair_chunk(model, x, y)):
+        for xb, yb in batches((x, y) if y is not None else x, chunk, model):
             out, yb = model(xb.to(device)), yb.to(device)
             loss += F.cross_entropy(out, yb, reduction="sum").double()
             correct += (out.argmax(1) == yb).sum()
@@ -123,14 +123,6 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int | No
     return evaluate(model, x, y, chunk)[1]
 
 
-def _pair_chunk(model, x, y) -> int | None:
-    """:func:`pass_chunk` for inputs held in memory (``x`` and ``y``, or ``x`` a pair); None (unused)
-    for a stream of batches."""
-    if y is None:
-        return pass_chunk(model, x[0]) if is_pair(x) else None
-    return pass_chunk(model, x)
-
-
 def full_gradient_norm(model: nn.Module, x, y: torch.Tensor | None = None, chunk: int | None = None) -> float:
     """‖∇θ L‖₂ of the mean cross-entropy over ``(x, y)`` (or over data ``x``, as :func:`evaluate`),
     in eval mode."""
@@ -140,7 +132,7 @@ def full_gradient_norm(model: nn.Module, x, y: torch.Tensor | None = None, chunk
     total = [torch.zeros_like(p) for p in params]
     n = 0
     with eval_mode(model):
-        for xb, yb in batches((x, y) if y is not None else x, chunk or _pair_chunk(model, x, y)):
+        for xb, yb in batches((x, y) if y is not None else x, chunk, model):
             loss = F.cross_entropy(model(xb.to(device)), yb.to(device), reduction="sum")
             for t, g in zip(total, torch.autograd.grad(loss / known if known else loss, params)):
                 t += g

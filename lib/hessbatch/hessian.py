@@ -24,7 +24,7 @@ from torch import nn
 
 from . import schema
 from .errors import HessbatchError, check
-from .evaluation import batches, eval_mode, is_pair, pass_chunk
+from .evaluation import batches, eval_mode, is_pair
 
 
 def subsample(data: tuple[torch.Tensor, torch.Tensor], size: int, seed: int = 0):
@@ -138,7 +138,7 @@ class CurvatureOperator:
         self.device, self.dtype = self.params[0].device, self.params[0].dtype
         self.loss = loss
         self.streamed = not is_pair(data)
-        self.batches = batches(data, chunk or (None if self.streamed else pass_chunk(model, data[0])))
+        self.batches = batches(data, chunk, model)
         self.n = None if self.streamed else len(data[1])   # streamed: counted on the first product
         check(self.n is None or self.n > 0, "the curvature needs at least one sample")
         self.n_hvp = 0

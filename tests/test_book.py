@@ -252,6 +252,16 @@ def test_papermill_reexecution_with_new_parameters(tmp_path):
     assert "Fashion-MNIST" in text and "capped" in text
     assert (tmp_path / "figures" / "fig-spectrum-batch.png").is_file()
     assert (tmp_path / "figures" / "fig-spectrum-batch.csv").read_text().startswith("batch_size,split,rank,eigenvalue")
+    # the introduction's gathering of claim checks reads this page's own verdicts back
+    from hessbatch.paper.book import claims_summary
+
+    summary = claims_summary(tmp_path, ["out", "absent"])
+    shown = re.search(r"\| \[out\]\(out\) \| (\d+) \| (\d+) \| (\d+) \|", summary)
+    table = "".join("".join(o["data"]["text/html"]) for c in nb["cells"] if c["cell_type"] == "code"
+                    for o in c.get("outputs", []) if "text/html" in o.get("data", {}) and "holds" in "".join(o["data"]["text/html"]))
+    cells = re.findall(r">(✓|✗|—)</td>", table)
+    assert shown and [int(n) for n in shown.groups()] == [cells.count(m) for m in "✓✗—"] and int(shown[3]) >= 1
+    assert "| [absent](absent) | not computed |" in summary, summary
 
 
 def _chromium():
@@ -420,6 +430,12 @@ def test_paper_profile_renders_from_committed_results(tmp_path, monkeypatch):
     ch8 = json.dumps(json.loads((src / "book" / "08-instability.ipynb").read_text())["cells"])
     assert "0.0205" in ch8 and "B=2048 \\u2212 B=128" in ch8
     assert "## The paper profile: what differs" in (src / "book" / "_profile-notes.md").read_text()
+    # the introduction gathers every page's claim checks: Table 7 at the protocol holds throughout,
+    # Fig. 4's "λ_max still grows after the first saved epoch" does not, Table 4 on the CPU is not computed
+    gathered = (src / "book" / "_claims.md").read_text()
+    assert re.search(r"\| \[01-batch-size--M1-cpu\]\(01-batch-size--M1-cpu\) \| [1-9]\d* \| 0 \| 0 \|", gathered)
+    assert re.search(r"- \[03-dynamics\]\(03-dynamics\): .*first saved epoch.*does \*\*not\*\* hold", gathered)
+    assert "| [05-adversarial-training--C3-cpu](05-adversarial-training--C3-cpu) | not computed |" in gathered
 
 
 def test_compute_isolates_a_failing_chapter(tmp_path, monkeypatch):

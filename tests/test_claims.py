@@ -127,3 +127,20 @@ def test_a_trend_of_two_points_is_unchecked_not_failed():
     assert two["holds"] == "—" and math.isnan(two["value"])
     assert sentence(two) == "is not checked yet (too few points) (Spearman ρ = n/a)"
     assert trend("λ_max rises with batch size", "§2", [64, 128, 256], [1.6, 1.7, 1.5], +1)["holds"] == "✗"
+
+
+def test_the_fgsm10_ordering_claim_needs_three_batch_sizes():
+    """§3.3's "no difference with FGSM-10": from two batch sizes ρ is undefined, so unchecked, not failed."""
+    from hessbatch.paper.chapters.batch_size import batch_size_claims
+
+    def same(adv, ref):
+        t = pd.DataFrame({"batch_size": [16, 64, 256, 1024][:len(adv)], "status": "converged",
+                          "adv_a_test": adv, "ref_a_test": ref})
+        t = batch_size_claims(t, pd.DataFrame())
+        return t[t["claim"].str.startswith("no difference from FGSM")].iloc[0]
+
+    two = same([0.4, 0.3], [0.5, 0.35])
+    assert two["holds"] == "—" and math.isnan(two["value"])
+    assert same([0.4, 0.3, 0.2, 0.1], [0.5, 0.4, 0.3, 0.2])["holds"] == "✓"
+    swapped = same([0.4, 0.3, 0.2, 0.1], [0.2, 0.3, 0.4, 0.5])
+    assert swapped["holds"] == "✗" and swapped["value"] == -1.0

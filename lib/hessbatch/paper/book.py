@@ -26,7 +26,8 @@ from ..config import run_key
 from ..progress import EVENTS_ENV
 from .figures import commit
 from .following import Follower
-from .notebook import PROJECT_ENV
+from .claims import UNCHECKED
+from .notebook import CLAIMS_GLUE, PROJECT_ENV, glued_markdown
 from .plans import read_progress
 from .profiles import executions, load_profile, profile_results, repo_root, selected
 
@@ -76,6 +77,26 @@ def computed_summary(computed: dict) -> list[str]:
     lines += [f"| [{n}]({n}) | {c['device']} | {c['seconds'] / 60:.1f} min |"
               for n, c in computed.items() if not n.startswith("_")]
     return lines
+
+
+def claims_summary(folder: Path, pages: list[str]) -> str:
+    """Markdown for the introduction: how many of the paper's claims hold on each page executed in
+    ``folder``, then every claim that does not, with its statistic, page by page."""
+    counts, failing = [], []
+    for name in pages:
+        path = folder / f"{name}.ipynb"
+        lines = glued_markdown(path, CLAIMS_GLUE) if path.is_file() else None
+        if lines is None:
+            counts.append(f"| [{name}]({name}) | {'no checks recorded' if path.is_file() else 'not computed'} | | |")
+            continue
+        marks = [line[2:3] for line in lines.splitlines() if line.startswith("- ")]
+        counts.append(f"| [{name}]({name}) | {marks.count('✓')} | {marks.count('✗')} | {marks.count(UNCHECKED)} |")
+        failing += [f"- [{name}]({name}): {line[4:]}" for line in lines.splitlines() if line.startswith("- ✗")]
+    out = ["Each page checks the paper's claims that apply to it on its own numbers (— : too few points "
+           "to check yet):", "", "| page | hold | do not hold | not checked |", "|---|---:|---:|---:|", *counts]
+    if failing:
+        out += ["", "The claims that do not hold here:", "", *failing]
+    return "\n".join(out) + "\n"
 
 
 def _stage(root: Path, out: Path, runs: list | None = None) -> Path:
@@ -156,6 +177,7 @@ def build(profile: str = "quick", results: str | None = None, device: str = "cpu
         if not (src / "book" / f"{name}.ipynb").exists() and not (src / "book" / f"{name}.md").exists():
             shutil.copy2(root / "book" / f"{chapter}.ipynb", src / "book" / f"{name}.ipynb")
     _write_provenance(src, prof, every, timings + phases, device, res)
+    (src / "book" / "_claims.md").write_text(claims_summary(src / "book", [n for n, _, _, _ in every]))
     notes = prof.get("notes")
     (src / "book" / "_profile-notes.md").write_text((root / "book" / notes).read_text() if notes else "")
     return _render(src, out_dir) if html else src

@@ -88,3 +88,11 @@ def sentence(row) -> str:
     value = row["value"]
     shown = "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3g}"
     return f"{verdict} ({row['statistic']} = {shown})"
+
+
+def verdicts(checks: pd.DataFrame) -> str:
+    """Markdown, one line per claim: its mark, its text, where the paper makes it and the statistic;
+    the claims that do not hold first, then the unchecked, then those that hold."""
+    order = {"✗": 0, UNCHECKED: 1, "✓": 2}
+    rows = sorted((r for _, r in checks.iterrows()), key=lambda r: order.get(r["holds"], 0))
+    return "\n".join(f"- {r['holds']} {r['claim']} ({r['paper']}): {sentence(r)}" for r in rows)

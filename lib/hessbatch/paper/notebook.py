@@ -66,9 +66,27 @@ def glue(name: str, markdown: str) -> None:
     myst_glue(name, Markdown(markdown), display=False)
 
 
+CLAIMS_GLUE = "claims"
+
+
 def glue_claims(checks, prefix: str) -> None:
-    """Each claim's sentence as ``{prefix}_claim_{i}``, for the chapter's text."""
-    from .claims import sentence
+    """Each claim's sentence as ``{prefix}_claim_{i}``, for the chapter's text, and every verdict
+    as ``claims`` (``CLAIMS_GLUE``), which the book's introduction gathers from every page."""
+    from .claims import sentence, verdicts
 
     for i, row in checks.iterrows():
         glue(f"{prefix}_claim_{i}", sentence(row))
+    glue(CLAIMS_GLUE, verdicts(checks))
+
+
+def glued_markdown(path, name: str) -> str | None:
+    """The Markdown glued as ``name`` in the executed notebook at ``path`` (None if none was)."""
+    import nbformat
+    from myst_nb.ext.glue import GLUE_PREFIX
+
+    for cell in nbformat.read(str(path), as_version=4).cells:
+        for out in cell.get("outputs", []):
+            if out.get("metadata", {}).get("scrapbook", {}).get("name") == name:
+                data = out.get("data", {})
+                return data.get(GLUE_PREFIX + "text/markdown", data.get("text/markdown"))
+    return None

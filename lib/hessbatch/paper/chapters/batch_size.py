@@ -165,13 +165,16 @@ def _spectrum_claims(spectra: pd.DataFrame) -> list[dict]:
 def _same_ordering_claim(ok: pd.DataFrame) -> dict:
     """§3.3: the paper "did not see any difference with FGSM-10 attack" (Tables 1/2): the batch-size
     ordering of adversarial accuracy under this page's attack against FGSM's, per split and radius
-    (Spearman ρ over batch sizes), and whether both fall with the batch size."""
+    (Spearman ρ over batch sizes), and whether both fall with the batch size; unchecked from fewer
+    than three batch sizes, where ρ is undefined."""
+    text = ("no difference from FGSM: the same batch-size ordering of adversarial accuracy, and both "
+            "fall with the batch size", "§3.3, Tables 1/2", "smallest Spearman ρ with FGSM's ordering")
+    if len(ok) < 3:
+        return claims.claim(*text, float("nan"), None)
     rhos, both_fall = [], True
     for col in (c for c in ok if c.startswith("adv_")):
         ref = "ref_" + col[4:]
         rhos.append(claims.spearman(ok[col], ok[ref]))
         both_fall &= claims.spearman(ok["batch_size"], ok[col]) < 0 and claims.spearman(ok["batch_size"], ok[ref]) < 0
     worst = float(min(rhos))
-    return claims.claim("no difference from FGSM: the same batch-size ordering of adversarial accuracy, and both "
-                        "fall with the batch size", "§3.3, Tables 1/2", "smallest Spearman ρ with FGSM's ordering",
-                        worst, bool(worst >= 0.8 and both_fall))
+    return claims.claim(*text, worst, bool(worst >= 0.8 and both_fall))

@@ -75,6 +75,20 @@ def test_product_rounding_is_measured_against_float64(trained):
     assert product_rounding(HessianOperator(copy.deepcopy(net).double(), (x.double(), y)), v) == 0.0
 
 
+def test_product_rounding_on_large_data_takes_chunks_spread_over_it(trained):
+    """Above ``max_samples`` both products are taken on evenly spread chunks (here 0, 3, 6, 9 of ten
+    chunks of 50): the float64 reference is curvlinops' on those 200 samples, not on all 500."""
+    net, x, y = trained
+    v = top_eigen(net, (x, y), k=1).eigenvectors[0]
+    r = product_rounding(HessianOperator(net, (x, y), chunk=50), v, max_samples=200)
+    idx = torch.cat([torch.arange(i * 50, i * 50 + 50) for i in (0, 3, 6, 9)])
+    sub = HessianOperator(net, (x[idx], y[idx]), chunk=50, cache_graph=False)
+    ref = float64_hessian(net, x[idx], y[idx])[1](v.numpy())
+    assert r == pytest.approx(np.linalg.norm(sub.matvec(v).numpy() - ref) / np.linalg.norm(ref), rel=1e-6)
+    assert r != pytest.approx(product_rounding(HessianOperator(net, (x, y), chunk=50), v), rel=1e-3)
+    assert 0 < r < 3e-5
+
+
 def test_a_page_names_the_spectra_that_predate_measured_residuals(tmp_path, tiny_cfg):
     import json
 

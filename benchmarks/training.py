@@ -37,7 +37,7 @@ import yaml
 from hessbatch import captured, catalog, data, models
 from hessbatch.config import TrainConfig
 from hessbatch.devices import resolve_device
-from hessbatch.paper.book import computed_summary
+from hessbatch.paper.intro import computed_summary
 from hessbatch.train import train_epoch, training_loss
 
 

@@ -253,7 +253,7 @@ def test_papermill_reexecution_with_new_parameters(tmp_path):
     assert (tmp_path / "figures" / "fig-spectrum-batch.png").is_file()
     assert (tmp_path / "figures" / "fig-spectrum-batch.csv").read_text().startswith("batch_size,split,rank,eigenvalue")
     # the introduction's gathering of claim checks reads this page's own verdicts back
-    from hessbatch.paper.book import claims_summary
+    from hessbatch.paper.intro import claims_summary
 
     summary = claims_summary(tmp_path, ["out", "absent"])
     shown = re.search(r"\| \[out\]\(out\) \| (\d+) \| (\d+) \| (\d+) \|", summary)
@@ -415,7 +415,7 @@ def test_paper_profile_renders_from_committed_results(tmp_path, monkeypatch):
     assert ("scripts/cpu/protocol.sh c1-table1-cpu" in c1.with_suffix(".md").read_text() if c1.with_suffix(".md").exists()
             else "c1-table1-cpu` on " in c1.with_suffix(".ipynb").read_text())
     table4 = (src / "book" / "05-adversarial-training--C3-cpu.md").read_text()
-    assert "hessbatch plan c3-table4-cpu --train-only" in table4 and "| B | run | state |" not in table4
+    assert "scripts/cpu/protocol.sh c3-table4-cpu" in table4 and "| B | run | state |" not in table4
     nb = json.loads((src / "book" / "01-batch-size--M1-15ep.ipynb").read_text())
     text = json.dumps(nb["cells"])
     assert "MNIST; used: 60,000 train / 10,000 test" in text and "device* cuda" in text
@@ -459,8 +459,8 @@ def test_compute_isolates_a_failing_chapter(tmp_path, monkeypatch):
 
 def test_compute_records_an_interrupted_call(tmp_path, monkeypatch):
     """Ctrl-C during training: the call's wall time is recorded (all of it training), marked interrupted."""
-    import hessbatch.paper.book as book_mod
     import hessbatch.paper.compute as compute_mod
+    from hessbatch.paper.intro import computed_summary
 
     def slow(*a, **k):
         time.sleep(0.3)
@@ -471,7 +471,7 @@ def test_compute_records_an_interrupted_call(tmp_path, monkeypatch):
         compute("smoke", results=str(tmp_path), chapters=["04-saddle-free"])
     call = yaml.safe_load((tmp_path / "_timings.yml").read_text())["_calls"][-1]
     assert call["interrupted"] and call["seconds"] >= 0.3 and call["train_seconds"] >= 0.3
-    assert "1 call(s) (1 interrupted)" in "\n".join(book_mod.computed_summary({"_calls": [call]}))
+    assert "1 call(s) (1 interrupted)" in "\n".join(computed_summary({"_calls": [call]}))
 
 
 def test_compute_records_a_call_stopped_by_sigterm(tmp_path):

@@ -1,37 +1,51 @@
 #!/usr/bin/env bash
-# A table at the paper's protocol on this machine's CPUs, one batch size per call of `hessbatch plan`:
-# every batch size trained to training loss 0.001, then measured; each finished batch size is merged into
-# paper-results/ and committed at once, so an interruption loses at most the run in progress, which
-# resumes from its last epoch's checkpoint when the script runs again.
+# A CPU plan of the paper profile, computed and committed. A batch-size sweep at the paper's protocol
+# (c1-table1-cpu, c2-table1-cpu, m1-table7-cpu) goes one batch size per call of `hessbatch plan`: every
+# batch size trained to training loss 0.001, then measured, and merged into paper-results/ and
+# committed at once, so an interruption loses at most the run in progress, which resumes from its last
+# epoch's checkpoint when the script runs again. Any other CPU plan (c3-table4-cpu, table8-cpu,
+# c1-fig4-cpu) is one call: its runs trained, then measured, merged and committed.
 #   DATA=../shared/data bash scripts/cpu/protocol.sh c1-table1-cpu [B ...]   (default: 16 32 ... 2048)
 #   DATA=../shared/data bash scripts/cpu/protocol.sh c2-table1-cpu [B ...]   (default: 256 512 1024 2048)
 #   DATA=../shared/data bash scripts/cpu/protocol.sh m1-table7-cpu [B ...]   (default: 64 128 ... 2048)
-#   TRAIN_ONLY=1 ...: train the batch sizes only (measure them with a later call)
+#   DATA=../shared/data bash scripts/cpu/protocol.sh c3-table4-cpu            (or table8-cpu, c1-fig4-cpu)
+#   TRAIN_ONLY=1 ...: train only (measure with a later call)
 #   NICE=19, EVENTS=FILE: lowest priority; progress as JSON lines in FILE (below)
+# scripts/cpu/queue.sh runs a list of such calls on every core.
 # DATA holds MNIST/raw/*.gz (torchvision's layout; in DATA/mnist) and cifar10-jpeg/{train,test}.tar.gz;
 # what a plan reads is copied into the git-ignored data/.
 # STORE: the result store with the runs' checkpoints (default ~/.cache/hessbatch/PLAN), outside the
 # working tree, so that a fresh checkout on the same machine resumes the runs instead of starting again.
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
-plan=${1:?name a plan: c1-table1-cpu, c2-table1-cpu or m1-table7-cpu}
+plans="c1-table1-cpu, c2-table1-cpu, m1-table7-cpu, c3-table4-cpu, table8-cpu or c1-fig4-cpu"
+plan=${1:?name a plan: $plans}
 shift
+case $plan in
+  c1-table1-cpu) default="16 32 64 128 256 512 1024 2048" ;;
+  c2-table1-cpu) default="256 512 1024 2048" ;;
+  m1-table7-cpu) default="64 128 256 512 1024 2048" ;;
+  c3-table4-cpu|table8-cpu|c1-fig4-cpu)
+    default=""
+    [ $# -eq 0 ] || { echo "protocol.sh: $plan is not a batch-size sweep; it takes no batch sizes" >&2; exit 2; } ;;
+  *) echo "protocol.sh: unknown plan $plan ($plans)" >&2; exit 2 ;;
+esac
+for b in "$@"; do
+  [[ $b =~ ^[1-9][0-9]*$ ]] || { echo "protocol.sh: a batch size is a positive integer, got '$b'" >&2; exit 2; }
+done
 src=${DATA:?set DATA: a folder holding mnist/MNIST/raw/*.gz and cifar10-jpeg/*.tar.gz}
 case $plan in
-  c1-table1-cpu|c2-table1-cpu)
-    default=$([ "$plan" = c1-table1-cpu ] && echo "16 32 64 128 256 512 1024 2048" || echo "256 512 1024 2048")
-    mkdir -p data/cifar10-jpeg
-    for p in train test; do
-      [ -d "data/cifar10-jpeg/$p" ] || [ -s "data/cifar10-jpeg/$p.tar.gz" ] || cp "$src/cifar10-jpeg/$p.tar.gz" data/cifar10-jpeg/
-    done ;;
   m1-table7-cpu)
-    default="64 128 256 512 1024 2048"
     mkdir -p data/MNIST/raw
     for f in "$src"/mnist/MNIST/raw/*.gz; do
       t="data/MNIST/raw/$(basename "${f%.gz}")"
       [ -s "$t" ] || gunzip -c "$f" > "$t"
     done ;;
-  *) echo "protocol.sh: unknown plan $plan (c1-table1-cpu, c2-table1-cpu or m1-table7-cpu)" >&2; exit 2 ;;
+  *)
+    mkdir -p data/cifar10-jpeg
+    for p in train test; do
+      [ -d "data/cifar10-jpeg/$p" ] || [ -s "data/cifar10-jpeg/$p.tar.gz" ] || cp "$src/cifar10-jpeg/$p.tar.gz" data/cifar10-jpeg/
+    done ;;
 esac
 # HESSBATCH: the command to run (default .venv/bin/hessbatch; may be a command line, e.g.
 # "env PYTHONPATH=$PWD/lib python3 -m hessbatch.paper.cli" for a second checkout)
@@ -55,16 +69,29 @@ store=${STORE:-${XDG_CACHE_HOME:-$HOME/.cache}/hessbatch/$plan}
 # On any exit (a run finished, a call cut off by its time limit): record where the plan's runs stand in
 # paper-results/_progress.yml, which the plan's pages show until every batch size is in.
 trap '$hb plan "$plan" --record-progress --results "$store" > /dev/null || true' EXIT
-for b in ${@:-$default}; do
+# One call of `hessbatch plan`, then its results merged into paper-results/ and committed; calls that end
+# at once (scripts/cpu/queue.sh) take turns, so that neither finds git's index locked.
+compute() {  # compute MESSAGE [--set ...]
+  local message=$1 out
+  shift
   if [ -n "${TRAIN_ONLY:-}" ]; then
-    $hb plan "$plan" --train-only --set "batch_sizes=[$b]" --data-root data --results "$store" --no-progress
-    continue
+    $hb plan "$plan" --train-only "$@" --data-root data --results "$store" --no-progress
+    return
   fi
   out=$(mktemp -d)
-  $hb plan "$plan" --set "batch_sizes=[$b]" --data-root data --out "$out" --results "$store" --no-progress
-  $hb plan --unpack "$out"
-  git add paper-results
-  git diff --cached --quiet -- paper-results ||
-    git commit -q -m "paper-results: $plan at the protocol on 2 CPU cores, B = $b" -- paper-results
+  $hb plan "$plan" "$@" --data-root data --out "$out" --results "$store" --no-progress
+  (
+    flock 9
+    $hb plan --unpack "$out"
+    git add paper-results
+    git diff --cached --quiet -- paper-results || git commit -q -m "paper-results: $plan $message" -- paper-results
+  ) 9> "$(git rev-parse --git-dir)/hessbatch-commit.lock"
   rm -rf "$out"
+}
+if [ -z "$default" ]; then
+  compute "on 2 CPU cores"
+  exit 0
+fi
+for b in ${@:-$default}; do
+  compute "at the protocol on 2 CPU cores, B = $b" --set "batch_sizes=[$b]"
 done

@@ -45,7 +45,8 @@ class Plan:
 
     def how(self, by_batch_size: bool) -> str:
         """How to compute its pages, as a placeholder page says it (``by_batch_size``: a batch-size
-        sweep at the protocol, one batch size per call of ``scripts/cpu/protocol.sh``)."""
+        sweep at the protocol, one batch size per call of ``scripts/cpu/protocol.sh``; another CPU
+        plan is one call of it)."""
         intro = f"It is part of the plan `{self.name}` ({self.title}), "
         if self.device != "cpu":
             return (intro + f"which computes within one GPU command of {self.budget_s // 60} minutes:\n\n"
@@ -54,10 +55,9 @@ class Plan:
         if by_batch_size:
             return (intro + "computed on the CPU one batch size per call, each resumed from its last epoch's "
                     f"checkpoint and committed as it ends:\n\n    DATA=DATA bash scripts/cpu/protocol.sh {self.name}\n\n")
-        store = f"--data-root DATA --results ~/.cache/hessbatch/{self.name}"
-        return (intro + "computed on the CPU: its runs trained call after call, each resumed from its last "
-                f"epoch's checkpoint, then measured and merged:\n\n    hessbatch plan {self.name} --train-only {store}\n"
-                f"    hessbatch plan {self.name} {store} --out OUT\n    hessbatch plan --unpack OUT\n\n")
+        return (intro + "computed on the CPU in one call, its runs trained, measured, merged and committed; a "
+                "call cut off resumes each run from its last epoch's checkpoint:\n\n"
+                f"    DATA=DATA bash scripts/cpu/protocol.sh {self.name}\n\n")
 
 
 def plans(prof: dict) -> list[Plan]:

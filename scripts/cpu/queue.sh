@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The paper profile's CPU plans on every core: WORKERS processes (default 2) work through a list of
+# calls of scripts/cpu/protocol.sh, one line each ("c1-table1-cpu 256", "c3-table4-cpu"), each taking the
+# first line that is neither done nor being computed. A line is marked done when its call ends well;
+# a failed one is left for the next start (its log says why). Stopped at any point, the script
+# resumes where it was when started again: finished lines are skipped, and the run in progress
+# resumes from its last epoch's checkpoint.
+#   DATA=../shared/data bash scripts/cpu/queue.sh [LIST]        (default scripts/cpu/queue.txt)
+#   NICE=19 setsid nohup ... &                                   (lowest priority, detached; see protocol.sh)
+# STATE (default results/queue): each line's lock, log and done mark. Worker W's progress bars go to
+# results/logs/events-worker-W.jsonl. Each worker's Hessian products may cache gradient graphs in
+# 1/WORKERS of the usual half of the free memory (HESSBATCH_GRAPH_MEMORY), so that two measurements
+# at once cannot run the machine out of memory.
+set -euo pipefail
+cd "$(git rev-parse --show-toplevel)"
+list=${1:-scripts/cpu/queue.txt}
+[ -r "$list" ] || { echo "queue.sh: cannot read the list $list" >&2; exit 2; }
+workers=${WORKERS:-2}
+[[ $workers =~ ^[1-9][0-9]*$ ]] || { echo "queue.sh: WORKERS must be a positive integer, got '$workers'" >&2; exit 2; }
+state=${STATE:-results/queue}
+n=0
+while IFS= read -r line || [ -n "$line" ]; do   # a line is a plan and batch sizes: names and numbers only
+  n=$((n + 1))
+  line=${line%%#*}
+  [[ $line =~ ^[[:space:]a-z0-9-]*$ ]] || { echo "queue.sh: $list, line $n: only a plan's name and batch sizes, got '$line'" >&2; exit 2; }
+done < "$list"
+mkdir -p "$state" results/logs
+: "${DATA:?set DATA: a folder holding mnist/MNIST/raw/*.gz and cifar10-jpeg/*.tar.gz}"
+export DATA
+export HESSBATCH_GRAPH_MEMORY=${HESSBATCH_GRAPH_MEMORY:-$(awk "BEGIN { print 0.5 / $workers }")}
+if [ -n "${NICE:-}" ]; then   # as in protocol.sh: the processes, and the autogroup of a script started with setsid
+  renice -n "$NICE" $$ > /dev/null
+  if [ "$(ps -o sid= -p $$ | tr -d ' ')" = "$$" ] && [ -w /proc/self/autogroup ]; then
+    echo "$NICE" > /proc/self/autogroup 2> /dev/null || true
+  fi
+fi
+log() { echo "$(date -u '+%F %T') $*"; }
+
+work() {  # work W: take lines until none is left to this worker
+  local w=$1 line id failed=" " found rc words
+  while :; do
+    found=
+    while read -r line; do
+      line=${line%%#*}
+      read -r -a words <<< "$line"
+      [ ${#words[@]} -gt 0 ] || continue
+      id=$(IFS=-; echo "${words[*]}")
+      [ -e "$state/$id.done" ] || [[ $failed == *" $id "* ]] && continue
+      exec 9>> "$state/$id.lock"
+      if flock -n 9; then found=1; break; fi   # held while its call runs, released if it dies
+      exec 9>&-
+    done < "$list"
+    [ -n "$found" ] || { log "worker $w: nothing left"; return 0; }
+    log "worker $w: ${words[*]}"
+    if EVENTS="results/logs/events-worker-$w.jsonl" bash scripts/cpu/protocol.sh "${words[@]}" \
+        >> "$state/$id.log" 2>&1 < /dev/null; then
+      touch "$state/$id.done"
+      log "worker $w: ${words[*]} done"
+    else
+      rc=$?
+      failed+="$id "
+      log "worker $w: ${words[*]} failed (exit $rc); see $state/$id.log"
+    fi
+    exec 9>&-
+  done
+}
+
+for w in $(seq "$workers"); do
+  work "$w" &
+done
+wait

@@ -10,7 +10,7 @@ import pytest
 from hessbatch.errors import HessbatchError
 from hessbatch.paper import registry
 from hessbatch.paper.profiles import only_batch_sizes
-from hessbatch.paper.presentation import provenance, whole_set_note
+from hessbatch.paper.presentation import paper_style, provenance, whole_set_note
 from hessbatch.paper.profiles import load_profile, selected
 from hessbatch.store import Store
 
@@ -37,6 +37,8 @@ def test_the_batch_size_page_compares_the_subsample_with_the_whole_set(tmp_path)
     assert note.startswith("\n\n**λθ_max of the training set, whole against subsample:** B = 50: ")
     assert "on 12 samples (" in note and "B = 10" not in note
     assert "*Hessians on* seeded subsets of 12 samples" in provenance({"hessian_samples": 12, "model": "MLP"})
+    shown = paper_style(res["table"]).set_index("B")["train loss"]      # runs end at different losses
+    assert shown[50] == f"{store.get('train', key=t.loc[50, 'run']).json()['train_loss']:.2g}"
     with pytest.raises(HessbatchError, match="whole_set_batch_sizes must be among batch_sizes; not: 7"):
         registry.run_chapter("01-batch-size", _params("01-batch-size", whole_set_batch_sizes=[7]), store)
 

@@ -31,8 +31,10 @@ def published_comparison(table: pd.DataFrame, published: pd.DataFrame) -> pd.Dat
 
 def paper_style(table: pd.DataFrame) -> pd.DataFrame:
     """Our batch-size table in the paper's layout: 'train (test)' cells, accuracies in %; with each
-    run's status, epochs and training time."""
+    run's status, epochs, final training loss and training time."""
     out = pd.DataFrame({"B": table["batch_size"], "status": table["status"], "epochs": table["epochs"]})
+    if "final_train_loss" in table:
+        out["train loss"] = [f"{v:.2g}" if pd.notna(v) else "—" for v in table["final_train_loss"]]
     if "train_minutes" in table:
         out["training min"] = [f"{m:.0f}" if pd.notna(m) else "—" for m in table["train_minutes"]]
 

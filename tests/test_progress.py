@@ -46,7 +46,7 @@ def test_a_page_shows_the_batch_sizes_in_and_names_the_one_still_training(tmp_pa
     record = plans.record_progress(profile, "long", str(work), str(committed))
     rows = record["pages"][page]
     assert [r["state"] for r in rows] == ["measured", "measured", "paused"]
-    assert rows[2] | {"key": key} == {"batch_size": 200, "key": key, "state": "paused", "epoch": 3,
+    assert rows[2] | {"key": key} == {"batch_size": 200, "run": "B = 200", "key": key, "state": "paused", "epoch": 3,
                                       "max_epochs": 15, "running_loss": 0.25, "train_loss": 0.2, "test_acc": 0.5,
                                       "hours": 1.5}
     note = progress_note(plans.read_progress(committed), page, [10, 50], [200])
@@ -65,6 +65,30 @@ def test_a_page_shows_the_batch_sizes_in_and_names_the_one_still_training(tmp_pa
     assert (fresh[0]["epochs"], fresh[0]["train_loss"]) == (done["epochs"], round(done["train_loss"], 6))
     assert (f"| 10 | `{fresh[0]['key']}` | trained, not yet measured: {done['epochs']} epochs, training loss "
             in progress_note(plans.read_progress(empty), page, [], [10]))
+
+
+def test_a_page_that_is_not_a_sweep_names_each_run_by_what_sets_it_apart(tmp_path):
+    """Table 4's runs share a batch size: the placeholder lists M_ORI and each robust model by its attack."""
+    prof = {"profile": "robust", "common": SMOKE["common"],
+            "chapters": {"05-adversarial-training": SMOKE["chapters"]["05-adversarial-training"]},
+            "plans": {"robust": {"title": "Table 4 on the CPU", "device": "cpu", "budget_s": 3600,
+                                 "pages": ["05-adversarial-training"]}}}
+    path = tmp_path / "robust.yaml"
+    path.write_text(yaml.safe_dump(prof))
+    committed = tmp_path / "committed"
+    committed.mkdir()
+    (page, chapter, params, _), = selected(load_profile(str(path)), ["05-adversarial-training"])
+    configs = registry.chapter(chapter).train_configs(params)
+    rows = plans.record_progress(str(path), "robust", str(tmp_path / "work"), str(committed))["pages"][page]
+    assert len({r["batch_size"] for r in rows}) == 1 < len(rows) == len(configs)
+    origin = configs[0]
+    assert rows[0]["run"] == f"B = {origin['batch_size']}"
+    eps = configs[1]["adversarial"]["eps"]
+    assert rows[1]["run"] == f"B = {origin['batch_size']}, robust (fgsm, ε = {eps:g}), from run {run_key(origin)[:8]}"
+    note = progress_note(plans.read_progress(committed), page, [], None)
+    assert "| run | key | state |" in note and note.count("| not started |") == len(rows)
+    assert f"| {rows[1]['run']} | `{rows[1]['key']}` | not started |" in note
+    assert progress_note({}, page, [], None) == ""
 
 
 def test_a_run_that_diverged_or_is_not_measured_is_named_so(tmp_path):

@@ -303,34 +303,41 @@ def _placeholder(folder: Path, name: str, chapter: str, title: str | None, prof:
         f"```{{note}}\nThis chapter has not been computed at the scale of the `{profile}` profile yet: its results "
         f"are not among the committed ones. {how}"
         f"then build the book again. The `quick` profile's book has this chapter on the embedded MNIST digits.\n```\n"
-        + progress_note(progress, name, [], sizes))
+        + progress_note(progress, name, [], sizes or None))
 
 
-def progress_note(progress: dict, name: str, shown: list, missing: list) -> str:
+def progress_state(r: dict) -> str:
+    """One run's row of ``_progress.yml`` in words."""
+    if "epochs" in r:
+        return f"{r['state']}: {r['epochs']} epochs, training loss {r['train_loss']:.4g}, {r['hours']:.1f} h of training"
+    if r.get("state") not in ("training", "paused"):
+        return str(r.get("state", "not computed"))
+    return (f"{r['state']}: epoch {r['epoch']} of at most {r['max_epochs']}, running loss {r['running_loss']:.4g}, "
+            f"training loss {r['train_loss']:.4g}, test accuracy {100 * r['test_acc']:.2f} %, {r['hours']:.1f} h so far")
+
+
+def progress_note(progress: dict, name: str, shown: list, missing: list | None) -> str:
     """A page's note on its batch sizes ``missing`` from the committed results, with where each run
-    stood when its plan last recorded it (``_progress.yml``); empty if none is missing."""
-    if not missing:
-        return ""
+    stood when its plan last recorded it (``_progress.yml``); empty if none is missing. ``missing``
+    None: a page that is not a batch-size sweep, with every run its plan recorded and what sets it
+    apart (empty if none was recorded)."""
     page = progress.get(name) or {}
-    known = {r.get("batch_size"): r for r in page.get("runs", [])}
-
-    def state(r):
-        if "epochs" in r:
-            return (f"{r['state']}: {r['epochs']} epochs, training loss {r['train_loss']:.4g}, "
-                    f"{r['hours']:.1f} h of training")
-        if r.get("state") not in ("training", "paused"):
-            return str(r.get("state", "not computed"))
-        return (f"{r['state']}: epoch {r['epoch']} of at most {r['max_epochs']}, running loss {r['running_loss']:.4g}, "
-                f"training loss {r['train_loss']:.4g}, test accuracy {100 * r['test_acc']:.2f} %, "
-                f"{r['hours']:.1f} h so far")
-    def run(b):
-        return f"`{known[b]['key']}`" if b in known else "—"
-    rows = "\n".join(f"| {b} | {run(b)} | {state(known.get(b, {}))} |" for b in missing)
-    head = (f"This page shows B = {', '.join(map(str, shown))} only. These batch sizes are not in the committed "
-            "results yet" if shown else "Where its runs stand")
     when = (f"as recorded by the plan `{page['plan']}` on {page['as_of']} ({markdown_text(page.get('cpu', ''))})"
             if page else "no plan has recorded their progress")
-    return (f"\n```{{note}}\n{head}; {when}:\n\n| B | run | state |\n|---:|---|---|\n{rows}\n```\n")
+    if missing is None:
+        labels = [r.get("run") or "B = " + str(r.get("batch_size")) for r in page.get("runs", [])]
+        rows = "\n".join(f"| {markdown_text(label)} | `{r['key']}` | {progress_state(r)} |"
+                         for label, r in zip(labels, page.get("runs", [])))
+        return (f"\n```{{note}}\nWhere its runs stand, {when}:\n\n| run | key | state |\n|---|---|---|\n{rows}\n```\n"
+                if rows else "")
+    if not missing:
+        return ""
+    known = {r.get("batch_size"): r for r in page.get("runs", [])}
+    keys = {b: f"`{r['key']}`" for b, r in known.items()}
+    rows = "\n".join(f"| {b} | {keys.get(b, '—')} | {progress_state(known.get(b, {}))} |" for b in missing)
+    head = (f"This page shows B = {', '.join(map(str, shown))} only. These batch sizes are not in the committed "
+            "results yet" if shown else "Where its runs stand")
+    return f"\n```{{note}}\n{head}; {when}:\n\n| B | run | state |\n|---:|---|---|\n{rows}\n```\n"
 
 
 def _kernel_options(log: Path) -> dict:

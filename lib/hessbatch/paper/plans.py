@@ -230,6 +230,7 @@ def record_progress(profile: str, name: str, work: str | None = None, results: s
     from ..devices import cpu_model
     from ..train import in_progress
     from .compute import stored_split
+    from .presentation import run_label
 
     prof = load_profile(profile)
     plan = find(prof, name)
@@ -240,7 +241,7 @@ def record_progress(profile: str, name: str, work: str | None = None, results: s
         rows = []
         for cfg in registry.chapter(chapter).train_configs(params):
             key, b = run_key(cfg), cfg["batch_size"]
-            row = {"batch_size": b, "key": key, "state": "not started"}
+            row = {"batch_size": b, "run": run_label(cfg), "key": key, "state": "not started"}
             here = committed.get("train", key=key)
             if (done := here or working.get("train", key=key)) is not None:
                 r = done.json()

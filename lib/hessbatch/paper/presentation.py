@@ -55,6 +55,20 @@ def paper_style(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def run_label(cfg: dict) -> str:
+    """A training configuration in a few words, for a page's list of its runs: the batch size and
+    what sets the run apart (robust training, a scaled learning rate, a start from another run)."""
+    parts = [f"B = {cfg['batch_size']}"]
+    if adv := cfg.get("adversarial"):
+        parts.append(f"robust ({adv['attack']}, ε = {adv['eps']:g})")
+    if cfg.get("lr_scaling"):
+        parts.append(f"lr scaled {cfg['lr_scaling']}" +
+                     (f", {cfg['warmup_epochs']} warm-up epochs" if cfg.get("warmup_epochs") else ""))
+    if cfg.get("init_from"):
+        parts.append(f"from run {cfg['init_from'][:8]}")
+    return ", ".join(parts)
+
+
 def provenance(params: dict, runs: list[Run] | None = None, estimated: list[str] = ()) -> str:
     """One Markdown line: profile, data, model, device (with the CPU model where the runs record it),
     training time of the runs (if any), the Hessian subsample size (if any), commit, configuration;

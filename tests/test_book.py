@@ -255,7 +255,9 @@ def test_papermill_reexecution_with_new_parameters(tmp_path):
     # the introduction's gathering of claim checks reads this page's own verdicts back
     from hessbatch.paper.intro import claims_summary
 
-    summary = claims_summary(tmp_path, ["out", "absent"])
+    shutil.copy2(ROOT / "book" / "01-batch-size.ipynb", tmp_path / "source.ipynb")
+    summary = claims_summary(tmp_path, ["out", "absent", "source"])
+    assert "| [source](source) | not executed by this build |" in summary
     shown = re.search(r"\| \[out\]\(out\) \| (\d+) \| (\d+) \| (\d+) \|", summary)
     table = "".join("".join(o["data"]["text/html"]) for c in nb["cells"] if c["cell_type"] == "code"
                     for o in c.get("outputs", []) if "text/html" in o.get("data", {}) and "holds" in "".join(o["data"]["text/html"]))

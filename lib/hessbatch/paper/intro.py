@@ -9,7 +9,7 @@ from pathlib import Path
 from .. import __version__
 from .claims import UNCHECKED
 from .figures import commit
-from .notebook import CLAIMS_GLUE, glued_markdown
+from .notebook import CLAIMS_GLUE, executed, glued_markdown
 
 
 def provenance_table(profile: str, timings: list[tuple[str, float, str]], computed: dict | None = None,
@@ -65,7 +65,9 @@ def claims_summary(folder: Path, pages: list[str]) -> str:
         path = folder / f"{name}.ipynb"
         lines = glued_markdown(path, CLAIMS_GLUE) if path.is_file() else None
         if lines is None:
-            counts.append(f"| [{name}]({name}) | {'no checks recorded' if path.is_file() else 'not computed'} | | |")
+            why = ("not computed" if not path.is_file() else "no claims checked" if executed(path)
+                   else "not executed by this build")
+            counts.append(f"| [{name}]({name}) | {why} | | |")
             continue
         marks = [line[2:3] for line in lines.splitlines() if line.startswith("- ")]
         counts.append(f"| [{name}]({name}) | {marks.count('✓')} | {marks.count('✗')} | {marks.count(UNCHECKED)} |")

@@ -90,3 +90,10 @@ def glued_markdown(path, name: str) -> str | None:
                 data = out.get("data", {})
                 return data.get(GLUE_PREFIX + "text/markdown", data.get("text/markdown"))
     return None
+
+
+def executed(path) -> bool:
+    """Whether the notebook at ``path`` holds any output (a source copy holds none)."""
+    import nbformat
+
+    return any(cell.get("outputs") for cell in nbformat.read(str(path), as_version=4).cells)

@@ -113,6 +113,11 @@ def test_the_queue_shares_lines_between_workers_and_resumes(repo):
     assert "c1-table1-cpu 999 failed (exit 1)" in proc.stdout
     assert {line.split()[3] for line in proc.stdout.splitlines() if line.endswith(" done")} == {"1:", "2:"}
     assert len(_commits(repo)) == 3
+    status = _run(repo, "scripts/cpu/queue.sh", "--status", "list.txt").stdout.splitlines()
+    assert [line.split("  ")[0] for line in status] == ["c1-table1-cpu 32", "c1-table1-cpu 999", "c1-table1-cpu 64",
+                                                        "c3-table4-cpu"]
+    assert [line.split()[-1] for line in status] == ["done", "results/queue/c1-table1-cpu-999.log)", "done", "done"]
+    assert "stopped (failed or cut off" in status[1]
     # started again: only the failed line runs, and fails again
     before = len(_calls(repo))
     proc = _run(repo, "scripts/cpu/queue.sh", "list.txt")
@@ -127,6 +132,8 @@ def test_the_queue_skips_a_line_another_process_computes(repo):
     state.mkdir(parents=True)
     with open(state / "c1-table1-cpu-32.lock", "a") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
+        status = _run(repo, "scripts/cpu/queue.sh", "--status", "list.txt").stdout.split()
+        assert status == ["c1-table1-cpu", "32", "running", "c1-table1-cpu", "64", "to", "do"]
         proc = _run(repo, "scripts/cpu/queue.sh", "list.txt", WORKERS="1")
     assert proc.returncode == 0, proc.stderr
     assert [p.name for p in state.glob("*.done")] == ["c1-table1-cpu-64.done"]
@@ -141,3 +148,7 @@ def test_a_bad_list_is_one_line_and_exit_2_before_anything(repo):
     assert _calls(repo) == [] and not (repo / "results").exists()
     proc = _run(repo, "scripts/cpu/queue.sh", "list.txt", WORKERS="two")
     assert proc.returncode == 2 and "WORKERS must be a positive integer" in proc.stderr
+    (repo / "list.txt").write_text("c1-table1-cpu 32\n")
+    env = {k: v for k, v in _env(repo).items() if k != "DATA"}
+    proc = subprocess.run(["bash", "scripts/cpu/queue.sh", "list.txt"], cwd=repo, env=env, capture_output=True, text=True)
+    assert proc.returncode != 0 and "set DATA" in proc.stderr and not (repo / "results").exists()

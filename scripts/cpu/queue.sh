@@ -7,12 +7,15 @@
 # resumes from its last epoch's checkpoint.
 #   DATA=../shared/data bash scripts/cpu/queue.sh [LIST]        (default scripts/cpu/queue.txt)
 #   NICE=19 setsid nohup ... &                                   (lowest priority, detached; see protocol.sh)
+#   bash scripts/cpu/queue.sh --status [LIST]                    (each line: done, running, stopped, to do)
 # STATE (default results/queue): each line's lock, log and done mark. Worker W's progress bars go to
 # results/logs/events-worker-W.jsonl. Each worker's Hessian products may cache gradient graphs in
 # 1/WORKERS of the usual half of the free memory (HESSBATCH_GRAPH_MEMORY), so that two measurements
 # at once cannot run the machine out of memory.
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
+status=
+[ "${1:-}" = --status ] && { status=1; shift; }
 list=${1:-scripts/cpu/queue.txt}
 [ -r "$list" ] || { echo "queue.sh: cannot read the list $list" >&2; exit 2; }
 workers=${WORKERS:-2}
@@ -24,8 +27,26 @@ while IFS= read -r line || [ -n "$line" ]; do   # a line is a plan and batch siz
   line=${line%%#*}
   [[ $line =~ ^[[:space:]a-z0-9-]*$ ]] || { echo "queue.sh: $list, line $n: only a plan's name and batch sizes, got '$line'" >&2; exit 2; }
 done < "$list"
-mkdir -p "$state" results/logs
+lines() {  # each line of the list as "ID<TAB>WORDS", without comments and blank lines
+  local line words
+  while read -r line; do
+    read -r -a words <<< "${line%%#*}"
+    [ ${#words[@]} -gt 0 ] && printf '%s\t%s\n' "$(IFS=-; echo "${words[*]}")" "${words[*]}"
+  done < "$list"
+  return 0
+}
+if [ -n "$status" ]; then
+  while IFS=$'\t' read -r id words; do
+    if [ -e "$state/$id.done" ]; then s=done
+    elif [ -e "$state/$id.lock" ] && ! flock -n "$state/$id.lock" true; then s=running
+    elif [ -e "$state/$id.log" ]; then s="stopped (failed or cut off; $state/$id.log)"
+    else s="to do"; fi
+    printf '%-24s %s\n' "$words" "$s"
+  done < <(lines)
+  exit 0
+fi
 : "${DATA:?set DATA: a folder holding mnist/MNIST/raw/*.gz and cifar10-jpeg/*.tar.gz}"
+mkdir -p "$state" results/logs
 export DATA
 export HESSBATCH_GRAPH_MEMORY=${HESSBATCH_GRAPH_MEMORY:-$(awk "BEGIN { print 0.5 / $workers }")}
 if [ -n "${NICE:-}" ]; then   # as in protocol.sh: the processes, and the autogroup of a script started with setsid
@@ -37,19 +58,16 @@ fi
 log() { echo "$(date -u '+%F %T') $*"; }
 
 work() {  # work W: take lines until none is left to this worker
-  local w=$1 line id failed=" " found rc words
+  local w=$1 id line failed=" " found rc words
   while :; do
     found=
-    while read -r line; do
-      line=${line%%#*}
-      read -r -a words <<< "$line"
-      [ ${#words[@]} -gt 0 ] || continue
-      id=$(IFS=-; echo "${words[*]}")
+    while IFS=$'\t' read -r id line; do
       [ -e "$state/$id.done" ] || [[ $failed == *" $id "* ]] && continue
       exec 9>> "$state/$id.lock"
       if flock -n 9; then found=1; break; fi   # held while its call runs, released if it dies
       exec 9>&-
-    done < "$list"
+    done < <(lines)
+    read -r -a words <<< "$line"
     [ -n "$found" ] || { log "worker $w: nothing left"; return 0; }
     log "worker $w: ${words[*]}"
     if EVENTS="results/logs/events-worker-$w.jsonl" bash scripts/cpu/protocol.sh "${words[@]}" \

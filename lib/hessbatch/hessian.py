@@ -318,8 +318,8 @@ def product_rounding(op: CurvatureOperator, v: torch.Tensor, max_samples: int = 
     if not op.streamed and op.n > max_samples:
         per = max(1, round(max_samples / len(op.batches[0][1])))
         picked = sorted({round(i) for i in torch.linspace(0, len(op.batches) - 1, per).tolist()})
-        lead = [op.batches[i] for i in picked]
-        op = type(op)(op.model, lead, loss=op.loss, params=names, **options)
+        spread = [op.batches[i] for i in picked]
+        op = type(op)(op.model, spread, loss=op.loss, params=names, **options)
     exact = type(op)(copy.deepcopy(op.model).double(), _Float64(op.batches), loss=op.loss, params=names, **options)
     ref = exact.matvec(v.double())
     return (op.matvec(v) - ref).norm().item() / max(ref.norm().item(), 1e-300)

@@ -10,7 +10,7 @@ from conftest import make_cifar_jpeg_root, make_mnist_root
 from hessbatch.errors import HessbatchError
 from hessbatch.paper import plans
 from hessbatch.paper.compute import stored_split
-from hessbatch.paper.profiles import load_profile, selected
+from hessbatch.paper.profiles import load_profile, profile_results, selected
 from hessbatch.store import Store
 
 PAPER = load_profile("paper")
@@ -93,6 +93,27 @@ def test_a_plan_out_of_time_records_the_pages_it_did_not_start(data_root, tmp_pa
     assert check["relative_param_diff"] < 1e-6 and check["eager_loss"] == pytest.approx(check["captured_loss"])
     runs = Store(tmp_path / "store").entries("train")
     assert runs and all(e.json()["step"].startswith("eager (capture failed: CaptureUnavailable") for e in runs)
+
+
+def test_a_batch_size_whose_results_are_committed_is_not_computed_again(tmp_path):
+    """C1's B = 64 is measured in paper-results/: its call trains and measures nothing (no data is
+    read: the folders are empty), hands back an empty tidy.tgz and succeeds; merging it adds no entry
+    and no timing. A batch size not trained there is not taken for committed."""
+    data = tmp_path / "data"
+    for split in ("train", "test"):
+        (data / "cifar10-jpeg" / split).mkdir(parents=True)
+    record = plans.run("paper", "c1-table1-cpu", str(tmp_path / "out"), "cpu", str(data),
+                       results=str(tmp_path / "store"), overrides={"batch_sizes": [64]})
+    assert [p["state"] for p in record["pages"]] == [plans.STORED] * 3
+    assert not Store(tmp_path / "store").entries()
+    with tarfile.open(tmp_path / "out" / "tidy.tgz") as tar:
+        assert all(m.isdir() for m in tar.getmembers())
+    counts = plans.unpack(str(tmp_path / "out"), "paper", str(tmp_path / "dest"))
+    assert counts == {"added": 0, "kept": 0, "replaced": 0, "removed": 0}
+    assert not (tmp_path / "dest" / "_timings.yml").exists()
+    plan = plans.find(PAPER, "c1-table1-cpu")
+    page = selected(PAPER, list(plan.pages), {"batch_sizes": [48]}, optional=True)[0]
+    assert stored_split([page], profile_results(PAPER, None)) == ([], [page])
 
 
 def _entry(store, kind, config, text):

@@ -13,9 +13,10 @@
 #   NICE=19, EVENTS=FILE: lowest priority; progress as JSON lines in FILE (below)
 # scripts/cpu/queue.sh runs a list of such calls on every core.
 # DATA holds MNIST/raw/*.gz (torchvision's layout; in DATA/mnist) and cifar10-jpeg/{train,test}.tar.gz;
-# what a plan reads is copied into the git-ignored data/.
-# STORE: the result store with the runs' checkpoints (default ~/.cache/hessbatch/PLAN), outside the
-# working tree, so that a fresh checkout on the same machine resumes the runs instead of starting again.
+# what a plan reads is copied into the git-ignored data/ (each file whole, by rename: two calls at once
+# may copy it together).
+# STORE: the result store with the runs' checkpoints (default results/store/PLAN, git-ignored): a working
+# tree that carries over resumes its runs. A batch size whose every result is in paper-results/ is skipped.
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 plans="c1-table1-cpu, c2-table1-cpu, m1-table7-cpu, c3-table4-cpu, table8-cpu or c1-fig4-cpu"
@@ -39,12 +40,13 @@ case $plan in
     mkdir -p data/MNIST/raw
     for f in "$src"/mnist/MNIST/raw/*.gz; do
       t="data/MNIST/raw/$(basename "${f%.gz}")"
-      [ -s "$t" ] || gunzip -c "$f" > "$t"
+      [ -s "$t" ] || { gunzip -c "$f" > "$t.$$" && mv -f "$t.$$" "$t"; }
     done ;;
   *)
     mkdir -p data/cifar10-jpeg
     for p in train test; do
-      [ -d "data/cifar10-jpeg/$p" ] || [ -s "data/cifar10-jpeg/$p.tar.gz" ] || cp "$src/cifar10-jpeg/$p.tar.gz" data/cifar10-jpeg/
+      t=data/cifar10-jpeg/$p.tar.gz
+      [ -d "data/cifar10-jpeg/$p" ] || [ -s "$t" ] || { cp "$src/cifar10-jpeg/$p.tar.gz" "$t.$$" && mv -f "$t.$$" "$t"; }
     done ;;
 esac
 # HESSBATCH: the command to run (default .venv/bin/hessbatch; may be a command line, e.g.
@@ -65,7 +67,7 @@ fi
 # One thread per run (THREADS= another): a run's bits depend on its thread count (recorded in its
 # result.json), so the long runs use a fixed one; two calls at once use two cores.
 export OMP_NUM_THREADS=${THREADS:-1}
-store=${STORE:-${XDG_CACHE_HOME:-$HOME/.cache}/hessbatch/$plan}
+store=${STORE:-results/store/$plan}
 # On any exit (a run finished, a call cut off by its time limit): record where the plan's runs stand in
 # paper-results/_progress.yml, which the plan's pages show until every batch size is in.
 trap '$hb plan "$plan" --record-progress --results "$store" > /dev/null || true' EXIT

@@ -29,7 +29,7 @@ from ..config import run_key
 from ..hessian import graph_memory_share
 from ..store import MANIFEST, Store, atomic_write_bytes, results_root
 from . import registry
-from .compute import hardware, record_timing, train_and_measure, train_profile
+from .compute import hardware, record_timing, stored_split, train_and_measure, train_profile
 from .profiles import check_chapters, load_profile, only_batch_sizes, profile_results, selected
 
 
@@ -125,7 +125,8 @@ def run(profile: str, name: str, out: str, device: str = "cpu", data_root: str |
     """Compute a plan page by page into ``results`` (default: a fresh temporary store) and hand
     back ``<out>/tidy.tgz`` and ``<out>/plan.json`` after each page; return the record. A page not
     started before the budget runs out is recorded as such; a dry run has no budget unless given one
-    (its toy pages on a slow CPU say nothing about the GPU's time). Every name and value is checked first."""
+    (its toy pages on a slow CPU say nothing about the GPU's time). A page whose every result is already in
+    the profile's committed store is not computed again. Every name and value is checked first."""
     prof = load_profile(profile)
     plan = find(prof, name)
     graph_memory_share()
@@ -150,7 +151,14 @@ def run(profile: str, name: str, out: str, device: str = "cpu", data_root: str |
     t0 = time.perf_counter()
     record["graph_check"] = _graph_check(pages, dev, data_root)
     _write_record(out_dir, record)
+    committed = None if dry_run else profile_results(prof, None)
     for page, base in zip(pages, bases):
+        if committed and stored_split([page], committed)[0]:
+            record["pages"].append({"name": page[0], "page": base, "state": STORED})
+            export(res, out_dir / "tidy.tgz")
+            _write_record(out_dir, record)
+            print(f"{page[0]}: every result already in {committed}", flush=True)
+            continue
         if budget is not None and time.perf_counter() - t0 > budget:
             record["pages"].append({"name": page[0], "page": base, "state": "not started: out of time"})
             _write_record(out_dir, record)
@@ -314,6 +322,7 @@ def export(res: str, target: Path) -> None:
     """The store at ``res`` without weights, as one gzipped tar written atomically."""
     with tempfile.TemporaryDirectory() as tmp:
         Store(res).export(Path(tmp) / "tidy")
+        (Path(tmp) / "tidy").mkdir(exist_ok=True)  # an empty store: an empty tidy.tgz
         (Path(tmp) / "tidy" / "_timings.yml").unlink(missing_ok=True)
         part = target.with_name(f".{target.name}.part")
         with tarfile.open(part, "w:gz") as tar:
@@ -357,7 +366,8 @@ def unpack(folder: str, profile: str = "paper", results: str | None = None) -> d
             with dest.building(e.kind, e.key, replace=True) as tmp:
                 for f in (*e.files(), MANIFEST):
                     shutil.copy2(e.path / f, tmp / f)
-    _record_timings(dest.root / "_timings.yml", record, yaml)
+    if any(p.get("state") != STORED for p in record["pages"]):
+        _record_timings(dest.root / "_timings.yml", record, yaml)
     return counts
 
 
@@ -367,6 +377,7 @@ _RECORD = {"plan": schema.text(), "started": schema.text(), "hardware": schema.t
 _PAGE = {"name": schema.text(), "state": schema.text(), "page": schema.text(null=True)}
 _DONE = {"seconds": schema.number(0, 1e9), "train_seconds": schema.number(0, 1e9)}
 TAR_BYTES, TAR_MEMBERS = 8 << 30, 200_000
+STORED = "already committed"  # a page's state when the profile's store held its every result
 
 
 def read_record(path: Path) -> dict:
@@ -420,7 +431,8 @@ def _record_timings(path: Path, record: dict, yaml) -> None:
         {"started": record["started"], "chapters": [p["name"] for p in done], "workers": record["workers"],
          "hardware": record["hardware"], "seconds": record.get("seconds", sum(p["seconds"] for p in done)),
          "train_seconds": round(sum(p["train_seconds"] for p in done), 1), "plan": record["plan"],
-         "failed": [f"{p['name']}: {p.get('error') or p['state']}" for p in record["pages"] if p not in done]})
+         "failed": [f"{p['name']}: {p.get('error') or p['state']}" for p in record["pages"]
+                    if p not in done and p["state"] != STORED]})
     for p in done:
         record_timing(timings, p.get("page", p["name"]), p["seconds"], record["device"], record["hardware"])
     atomic_write_bytes(path, yaml.safe_dump(timings, sort_keys=False).encode())

@@ -27,10 +27,10 @@ exit 0
 
 @pytest.fixture
 def repo(tmp_path):
-    """A git repository holding the two scripts, a stand-in `hessbatch`, and DATA with CIFAR-10's archives."""
+    """A git repository holding the scripts, a stand-in `hessbatch`, and DATA with CIFAR-10's archives."""
     repo = tmp_path / "repo"
     (repo / "scripts" / "cpu").mkdir(parents=True)
-    for name in ("protocol.sh", "queue.sh"):
+    for name in ("protocol.sh", "queue.sh", "priority.sh"):
         shutil.copy2(ROOT / "scripts" / "cpu" / name, repo / "scripts" / "cpu" / name)
     (repo / "fake-hessbatch").write_text(FAKE)
     (repo / ".gitignore").write_text("/data/\n/results/\n/hb.log\n")
@@ -38,6 +38,7 @@ def repo(tmp_path):
     data.mkdir(parents=True)
     for split in ("train", "test"):
         (data / f"{split}.tar.gz").write_bytes(b"archive")
+        (data / f"{split}.tar.gz").chmod(0o444)  # as on a read-only share
     git = ["git", "-C", str(repo)]
     subprocess.run([*git, "init", "-q"], check=True)
     subprocess.run([*git, "config", "user.email", "t@example.org"], check=True)
@@ -91,13 +92,24 @@ def test_another_cpu_plan_is_one_call(repo):
     assert len(_commits(repo)) == 1
 
 
-@pytest.mark.parametrize("args, message", [
-    (["c3-table4-cpu", "128"], "c3-table4-cpu is not a batch-size sweep"),
-    (["c1-table1-cpu", "12x"], "a batch size is a positive integer, got '12x'"),
-    (["c9-cpu"], "unknown plan c9-cpu"),
+def test_two_calls_started_together_both_copy_the_data(repo):
+    """Each copies to a name of its own and renames it, so neither meets the other's half-made file
+    (cp's check-then-create can: "cannot create regular file ...: File exists")."""
+    procs = [subprocess.Popen(["bash", "scripts/cpu/protocol.sh", "c1-table1-cpu", b], cwd=repo, env=_env(repo),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for b in ("32", "64")]
+    assert [(p.wait(timeout=120), p.stderr.read()) for p in procs] == [(0, ""), (0, "")]
+    assert sorted(p.name for p in (repo / "data" / "cifar10-jpeg").iterdir()) == ["test.tar.gz", "train.tar.gz"]
+    assert (repo / "data" / "cifar10-jpeg" / "train.tar.gz").read_bytes() == b"archive"
+
+
+@pytest.mark.parametrize("args, message, env", [
+    (["c3-table4-cpu", "128"], "c3-table4-cpu is not a batch-size sweep", {}),
+    (["c1-table1-cpu", "12x"], "a batch size is a positive integer, got '12x'", {}),
+    (["c9-cpu"], "unknown plan c9-cpu", {}),
+    (["c1-table1-cpu", "32"], "NICE must be an integer, got 'low'", {"NICE": "low"}),
 ])
-def test_bad_arguments_are_one_line_and_exit_2_before_anything(repo, args, message):
-    proc = _run(repo, "scripts/cpu/protocol.sh", *args)
+def test_bad_arguments_are_one_line_and_exit_2_before_anything(repo, args, message, env):
+    proc = _run(repo, "scripts/cpu/protocol.sh", *args, **env)
     assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert _calls(repo) == [] and not (repo / "data").exists()
 

@@ -10,7 +10,7 @@
 #   DATA=../shared/data bash scripts/cpu/protocol.sh m1-table7-cpu [B ...]   (default: 64 128 ... 2048)
 #   DATA=../shared/data bash scripts/cpu/protocol.sh c3-table4-cpu            (or table8-cpu, c1-fig4-cpu)
 #   TRAIN_ONLY=1 ...: train only (measure with a later call)
-#   NICE=19, EVENTS=FILE: lowest priority; progress as JSON lines in FILE (below)
+#   NICE=19, EVENTS=FILE: lowest priority (priority.sh); progress as JSON lines in FILE (below)
 # scripts/cpu/queue.sh runs a list of such calls on every core.
 # DATA holds MNIST/raw/*.gz (torchvision's layout; in DATA/mnist) and cifar10-jpeg/{train,test}.tar.gz;
 # what a plan reads is copied into the git-ignored data/ (each file whole, by rename: two calls at once
@@ -34,6 +34,7 @@ esac
 for b in "$@"; do
   [[ $b =~ ^[1-9][0-9]*$ ]] || { echo "protocol.sh: a batch size is a positive integer, got '$b'" >&2; exit 2; }
 done
+. scripts/cpu/priority.sh   # NICE
 src=${DATA:?set DATA: a folder holding mnist/MNIST/raw/*.gz and cifar10-jpeg/*.tar.gz}
 case $plan in
   m1-table7-cpu)
@@ -52,15 +53,6 @@ esac
 # HESSBATCH: the command to run (default .venv/bin/hessbatch; may be a command line, e.g.
 # "env PYTHONPATH=$PWD/lib python3 -m hessbatch.paper.cli" for a second checkout)
 hb=${HESSBATCH:-.venv/bin/hessbatch}
-# NICE=19: run at the lowest priority beside other work. Under Linux's autogroups `nice` orders only the
-# processes of one autogroup, so a script that leads its own (started with `setsid`) also sets the
-# autogroup's niceness; one started from a terminal leaves the terminal's autogroup as it is.
-if [ -n "${NICE:-}" ]; then
-  renice -n "$NICE" $$ > /dev/null
-  if [ "$(ps -o sid= -p $$ | tr -d ' ')" = "$$" ] && [ -w /proc/self/autogroup ]; then
-    echo "$NICE" > /proc/self/autogroup 2> /dev/null || true
-  fi
-fi
 # EVENTS=FILE: each progress bar (epochs, Hessian-vector products) appends its state to FILE as JSON lines,
 # which a log without bars lacks (`tail -f FILE` follows a measurement that takes hours).
 [ -n "${EVENTS:-}" ] && export HESSBATCH_EVENTS=$EVENTS

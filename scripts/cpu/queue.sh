@@ -46,15 +46,10 @@ if [ -n "$status" ]; then
   exit 0
 fi
 : "${DATA:?set DATA: a folder holding mnist/MNIST/raw/*.gz and cifar10-jpeg/*.tar.gz}"
+. scripts/cpu/priority.sh   # NICE
 mkdir -p "$state" results/logs
 export DATA
 export HESSBATCH_GRAPH_MEMORY=${HESSBATCH_GRAPH_MEMORY:-$(awk "BEGIN { print 0.5 / $workers }")}
-if [ -n "${NICE:-}" ]; then   # as in protocol.sh: the processes, and the autogroup of a script started with setsid
-  renice -n "$NICE" $$ > /dev/null
-  if [ "$(ps -o sid= -p $$ | tr -d ' ')" = "$$" ] && [ -w /proc/self/autogroup ]; then
-    echo "$NICE" > /proc/self/autogroup 2> /dev/null || true
-  fi
-fi
 log() { echo "$(date -u '+%F %T') $*"; }
 
 work() {  # work W: take lines until none is left to this worker

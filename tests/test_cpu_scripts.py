@@ -16,6 +16,7 @@ FAKE = r"""#!/usr/bin/env bash
 # A stand-in for `hessbatch`: logs its arguments; `plan ... --out OUT` makes OUT, `plan --unpack OUT`
 # adds a file to paper-results/; a batch size of 999 fails.
 echo "$*" >> "$HB_LOG"
+echo "$OMP_NUM_THREADS" >> "$HB_LOG.threads"
 case "$*" in *"batch_sizes=[999]"*) exit 1 ;; esac
 [ "${SLOW:-}" ] && sleep "$SLOW"
 if [ "$1 $2" = "plan --unpack" ]; then mkdir -p paper-results; basename "$3" > "paper-results/$(basename "$3")"; fi
@@ -92,6 +93,14 @@ def test_another_cpu_plan_is_one_call(repo):
     assert len(_commits(repo)) == 1
 
 
+def test_measure_threads_trains_first_then_measures_on_more_threads(repo):
+    proc = _run(repo, "scripts/cpu/protocol.sh", "c1-table1-cpu", "32", MEASURE_THREADS="2")
+    assert proc.returncode == 0, proc.stderr
+    calls = [c.split()[:3] for c in _calls(repo)[:2]]
+    assert calls == [["plan", "c1-table1-cpu", "--train-only"], ["plan", "c1-table1-cpu", "--set"]]
+    assert (repo / "hb.log.threads").read_text().split()[:2] == ["1", "2"]
+
+
 def test_two_calls_started_together_both_copy_the_data(repo):
     """Each copies to a name of its own and renames it, so neither meets the other's half-made file
     (cp's check-then-create can: "cannot create regular file ...: File exists")."""
@@ -107,6 +116,7 @@ def test_two_calls_started_together_both_copy_the_data(repo):
     (["c1-table1-cpu", "12x"], "a batch size is a positive integer, got '12x'", {}),
     (["c9-cpu"], "unknown plan c9-cpu", {}),
     (["c1-table1-cpu", "32"], "NICE must be an integer, got 'low'", {"NICE": "low"}),
+    (["c1-table1-cpu", "32"], "MEASURE_THREADS must be a positive integer, got '0'", {"MEASURE_THREADS": "0"}),
 ])
 def test_bad_arguments_are_one_line_and_exit_2_before_anything(repo, args, message, env):
     proc = _run(repo, "scripts/cpu/protocol.sh", *args, **env)

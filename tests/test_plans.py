@@ -96,7 +96,7 @@ def test_a_plan_out_of_time_records_the_pages_it_did_not_start(data_root, tmp_pa
 
 
 def test_a_batch_size_whose_results_are_committed_is_not_computed_again(tmp_path):
-    """C1's B = 64 is measured in paper-results/: its call trains and measures nothing (no data is
+    """C1's B = 64 is measured in paper-results/: its calls train and measure nothing (no data is
     read: the folders are empty), hands back an empty tidy.tgz and succeeds; merging it adds no entry
     and no timing. A batch size not trained there is not taken for committed."""
     data = tmp_path / "data"
@@ -105,6 +105,7 @@ def test_a_batch_size_whose_results_are_committed_is_not_computed_again(tmp_path
     record = plans.run("paper", "c1-table1-cpu", str(tmp_path / "out"), "cpu", str(data),
                        results=str(tmp_path / "store"), overrides={"batch_sizes": [64]})
     assert [p["state"] for p in record["pages"]] == [plans.STORED] * 3
+    plans.train_only("paper", "c1-table1-cpu", "cpu", str(data), str(tmp_path / "store"), {"batch_sizes": [64]})
     assert not Store(tmp_path / "store").entries()
     with tarfile.open(tmp_path / "out" / "tidy.tgz") as tar:
         assert all(m.isdir() for m in tar.getmembers())

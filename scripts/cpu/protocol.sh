@@ -9,7 +9,7 @@
 #   DATA=../shared/data bash scripts/cpu/protocol.sh c2-table1-cpu [B ...]   (default: 256 512 1024 2048)
 #   DATA=../shared/data bash scripts/cpu/protocol.sh m1-table7-cpu [B ...]   (default: 64 128 ... 2048)
 #   DATA=../shared/data bash scripts/cpu/protocol.sh c3-table4-cpu            (or table8-cpu, c1-fig4-cpu)
-#   TRAIN_ONLY=1 ...: train only (measure with a later call)
+#   TRAIN_ONLY=1 ...: train only (measure with a later call); THREADS, MEASURE_THREADS: below
 #   NICE=19, EVENTS=FILE: lowest priority (priority.sh); progress as JSON lines in FILE (below)
 # scripts/cpu/queue.sh runs a list of such calls on every core.
 # DATA holds MNIST/raw/*.gz (torchvision's layout; in DATA/mnist) and cifar10-jpeg/{train,test}.tar.gz;
@@ -34,6 +34,9 @@ esac
 for b in "$@"; do
   [[ $b =~ ^[1-9][0-9]*$ ]] || { echo "protocol.sh: a batch size is a positive integer, got '$b'" >&2; exit 2; }
 done
+for v in THREADS MEASURE_THREADS; do
+  [[ ${!v:-1} =~ ^[1-9][0-9]*$ ]] || { echo "protocol.sh: $v must be a positive integer, got '${!v}'" >&2; exit 2; }
+done
 . scripts/cpu/priority.sh   # NICE
 src=${DATA:?set DATA: a folder holding mnist/MNIST/raw/*.gz and cifar10-jpeg/*.tar.gz}
 case $plan in
@@ -57,7 +60,9 @@ hb=${HESSBATCH:-.venv/bin/hessbatch}
 # which a log without bars lacks (`tail -f FILE` follows a measurement that takes hours).
 [ -n "${EVENTS:-}" ] && export HESSBATCH_EVENTS=$EVENTS
 # One thread per run (THREADS= another): a run's bits depend on its thread count (recorded in its
-# result.json), so the long runs use a fixed one; two calls at once use two cores.
+# result.json), so the long runs use a fixed one; two calls at once use two cores. MEASURE_THREADS=2:
+# train first, then measure on two threads (a call alone on the machine: measurements take about as
+# long as training, and this shortens their wait).
 export OMP_NUM_THREADS=${THREADS:-1}
 store=${STORE:-results/store/$plan}
 # On any exit (a run finished, a call cut off by its time limit): record where the plan's runs stand in
@@ -72,8 +77,10 @@ compute() {  # compute MESSAGE [--set ...]
     $hb plan "$plan" --train-only "$@" --data-root data --results "$store" --no-progress
     return
   fi
+  [ -z "${MEASURE_THREADS:-}" ] || $hb plan "$plan" --train-only "$@" --data-root data --results "$store" --no-progress
   out=$(mktemp -d)
-  $hb plan "$plan" "$@" --data-root data --out "$out" --results "$store" --no-progress
+  OMP_NUM_THREADS=${MEASURE_THREADS:-$OMP_NUM_THREADS} \
+    $hb plan "$plan" "$@" --data-root data --out "$out" --results "$store" --no-progress
   (
     flock 9
     $hb plan --unpack "$out"

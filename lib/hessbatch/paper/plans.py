@@ -181,9 +181,10 @@ def train_only(profile: str, name: str, device: str = "cpu", data_root: str | No
                results: str | None = None, overrides: dict | None = None, progress: bool = False) -> float:
     """Train a plan's runs into ``results`` (default: ``$HESSBATCH_RESULTS`` or ``./results``), one after another, and
     measure nothing: for runs of many hours, each resumed from its checkpoint by the next call. Returns
-    the wall time; a failed run raises."""
+    the wall time; a failed run raises. The pages whose every result is committed train nothing."""
     prof = load_profile(profile)
     pages = selected(prof, list(find(prof, name).pages), overrides, optional=True)
+    pages = stored_split(pages, profile_results(prof, None))[1]
     from ..devices import resolve_device
 
     return train_profile(pages, str(results_root(results)), str(resolve_device(device)), data_root, "local",

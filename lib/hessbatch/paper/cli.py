@@ -61,8 +61,10 @@ def _cmd_plan(a) -> int:
     for p in record["pages"]:
         times = [f"{p[k] / 60:.1f}" if k in p else "—" for k in ("seconds", "train_seconds", "measure_seconds")]
         print(f"| {p['name']} | {p['state']} | " + " | ".join(times) + " |")
-    done = sum(p["state"] in ("done", plans.STORED) for p in record["pages"])
-    print(f"plan {a.name}: {done}/{len(record['pages'])} page(s) in {record['seconds'] / 60:.1f} min on "
+    for name in record["committed"]:
+        print(f"| {name} | already committed | — | — | — |")
+    done, skipped = sum(p["state"] == "done" for p in record["pages"]), len(record["committed"])
+    print(f"plan {a.name}: {done + skipped}/{len(record['pages']) + skipped} page(s) in {record['seconds'] / 60:.1f} min on "
           f"{record['hardware']}; results in {a.out}/tidy.tgz")
     return 0 if done == len(record["pages"]) else 1
 

@@ -147,18 +147,18 @@ def run(profile: str, name: str, out: str, device: str = "cpu", data_root: str |
     dev = resolve_device(device)
     record = {"plan": name, "title": plan.title, "profile": prof["profile"], "dry_run": dry_run,
               "device": str(dev), "hardware": hardware(dev), "workers": workers, "budget_s": budget,
-              "started": time.strftime("%Y-%m-%d %H:%M"), "pages": []}
+              "started": time.strftime("%Y-%m-%d %H:%M"), "pages": [], "committed": []}
     t0 = time.perf_counter()
-    record["graph_check"] = _graph_check(pages, dev, data_root)
+    if not dry_run:  # the pages whose every result is committed: listed, not computed
+        committed = profile_results(prof, None)
+        record["committed"] = [p[0] for p in stored_split(pages, committed)[0]]
+        for n in record["committed"]:
+            print(f"{n}: every result already in {committed}", flush=True)
+    todo = [(p, b) for p, b in zip(pages, bases) if p[0] not in record["committed"]]
+    record["graph_check"] = _graph_check([p for p, _ in todo], dev, data_root)
+    export(res, out_dir / "tidy.tgz")
     _write_record(out_dir, record)
-    committed = None if dry_run else profile_results(prof, None)
-    for page, base in zip(pages, bases):
-        if committed and stored_split([page], committed)[0]:
-            record["pages"].append({"name": page[0], "page": base, "state": STORED})
-            export(res, out_dir / "tidy.tgz")
-            _write_record(out_dir, record)
-            print(f"{page[0]}: every result already in {committed}", flush=True)
-            continue
+    for page, base in todo:
         if budget is not None and time.perf_counter() - t0 > budget:
             record["pages"].append({"name": page[0], "page": base, "state": "not started: out of time"})
             _write_record(out_dir, record)
@@ -238,7 +238,6 @@ def record_progress(profile: str, name: str, work: str | None = None, results: s
     runs train in) or ``not started``. Returns the record."""
     from ..devices import cpu_model
     from ..train import in_progress
-    from .compute import stored_split
     from .presentation import run_label
 
     prof = load_profile(profile)
@@ -367,7 +366,7 @@ def unpack(folder: str, profile: str = "paper", results: str | None = None) -> d
             with dest.building(e.kind, e.key, replace=True) as tmp:
                 for f in (*e.files(), MANIFEST):
                     shutil.copy2(e.path / f, tmp / f)
-    if any(p.get("state") != STORED for p in record["pages"]):
+    if record["pages"]:
         _record_timings(dest.root / "_timings.yml", record, yaml)
     return counts
 
@@ -378,7 +377,6 @@ _RECORD = {"plan": schema.text(), "started": schema.text(), "hardware": schema.t
 _PAGE = {"name": schema.text(), "state": schema.text(), "page": schema.text(null=True)}
 _DONE = {"seconds": schema.number(0, 1e9), "train_seconds": schema.number(0, 1e9)}
 TAR_BYTES, TAR_MEMBERS = 8 << 30, 200_000
-STORED = "already committed"  # a page's state when the profile's store held its every result
 
 
 def read_record(path: Path) -> dict:
@@ -433,7 +431,7 @@ def _record_timings(path: Path, record: dict, yaml) -> None:
          "hardware": record["hardware"], "seconds": record.get("seconds", sum(p["seconds"] for p in done)),
          "train_seconds": round(sum(p["train_seconds"] for p in done), 1), "plan": record["plan"],
          "failed": [f"{p['name']}: {p.get('error') or p['state']}" for p in record["pages"]
-                    if p not in done and p["state"] != STORED]})
+                    if p not in done]})
     for p in done:
         record_timing(timings, p.get("page", p["name"]), p["seconds"], record["device"], record["hardware"])
     atomic_write_bytes(path, yaml.safe_dump(timings, sort_keys=False).encode())
@@ -441,8 +439,6 @@ def _record_timings(path: Path, record: dict, yaml) -> None:
 
 def status(prof: dict, results: str | None = None) -> list[tuple[Plan, list[str]]]:
     """Each plan with the pages of it not yet in the profile's store."""
-    from .compute import stored_split
-
     res = profile_results(prof, results)
     out = []
     for plan in plans(prof):

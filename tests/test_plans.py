@@ -10,6 +10,7 @@ from conftest import make_cifar_jpeg_root, make_mnist_root
 from hessbatch.errors import HessbatchError
 from hessbatch.paper import plans
 from hessbatch.paper.compute import stored_split
+from hessbatch.paper.dryrun import toy, toy_page
 from hessbatch.paper.profiles import load_profile, profile_results, selected
 from hessbatch.store import Store
 
@@ -41,7 +42,7 @@ def test_the_paper_profile_has_the_plans_of_the_issue_in_priority_order():
 
 
 def test_toy_shrinks_what_costs_and_keeps_whole_sets_whole():
-    p = plans.toy({"batch_sizes": [16, 32, 64, 128, 256], "hessian_samples": None, "curvature_samples": 5000,
+    p = toy({"batch_sizes": [16, 32, 64, 128, 256], "hessian_samples": None, "curvature_samples": 5000,
                    "k": 20, "train_options": {"lr": 0.02, "max_epochs": 200, "target_loss": 0.001},
                    "t8_train": {"lr": 0.02, "max_epochs": 20, "micro_batch": 5000}, "eps": [0.02, 0.01],
                    "subsample_sizes": [1, 128], "plane_batch_sizes": [16]})
@@ -50,6 +51,9 @@ def test_toy_shrinks_what_costs_and_keeps_whole_sets_whole():
     assert p["k"] == 2 and p["eps"] == [0.02, 0.01]
     assert p["train_options"] == {"lr": 0.02, "max_epochs": 2, "target_loss": 0.001, "subset": 4, "test_subset": 2}
     assert p["t8_train"]["micro_batch"] == 8
+    # a tolerance the page leaves at its chapter's default is loosened too (chapter 9 declares tol = 1e-3)
+    page = toy_page(selected(PAPER, ["09-lr-scaling"])[0])
+    assert "tol" not in selected(PAPER, ["09-lr-scaling"])[0][2] and page[2]["tol"] == 0.2
 
 
 @pytest.mark.parametrize("name", [p.name for p in plans.plans(PAPER)])
@@ -66,7 +70,7 @@ def test_each_plan_runs_dry_and_hands_back_what_its_pages_render_from(name, data
     with tarfile.open(out / "tidy.tgz") as tar:
         assert not [m.name for m in tar.getmembers() if m.name.endswith(".pt")]
         tar.extractall(tmp_path / "back", filter="data")
-    pages = [(n, c, plans.toy(p), t) for n, c, p, t in selected(PAPER, list(plans.find(PAPER, name).pages))]
+    pages = [toy_page(page) for page in selected(PAPER, list(plans.find(PAPER, name).pages))]
     have, absent = stored_split(pages, str(tmp_path / "back"))
     assert not absent and len(have) == len(pages)
     with pytest.raises(HessbatchError, match="dry run"):

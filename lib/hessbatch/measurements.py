@@ -240,16 +240,18 @@ def input_curvature(run: Run | str, split: str = "train", method: str = "auto", 
                                      "n_samples": len(y), "method": ic.method}
 
 
-def _directions(run, split, k: int, store, device, data_root, subsample: int | None = None) -> Entry:
+def _directions(run, split, k: int, store, device, data_root, subsample: int | None = None,
+                tol: float = 1e-4) -> Entry:
     """The spectrum whose eigenvectors span a landscape (computed first if missing)."""
-    return spectrum(run, split, k=k, keep_vectors=k, store=store, device=device, data_root=data_root,
+    return spectrum(run, split, k=k, tol=tol, keep_vectors=k, store=store, device=device, data_root=data_root,
                     subsample=subsample)
 
 
 def _landscape_key(a, k: int) -> dict:
     check(math.isfinite(a["radius"]) and a["radius"] > 0 and a["points"] >= 3,
           f"landscape needs a finite radius > 0 and at least 3 points, got radius {a['radius']!r}, points {a['points']!r}")
-    spec = _directions(a["run"], a["spectrum_split"], k, a["store"], a["device"], a["data_root"], a["subsample"])
+    spec = _directions(a["run"], a["spectrum_split"], k, a["store"], a["device"], a["data_root"], a["subsample"],
+                       a["tol"])
     return {"run": a["run"].key, "spectrum": spec.key, "radius": a["radius"], "points": a["points"]}
 
 
@@ -259,10 +261,12 @@ def _landscape_1d_key(a) -> dict:
 
 @measurement("landscape-1d", key=_landscape_1d_key)
 def landscape_1d(run: Run | str, radius: float = 0.5, points: int = 21, rank: int = 1, spectrum_split: str = "train",
-                 store: Store | None = None, device="cpu", data_root=None, subsample: int | None = None) -> Entry:
+                 store: Store | None = None, device="cpu", data_root=None, subsample: int | None = None,
+                 tol: float = 1e-4) -> Entry:
     """Loss and accuracy on the whole train and test sets along the rank-th Hessian eigenvector
-    (Fig. 2/7); the eigenvector of the Hessian on ``spectrum_split``, or on a seeded ``subsample`` of it."""
-    spec = _directions(run, spectrum_split, max(rank, 2), store, device, data_root, subsample)
+    (Fig. 2/7); the eigenvector of the Hessian on ``spectrum_split``, or on a seeded ``subsample`` of it,
+    to the relative tolerance ``tol``."""
+    spec = _directions(run, spectrum_split, max(rank, 2), store, device, data_root, subsample, tol)
     ds = run_data(run, data_root).to(device)
     d = spec.torch("vectors.pt")[rank - 1]
     table = landscape.along_direction(run.model(device), d, np.linspace(-radius, radius, points),
@@ -301,12 +305,13 @@ def _landscape_2d_key(a) -> dict:
 @measurement("landscape-2d", key=_landscape_2d_key)
 def landscape_2d(run: Run | str, radius: float = 0.5, points: int = 11, spectrum_split: str = "train",
                  store: Store | None = None, device="cpu", data_root=None, subsample: int | None = None,
-                 eval_samples: int | None = None) -> Entry:
+                 eval_samples: int | None = None, tol: float = 1e-4) -> Entry:
     """Loss on the train and test sets on the plane of the top-2 Hessian eigenvectors (Fig. 3), of
-    the Hessian on ``spectrum_split`` or on a seeded ``subsample`` of it. ``eval_samples``: the
+    the Hessian on ``spectrum_split`` or on a seeded ``subsample`` of it (to the relative tolerance
+    ``tol``). ``eval_samples``: the
     losses on a seeded subset of that many samples of each split (seed 0, so a training subset
     holds the Hessian's ``subsample`` of the same seed); None, or a split no larger: all of it."""
-    v = _directions(run, spectrum_split, 2, store, device, data_root, subsample).torch("vectors.pt")
+    v = _directions(run, spectrum_split, 2, store, device, data_root, subsample, tol).torch("vectors.pt")
     data = {s: _split(run, s, device, data_root, eval_samples if (eval_samples or 0) < run.result[f"n_{s}"] else None)
             for s in ("train", "test")}
     grid = np.linspace(-radius, radius, points)

@@ -7,7 +7,7 @@ training and measurement time, device). A command stopped at its limit so loses 
 flight. ``unpack`` merges what came back into the profile's committed store.
 
 ``dry_run`` computes the same pages through the same code and the same export at toy size
-(:func:`toy`): the test suite runs every plan so, on generated data, so a plan cannot fail on the
+(:func:`hessbatch.paper.dryrun.toy`): the test suite runs every plan so, on generated data, so a plan cannot fail on the
 GPU for a Python error, a missing file or an export bug."""
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from ..config import run_key
 from ..hessian import graph_memory_share
 from ..store import MANIFEST, Store, atomic_write_bytes, results_root
 from . import registry
+from .dryrun import toy_page
 from .compute import hardware, record_timing, stored_split, train_and_measure, train_profile
 from .profiles import check_chapters, load_profile, only_batch_sizes, profile_results, selected
 
@@ -86,39 +87,6 @@ def find(prof: dict, name: str) -> Plan:
     return known[name]
 
 
-# Toy sizes of a dry run: tiny data, two epochs, small measurements; whole-set measurements
-# (``None``) stay whole-set, on the tiny data.
-_TOY_TRAIN = {"subset": 4, "test_subset": 2, "max_epochs": 2}
-_TOY_VALUES = {"hessian_samples": 32, "curvature_samples": 16, "test_limit": 16, "k": 2, "tol": 1e-2,
-               "points": 3, "plane_points": 3, "interpolation_points": 3, "robust_epochs": 1,
-               "warmup_epochs": 1, "save_every": 1, "base_batch": 8, "direction_points": 3}
-_TOY_BATCHES = (8, 32)
-_TOY_SUBSAMPLE = 8
-
-
-def toy(params: dict) -> dict:
-    """A page's parameters at dry-run size: every training recipe (a mapping with ``lr``) on
-    4 training and 2 test samples per class for at most two epochs, gradient chunks of 8; batch-size lists
-    as 8, 32 (as many as there were, at most two: a list's code path is the same for two as for eight);
-    Hessian subsample sizes at most 8; other measurement sizes small."""
-    out = {}
-    for k, v in params.items():
-        if isinstance(v, dict) and "lr" in v:
-            v = {**v, **_TOY_TRAIN, "max_epochs": min(v.get("max_epochs", 2), 2)}
-            if v.get("micro_batch"):
-                v["micro_batch"] = 8
-            if "batch_size" in v:
-                v["batch_size"] = _TOY_BATCHES[0]
-        elif k.endswith("batch_sizes") and isinstance(v, (list, tuple)):
-            v = list(_TOY_BATCHES[:min(len(v), len(_TOY_BATCHES))])
-        elif k == "subsample_sizes":
-            v = sorted({min(s, _TOY_SUBSAMPLE) for s in v})
-        elif k in _TOY_VALUES and v is not None:
-            v = min(v, _TOY_VALUES[k]) if k in ("k", "robust_epochs", "warmup_epochs", "save_every") else _TOY_VALUES[k]
-        out[k] = v
-    return out
-
-
 def run(profile: str, name: str, out: str, device: str = "cpu", data_root: str | None = None,
         workers: int = 1, results: str | None = None, dry_run: bool = False, budget_s: int | None = None,
         overrides: dict | None = None, progress: bool = False) -> dict:
@@ -134,7 +102,7 @@ def run(profile: str, name: str, out: str, device: str = "cpu", data_root: str |
     bases = [n for n, _, _, _ in selected(prof, list(plan.pages), None, optional=True)]
     check(len(pages) == len(bases), f"plan {name}: the overrides changed which pages it has")
     if dry_run:
-        pages = [(n, c, toy(p), t) for n, c, p, t in pages]
+        pages = [toy_page(page) for page in pages]
     budget = budget_s or (None if dry_run else plan.budget_s)
     for wave in registry.profile_train_configs({n: p for n, _, p, _ in pages}):
         for dataset in {c["dataset"] for c in wave}:

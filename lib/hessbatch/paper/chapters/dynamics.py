@@ -22,6 +22,7 @@ class Params(Common):
     save_every: int = 1
     adversarial: dict | None = None
     hessian_samples: int | None = None
+    tol: float = 1e-3   # λ_max's relative tolerance at each epoch
 
 
 def configs(p: Params) -> dict[str, dict[int, dict]]:
@@ -54,7 +55,7 @@ def _trajectory(run, b, method, p: Params, ctx: Context) -> list[dict]:
     hist = run.history.set_index("epoch")
     rows = []
     for ep in ctx.each([0, *run.snapshot_epochs()], f"λ_max B={b} {method}", "epoch"):
-        spec = measurements.spectrum(run, "train", k=1, tol=1e-3, epoch=ep, keep_vectors=0,
+        spec = measurements.spectrum(run, "train", k=1, tol=p.tol, epoch=ep, keep_vectors=0,
                                      subsample=hessian_subsample(run, p.hessian_samples, "train"),
                                      progress=ctx.progress, **kw)
         state = measurements.initial_state(run, **kw).json() if ep == 0 else hist.loc[ep]

@@ -24,6 +24,7 @@ class Params(Sweep):
     plane_points: int = 11
     plane_samples: int | None = None     # the 2-D surface's losses on a seeded subset of each split (None: all)
     hessian_samples: int | None = None   # eigenvectors of the Hessian on a seeded subsample of the training set
+    tol: float = 1e-4                    # the eigenvectors' relative tolerance (Lanczos)
 
 
 train_configs = batch_size_sweep_configs
@@ -39,7 +40,7 @@ def compute(p: Params, ctx: Context) -> dict:
         s = measurements.landscape_2d(runs[b], p.radius, p.plane_points, store=ctx.store, device=ctx.device,
                                       data_root=ctx.data_root,
                                       subsample=hessian_subsample(runs[b], p.hessian_samples, "train"),
-                                      eval_samples=p.plane_samples)
+                                      eval_samples=p.plane_samples, tol=p.tol)
         surfaces.append(s.csv("surface.csv").assign(batch_size=b))
     return {"curves": curves, "surfaces": pd.concat(surfaces, ignore_index=True) if surfaces else pd.DataFrame(),
             "plane_batch_sizes": planes, "claims": claims.table(rise_claims(curves)), "used": list(runs.values())}
@@ -47,14 +48,14 @@ def compute(p: Params, ctx: Context) -> dict:
 
 def curves_1d(runs: dict, p, ctx: Context) -> pd.DataFrame:
     """Fig. 2/7: loss along the top eigenvector of each run (batch size → run) that did not diverge;
-    ``p`` gives ``radius``, ``points`` and ``hessian_samples``."""
+    ``p`` gives ``radius``, ``points``, ``hessian_samples`` and ``tol``."""
     curves = []
     for b, run in ctx.each(runs.items(), "landscape"):
         if run.status == "diverged":
             continue
         c = measurements.landscape_1d(run, p.radius, p.points, store=ctx.store, device=ctx.device,
                                       data_root=ctx.data_root,
-                                      subsample=hessian_subsample(run, p.hessian_samples, "train"))
+                                      subsample=hessian_subsample(run, p.hessian_samples, "train"), tol=p.tol)
         curves.append(c.csv("curve.csv").assign(batch_size=b, lambda_max=c.json()["lambda"]))
     return pd.concat(curves, ignore_index=True) if curves else pd.DataFrame()
 

@@ -25,6 +25,19 @@ def test_robust_training_raises_adversarial_accuracy(tmp_path):
     assert transfer["accuracy"] > before["accuracy"]
 
 
+def test_a_runs_clean_accuracy_is_computed_once_for_its_attacks(tmp_path, monkeypatch):
+    from hessbatch import measurements
+
+    run = train({**BASE, "max_epochs": 1}, Store(tmp_path), progress=False)
+    calls = []
+    monkeypatch.setattr(measurements, "accuracy", lambda *a: calls.append(a) or 0.5)
+    first = adversarial_accuracy(run, "fgsm", 0.1, store=Store(tmp_path)).json()
+    second = adversarial_accuracy(run, "fgsm", 0.05, store=Store(tmp_path)).json()
+    on_train = adversarial_accuracy(run, "fgsm", 0.05, "train", store=Store(tmp_path)).json()
+    assert first["clean_accuracy"] == second["clean_accuracy"] == on_train["clean_accuracy"] == 0.5
+    assert len(calls) == 2
+
+
 def test_adversarial_spec_is_validated_and_part_of_the_key():
     a = TrainConfig(adversarial={"attack": "FGSM-10", "eps": 0.1, "steps": 5}).resolved()
     assert a.adversarial == {"attack": "fgsm10", "eps": 0.1, "clean_fraction": 0.0, "steps": 5}

@@ -124,13 +124,17 @@ class Entry:
     def torch(self, name: str = "weights.pt"):
         """A tensor file of the entry, its SHA-256 checked against the manifest as it is read."""
         blob = (self.path / name).read_bytes()
-        expected = json.loads((self.path / MANIFEST).read_text())["files"].get(name, {}).get("sha256")
+        expected = self.digest(name)
         if expected is not None and hashlib.sha256(blob).hexdigest() != expected:
             raise HessbatchError(f"{self.path / name} is corrupt (its SHA-256 differs from the manifest's); "
                                  "`hessbatch verify` lists such entries, and they are recomputed once removed")
         import torch
 
         return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+
+    def digest(self, name: str) -> str | None:
+        """The SHA-256 the manifest records for the entry's file ``name`` (None: none recorded)."""
+        return json.loads((self.path / MANIFEST).read_text())["files"].get(name, {}).get("sha256")
 
     def files(self) -> list[str]:
         return sorted(json.loads((self.path / MANIFEST).read_text())["files"])

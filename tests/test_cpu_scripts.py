@@ -17,6 +17,7 @@ FAKE = r"""#!/usr/bin/env bash
 # adds a file to paper-results/; a batch size of 999 fails.
 echo "$*" >> "$HB_LOG"
 echo "$OMP_NUM_THREADS" >> "$HB_LOG.threads"
+echo "${HESSBATCH_EVENTS:-}" >> "$HB_LOG.events"
 case "$*" in *"batch_sizes=[999]"*) exit 1 ;; esac
 [ "${SLOW:-}" ] && sleep "$SLOW"
 if [ "$1 $2" = "plan --unpack" ]; then mkdir -p paper-results; basename "$3" > "paper-results/$(basename "$3")"; fi
@@ -135,6 +136,10 @@ def test_the_queue_shares_lines_between_workers_and_resumes(repo):
     assert "c1-table1-cpu 999 failed (exit 1)" in proc.stdout
     assert {line.split()[3] for line in proc.stdout.splitlines() if line.endswith(" done")} == {"1:", "2:"}
     assert len(_commits(repo)) == 3
+    # each line's progress bars go beside its log, whichever worker computes it
+    assert set((repo / "hb.log.events").read_text().split()) == {
+        f"results/queue/{i}.events.jsonl" for i in ("c1-table1-cpu-32", "c1-table1-cpu-999", "c1-table1-cpu-64",
+                                                    "c3-table4-cpu")}
     status = _run(repo, "scripts/cpu/queue.sh", "--status", "list.txt").stdout.splitlines()
     assert [line.split("  ")[0] for line in status] == ["c1-table1-cpu 32", "c1-table1-cpu 999", "c1-table1-cpu 64",
                                                         "c3-table4-cpu"]

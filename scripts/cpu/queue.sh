@@ -8,8 +8,8 @@
 #   DATA=../shared/data bash scripts/cpu/queue.sh [LIST]        (default scripts/cpu/queue.txt)
 #   NICE=19 setsid nohup ... &                                   (lowest priority, detached; see protocol.sh)
 #   bash scripts/cpu/queue.sh --status [LIST]                    (each line: done, running, stopped, to do)
-# STATE (default results/queue): each line's lock, log and done mark. Worker W's progress bars go to
-# results/logs/events-worker-W.jsonl. Each worker's Hessian products may cache gradient graphs in
+# STATE (default results/queue): each line's lock, log, done mark and progress bars (ID.events.jsonl,
+# ID the line's words joined by '-'). Each worker's Hessian products may cache gradient graphs in
 # 1/WORKERS of the usual half of the free memory (HESSBATCH_GRAPH_MEMORY), so that two measurements
 # at once cannot run the machine out of memory.
 set -euo pipefail
@@ -65,7 +65,7 @@ work() {  # work W: take lines until none is left to this worker
     read -r -a words <<< "$line"
     [ -n "$found" ] || { log "worker $w: nothing left"; return 0; }
     log "worker $w: ${words[*]}"
-    if EVENTS="results/logs/events-worker-$w.jsonl" bash scripts/cpu/protocol.sh "${words[@]}" \
+    if EVENTS="$state/$id.events.jsonl" bash scripts/cpu/protocol.sh "${words[@]}" \
         >> "$state/$id.log" 2>&1 < /dev/null; then
       touch "$state/$id.done"
       log "worker $w: ${words[*]} done"
